@@ -1,0 +1,40 @@
+// One entry point for programs (the WebAssembly module, tests): a JSON request in, a JSON result out.
+// The CLI parses its flags into the same OptionStrings, so both front ends build Options one way.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "memfit/estimate.hpp"
+
+namespace memfit {
+
+struct BuiltinModel {
+  const char* name;  // file stem in models/
+  const char* text;  // the .memfit source
+};
+const std::vector<BuiltinModel>& builtin_models();  // generated from models/*.memfit at build time
+const BuiltinModel* find_builtin_model(std::string_view name);
+inline constexpr const char* kDefaultModel = "question_cnn";
+
+// Settings as the user typed them; unset fields keep memfit's defaults.
+struct OptionStrings {
+  std::optional<std::string> batch, dtype, optimizer, optimizer_impl, zero_grad, gpu, context, cublas_workspace,
+      cudnn_workspace, iterations;
+  bool timeline = false;
+};
+Options make_options(const OptionStrings& s);
+
+// Request: {"command": "estimate" | "max-batch" | "model" | "gpus" | "sweep" | "models",
+//           "model": "<text or JSON source>", "file": "name for errors",
+//           "options": {"batch": "64", "dtype": "fp32", "optimizer": "sgd", "optimizer_impl": "foreach",
+//                       "zero_grad": "set_to_none", "gpu": "RTX 3090", "context": "426MiB",
+//                       "cublas_workspace": "...", "cudnn_workspace": "...", "iterations": "3",
+//                       "timeline": true},
+//           "sweep_up_to": 256, "sweep_points": 24}
+// Result: the command's JSON (as `memfit <command> --json` prints it), or {"error": {...}}.
+std::string handle_request(std::string_view request_json);
+
+}  // namespace memfit

@@ -1,0 +1,50 @@
+// A model as the user wrote it: layers with named inputs and typed attributes, source positions kept.
+// Two readers produce it (the text format of docs/model-format.md and the JSON form); blocks and
+// repeats are already expanded, so every front end sees the same flat list.
+#pragma once
+
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "memfit/common.hpp"
+
+namespace memfit {
+
+// One attribute value. Pairs are (height, width) as PyTorch's `_pair` makes them.
+struct Value {
+  enum class Type { integer, pair, boolean, real, text } type = Type::integer;
+  i64 a = 0, b = 0;  // integer: a; pair: (a, b)
+  bool flag = false;
+  double real = 0.0;
+  std::string text;  // text values ("same", "valid"), and a real's spelling as written
+  SourcePos pos;
+};
+
+struct Layer {
+  std::string name;                 // unique, e.g. "layer1.0.conv1"
+  std::string kind;                 // canonical kind from the op registry, e.g. "conv2d"
+  std::vector<std::string> inputs;  // names of earlier layers; empty only for `input`
+  std::map<std::string, Value> attrs;  // every attribute of the kind, defaults filled in
+  SourcePos pos;
+};
+
+struct Model {
+  std::string name;
+  std::string file;  // as given by the caller, used in error messages
+  std::vector<Layer> layers;
+};
+
+// Parsers. `file` names the source in errors. Throws Error (file:line:col, layer, what to do).
+// parse_model picks JSON when the first non-blank character is '{', the text format otherwise.
+Model parse_model(std::string_view source, std::string_view file);
+Model parse_model_text(std::string_view source, std::string_view file);
+Model parse_model_json(std::string_view source, std::string_view file);
+
+// Refusal limits: a model is answered in seconds or refused with a clear message.
+inline constexpr i64 kMaxLayers = 200000;       // after expanding blocks and repeats
+inline constexpr int kMaxBlockNesting = 32;     // block calls inside blocks
+inline constexpr std::size_t kMaxSourceBytes = 16 * 1024 * 1024;
+
+}  // namespace memfit

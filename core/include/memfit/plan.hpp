@@ -1,0 +1,70 @@
+// The training step as a flat list of storage allocations and frees (the planner), from reference
+// counts: a storage dies when the last holder lets go (the loop's variables, autograd's saved
+// tensors, gradient buffers). The allocator model only replays these events.
+#pragma once
+
+#include <vector>
+
+#include "memfit/graph.hpp"
+
+namespace memfit {
+
+enum class Optimizer : std::uint8_t { sgd, sgd_momentum, adam, adamw, adagrad, rmsprop };
+enum class OptimizerImpl : std::uint8_t { foreach, fused, for_loop };
+const char* optimizer_name(Optimizer o);
+const char* optimizer_impl_name(OptimizerImpl i);
+
+// Library workspaces that go through the caching allocator; defaults in device.hpp with citations.
+struct Workspaces {
+  i64 cublas_bytes = 0;    // per thread that calls cuBLAS (forward thread, autograd's backward thread)
+  i64 cublaslt_bytes = 0;  // per thread that calls cuBLASLt (addmm with bias in forward)
+  i64 cudnn_conv_bytes = 0;  // per convolution call, forward and backward (not modelled by default: 0)
+};
+
+struct TrainSettings {
+  i64 batch = 64;
+  DType precision = DType::f32;  // f32, or torch.autocast with f16 / bf16 (parameters stay f32)
+  Optimizer optimizer = Optimizer::sgd;
+  OptimizerImpl impl = OptimizerImpl::foreach;
+  bool set_to_none = true;  // optimizer.zero_grad(set_to_none=True), PyTorch >= 2.0 default
+  int n_iterations = 3;     // iteration 1 creates optimizer state; the last one is the steady state
+  Workspaces workspaces;
+};
+
+struct PlanTensor {
+  i64 bytes = 0;
+  Category category = Category::activation;
+  std::int32_t node = -1;  // graph node that caused it; -1 for none
+};
+
+struct PlanEvent {
+  std::int32_t tensor = 0;
+  bool is_free = false;
+  Phase phase = Phase::setup;
+  std::uint8_t iteration = 0;  // 0 = setup, then 1..n
+  std::int32_t node = -1;
+};
+
+// What one node's forward saved for backward in iteration 1 (for the per-layer report).
+struct SavedRecord {
+  int node = 0;
+  const char* role = "";
+  int tensor = 0;        // planner storage id: equal ids are the same storage
+  int owner = 0;         // node that first saved this storage (its bytes are counted there)
+  int producer = -1;     // node whose output this is (-1: the target, or an op-internal tensor)
+  TensorType type;
+  bool is_param = false;  // a parameter itself (not an activation): listed, not counted
+  bool is_input = false;  // the input batch or target (held by the loop anyway)
+};
+
+struct Plan {
+  std::vector<PlanTensor> tensors;
+  std::vector<PlanEvent> events;
+  std::vector<SavedRecord> saved;
+  std::vector<i64> node_grad_bytes;       // per node: parameter gradient bytes (f32)
+  std::vector<i64> node_optimizer_bytes;  // per node: persistent optimizer state bytes
+};
+
+Plan plan_training(const Graph& g, const TrainSettings& s);
+
+}  // namespace memfit

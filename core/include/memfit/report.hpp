@@ -1,0 +1,38 @@
+// Front-end contract: the JSON result (identical bytes from the CLI and the WebAssembly module) and the
+// human-readable text (with --explain: the arithmetic behind every number). Front ends only call these.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "memfit/estimate.hpp"
+
+namespace memfit {
+
+inline constexpr const char* kVersion = "0.1.0";
+
+// A whole command's result as JSON text (2-space indent, keys in a fixed order, integers only).
+// estimate: the estimate, plus remedies when a GPU is given and it does not fit.
+std::string estimate_json(const Model& model, const Options& options);
+// max-batch: the estimate at the largest batch that fits (batch 1 when none does), plus "max_batch".
+std::string max_batch_json(const Model& model, const Options& options);
+// The model as the flat JSON form (docs/model-format.md#json), attributes resolved.
+std::string model_json(const Model& model);
+std::string gpus_json();
+// Peak memory for each batch size in [1, up to] (for the memory-vs-batch chart), n_points samples.
+std::string batch_sweep_json(const Model& model, const Options& options, i64 up_to, int n_points);
+
+std::string render_text(const Model& model, const Options& options, bool explain);
+std::string render_max_batch_text(const Model& model, const Options& options);
+std::string render_gpus_text();
+
+// Error as JSON: {"error": {"message", "file", "line", "column", "layer", "problem", "fix"}}.
+std::string error_json(const Error& e);
+
+// Parse option values shared by the CLI and the module ("fp16", "adam", "foreach", ...).
+DType parse_precision(std::string_view s);
+Optimizer parse_optimizer(std::string_view s);
+OptimizerImpl parse_optimizer_impl(std::string_view s);
+
+}  // namespace memfit

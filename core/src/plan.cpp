@@ -1,0 +1,504 @@
+// The training loop memfit models (the same loop tools/memfit_torch.py runs on a GPU):
+//
+//   model.cuda(); opt = Optimizer(model.parameters()); x, y = batch on the GPU     (setup)
+//   for it in 1..n:
+//     opt.zero_grad(set_to_none)          (zero_grad)
+//     out = model(x)                       (forward; autograd saves tensors for backward)
+//     loss = cross_entropy(out, y)         (loss)
+//     loss.backward()                      (backward, nodes in reverse creation order)
+//     opt.step()                           (optimizer; state created on the first step)
+//
+// Every storage carries a reference count; the holders are the loop's variables, autograd's saved
+// tensors, the engine's gradient buffers and .grad. A storage is freed when its count reaches zero.
+// Facts relied on, with citations: docs/pytorch-behaviour.md sections 2 (optimizers) and 3 (engine).
+#include "memfit/plan.hpp"
+
+#include <algorithm>
+
+namespace memfit {
+
+const char* optimizer_name(Optimizer o) {
+  switch (o) {
+    case Optimizer::sgd: return "sgd";
+    case Optimizer::sgd_momentum: return "sgd-momentum";
+    case Optimizer::adam: return "adam";
+    case Optimizer::adamw: return "adamw";
+    case Optimizer::adagrad: return "adagrad";
+    case Optimizer::rmsprop: return "rmsprop";
+  }
+  return "?";
+}
+
+const char* optimizer_impl_name(OptimizerImpl i) {
+  switch (i) {
+    case OptimizerImpl::foreach: return "foreach";
+    case OptimizerImpl::fused: return "fused";
+    case OptimizerImpl::for_loop: return "for-loop";
+  }
+  return "?";
+}
+
+namespace {
+
+// A 0-dim float32 tensor: the fused/capturable optimizers' per-parameter `step` on the device.
+constexpr i64 kScalarF32Bytes = 4;
+
+struct Param {
+  int node;
+  int index;      // within the node's params
+  i64 bytes;      // float32 storage
+  int storage = -1;
+  int grad = -1;  // .grad storage, -1 = None
+  std::vector<int> state;  // optimizer state storages
+};
+
+class Planner {
+ public:
+  Planner(const Graph& g, const TrainSettings& s, Plan& p) : g_(g), s_(s), p_(p) {}
+
+  void run() {
+    const std::size_t n = g_.nodes.size();
+    p_.node_grad_bytes.assign(n, 0);
+    p_.node_optimizer_bytes.assign(n, 0);
+    value_.assign(n, -1);
+    grad_.assign(n, -1);
+    uses_.assign(n, 0);
+    saved_.assign(n, {});
+    setup();
+    for (int it = 1; it <= s_.n_iterations; ++it) {
+      iter_ = static_cast<std::uint8_t>(it);
+      zero_grad();
+      forward();
+      backward();
+      optimizer_step();
+      phase_ = Phase::optimizer;
+      node_ = -1;
+      for (int t : loop_held_) unref(t);  // `out`, `loss` rebound next iteration
+      loop_held_.clear();
+    }
+  }
+
+ private:
+  const Graph& g_;
+  const TrainSettings& s_;
+  Plan& p_;
+  std::vector<int> refs_;
+  Phase phase_ = Phase::setup;
+  std::uint8_t iter_ = 0;
+  int node_ = -1;
+  std::vector<Param> params_;
+  std::vector<std::vector<int>> node_params_;  // node -> index into params_ (trainable), -1 for buffers
+  int x_ = -1, y_ = -1;
+  std::vector<int> value_, grad_, uses_;
+  std::vector<std::vector<int>> saved_;
+  std::vector<int> loop_held_;
+  bool fwd_blas_ready_ = false, bwd_blas_ready_ = false;
+
+  int alloc(i64 bytes, Category c) {
+    int id = static_cast<int>(p_.tensors.size());
+    p_.tensors.push_back({bytes, c, node_});
+    refs_.push_back(1);
+    p_.events.push_back({id, false, phase_, iter_, node_});
+    return id;
+  }
+  void ref(int t) { ++refs_[t]; }
+  void unref(int t) {
+    if (--refs_[t] == 0) p_.events.push_back({t, true, phase_, iter_, node_});
+  }
+
+  void setup() {
+    phase_ = Phase::setup;
+    node_params_.resize(g_.nodes.size());
+    // model.cuda(): each parameter and buffer is moved one by one, in registration order.
+    for (std::size_t i = 0; i < g_.nodes.size(); ++i) {
+      node_ = static_cast<int>(i);
+      const auto& ps = g_.nodes[i].shape.params;
+      for (std::size_t k = 0; k < ps.size(); ++k) {
+        i64 bytes = checked_mul(ps[k].numel(), dtype_size(ps[k].dtype), "parameter bytes");
+        int t = alloc(bytes, ps[k].trainable ? Category::parameter : Category::buffer);
+        if (ps[k].trainable) {
+          node_params_[i].push_back(static_cast<int>(params_.size()));
+          params_.push_back({static_cast<int>(i), static_cast<int>(k), bytes, t, -1, {}});
+        } else {
+          node_params_[i].push_back(-1);
+        }
+      }
+    }
+    node_ = -1;
+    // torch.optim.Adagrad creates its `sum` state in __init__ (torch/optim/adagrad.py).
+    if (s_.optimizer == Optimizer::adagrad)
+      for (auto& pr : params_) {
+        node_ = pr.node;
+        pr.state.push_back(alloc(pr.bytes, Category::optimizer_state));
+        p_.node_optimizer_bytes[pr.node] += pr.bytes;
+      }
+    node_ = 0;
+    x_ = alloc(g_.nodes[0].shape.out.bytes(), Category::input);
+    y_ = alloc(g_.target.bytes(), Category::input);
+    node_ = -1;
+  }
+
+  void zero_grad() {
+    phase_ = Phase::zero_grad;
+    if (!s_.set_to_none) return;  // grads are zeroed in place: no memory change
+    for (auto& pr : params_)
+      if (pr.grad >= 0) {
+        node_ = pr.node;
+        unref(pr.grad);
+        pr.grad = -1;
+      }
+    node_ = -1;
+  }
+
+  // cuBLAS/cuBLASLt workspaces are created by the first matmul on each thread and then kept
+  // (aten/src/ATen/cuda/CublasHandlePool.cpp; docs/pytorch-behaviour.md section 5).
+  void blas_workspaces(bool backward_thread, bool uses_lt) {
+    bool& ready = backward_thread ? bwd_blas_ready_ : fwd_blas_ready_;
+    if (ready) return;
+    ready = true;
+    if (s_.workspaces.cublas_bytes > 0) alloc(s_.workspaces.cublas_bytes, Category::workspace);
+    if (uses_lt && s_.workspaces.cublaslt_bytes > 0) alloc(s_.workspaces.cublaslt_bytes, Category::workspace);
+  }
+
+  int resolve(const Node& nd, const TensorRef& r, const std::vector<int>& in_st, int out, const std::vector<int>& extras,
+              const std::vector<int>& param_st) {
+    switch (r.kind) {
+      case TensorRef::input: return in_st[static_cast<std::size_t>(r.index)];
+      case TensorRef::output: return out;
+      case TensorRef::extra: return extras[static_cast<std::size_t>(r.index)];
+      case TensorRef::param: return param_st[static_cast<std::size_t>(r.index)];
+      case TensorRef::target: return y_;
+    }
+    (void)nd;
+    return out;
+  }
+
+  void forward() {
+    const std::size_t n = g_.nodes.size();
+    std::fill(value_.begin(), value_.end(), -1);
+    for (std::size_t i = 0; i < n; ++i) uses_[i] = g_.nodes[i].n_consumers;
+    if (g_.model_output >= 0) uses_[static_cast<std::size_t>(g_.model_output)]++;  // `out` held by the loop
+    value_[0] = x_;
+    ref(x_);  // the forward's reference; the loop keeps its own
+    std::vector<std::pair<int, int>> weight_cache;  // (param index, cast storage): autocast's cached_casts
+    for (std::size_t i = 1; i < n; ++i) {
+      const Node& nd = g_.nodes[i];
+      node_ = static_cast<int>(i);
+      phase_ = nd.rule->is_loss ? Phase::loss : Phase::forward;
+      if (nd.rule->kind == std::string_view("linear")) blas_workspaces(false, nd.shape.params.size() > 1);
+      // autocast casts of inputs: a new storage when the dtype changes, held for the call
+      std::vector<int> in_st, call_held;
+      for (std::size_t j = 0; j < nd.in.size(); ++j) {
+        int src = value_[static_cast<std::size_t>(nd.in[j])];
+        if (nd.in_types[j].dtype != g_.nodes[static_cast<std::size_t>(nd.in[j])].shape.out.dtype) {
+          int c = alloc(nd.in_types[j].bytes(), Category::activation);
+          call_held.push_back(c);
+          src = c;
+        }
+        in_st.push_back(src);
+      }
+      // parameters as the op sees them: the f32 storage, or autocast's cached low-precision copy
+      std::vector<int> param_st;
+      for (std::size_t k = 0; k < nd.shape.params.size(); ++k) {
+        int pi = node_params_[i][k];
+        if (pi < 0) {
+          param_st.push_back(-1);
+          continue;
+        }
+        if (!nd.param_cast[k]) {
+          param_st.push_back(params_[static_cast<std::size_t>(pi)].storage);
+          continue;
+        }
+        int cast = -1;
+        for (auto& [p, c] : weight_cache)
+          if (p == pi) cast = c;
+        if (cast < 0) {
+          cast = alloc(params_[static_cast<std::size_t>(pi)].bytes / dtype_size(DType::f32) * dtype_size(g_.compute),
+                       Category::temporary);
+          weight_cache.push_back({pi, cast});
+        }
+        param_st.push_back(cast);
+      }
+      std::vector<int> temps;
+      for (const auto& t : nd.mem.fwd_temps) temps.push_back(alloc(t.bytes(), Category::temporary));
+      if (s_.workspaces.cudnn_conv_bytes > 0 && nd.rule->kind == std::string_view("conv2d"))
+        temps.push_back(alloc(s_.workspaces.cudnn_conv_bytes, Category::workspace));
+      int out;
+      if (nd.mem.output == OpMemory::Output::fresh) {
+        out = alloc(nd.shape.out.bytes(), Category::activation);
+      } else {
+        out = in_st[0];
+        ref(out);
+      }
+      std::vector<int> extras;
+      for (const auto& e : nd.mem.extras) extras.push_back(alloc(e.type.bytes(), Category::activation));
+      if (nd.requires_grad) {
+        for (const auto& sv : nd.mem.saved) {
+          int t = resolve(nd, sv.ref, in_st, out, extras, param_st);
+          if (t < 0) continue;
+          ref(t);
+          saved_[i].push_back(t);
+          if (iter_ == 1) record_saved(i, sv, t, in_st, out, extras);
+        }
+      }
+      for (int t : temps) unref(t);
+      for (int t : extras) unref(t);
+      for (int t : call_held) unref(t);
+      value_[i] = out;
+      for (int p : nd.in) {
+        if (--uses_[static_cast<std::size_t>(p)] == 0) unref(value_[static_cast<std::size_t>(p)]);
+      }
+    }
+    // autocast exits: its weight-cast cache is cleared (saved copies live on until their backward)
+    for (auto& [p, c] : weight_cache) unref(c);
+    const std::size_t last = n - 1;
+    if (g_.model_output >= 0) loop_held_.push_back(value_[static_cast<std::size_t>(g_.model_output)]);
+    loop_held_.push_back(value_[last]);  // `loss`
+  }
+
+  void record_saved(std::size_t i, const SavedSpec& sv, int t, const std::vector<int>& in_st, int out,
+                    const std::vector<int>& extras) {
+    const Node& nd = g_.nodes[i];
+    SavedRecord r;
+    r.node = static_cast<int>(i);
+    r.role = sv.role;
+    r.tensor = t;
+    r.owner = static_cast<int>(i);
+    for (const auto& prev : p_.saved)
+      if (prev.tensor == t) {
+        r.owner = prev.owner;
+        break;
+      }
+    switch (sv.ref.kind) {
+      case TensorRef::input: {
+        std::size_t j = static_cast<std::size_t>(sv.ref.index);
+        r.type = nd.in_types[j];
+        r.producer = in_st[j] == value_[static_cast<std::size_t>(nd.in[j])] ? nd.in[j] : -1;
+        r.is_input = (in_st[j] == x_);
+        break;
+      }
+      case TensorRef::output:
+        r.type = nd.shape.out;
+        r.producer = static_cast<int>(i);
+        break;
+      case TensorRef::extra:
+        r.type = nd.mem.extras[static_cast<std::size_t>(sv.ref.index)].type;
+        break;
+      case TensorRef::param: {
+        const auto& ps = nd.shape.params[static_cast<std::size_t>(sv.ref.index)];
+        r.type = {ps.shape, nd.param_cast[static_cast<std::size_t>(sv.ref.index)] ? g_.compute : ps.dtype};
+        r.is_param = !nd.param_cast[static_cast<std::size_t>(sv.ref.index)];
+        break;
+      }
+      case TensorRef::target:
+        r.type = g_.target;
+        r.is_input = true;
+        break;
+    }
+    (void)out;
+    (void)extras;
+    p_.saved.push_back(std::move(r));
+  }
+
+  // Hands a gradient to a producer's input buffer (torch/csrc/autograd/input_buffer.cpp): the first
+  // one is kept; later ones are added in place when the buffer holds the only reference, else summed
+  // into a new tensor.
+  void deliver(int producer, int g) {
+    int& buf = grad_[static_cast<std::size_t>(producer)];
+    if (buf < 0) {
+      buf = g;
+      return;
+    }
+    if (refs_[buf] == 1) {
+      unref(g);
+      return;
+    }
+    int sum = alloc(p_.tensors[static_cast<std::size_t>(buf)].bytes, Category::activation_grad);
+    unref(buf);
+    unref(g);
+    buf = sum;
+  }
+
+  void backward() {
+    phase_ = Phase::backward;
+    const std::size_t n = g_.nodes.size();
+    std::fill(grad_.begin(), grad_.end(), -1);
+    node_ = static_cast<int>(n - 1);
+    // loss.backward(): torch.ones_like(loss)
+    grad_[n - 1] = alloc(g_.nodes[n - 1].shape.out.bytes(), Category::activation_grad);
+    for (std::size_t i = n - 1; i >= 1; --i) {
+      const Node& nd = g_.nodes[i];
+      node_ = static_cast<int>(i);
+      if (grad_[i] < 0 || !nd.requires_grad) continue;
+      if (nd.rule->kind == std::string_view("linear")) blas_workspaces(true, false);
+      std::vector<int> temps;
+      for (const auto& t : nd.mem.bwd_temps) temps.push_back(alloc(t.bytes(), Category::temporary));
+      if (s_.workspaces.cudnn_conv_bytes > 0 && nd.rule->kind == std::string_view("conv2d"))
+        temps.push_back(alloc(s_.workspaces.cudnn_conv_bytes, Category::workspace));
+      std::vector<std::pair<int, int>> pending;  // (producer, gradient storage)
+      for (std::size_t j = 0; j < nd.in.size(); ++j) {
+        std::size_t prod = static_cast<std::size_t>(nd.in[j]);
+        if (!g_.nodes[prod].requires_grad) continue;
+        int gi;
+        if (nd.mem.grad_in[j] == OpMemory::GradIn::fresh) {
+          gi = alloc(nd.in_types[j].bytes(), Category::activation_grad);
+        } else {
+          gi = grad_[i];
+          ref(gi);
+        }
+        if (nd.in_types[j].dtype != g_.nodes[prod].shape.out.dtype) {  // ToCopyBackward of an autocast cast
+          int up = alloc(g_.nodes[prod].shape.out.bytes(), Category::activation_grad);
+          unref(gi);
+          gi = up;
+        }
+        pending.push_back({static_cast<int>(prod), gi});
+      }
+      for (std::size_t k = 0; k < nd.shape.params.size(); ++k) {
+        int pi = node_params_[i][k];
+        if (pi < 0) continue;
+        Param& pr = params_[static_cast<std::size_t>(pi)];
+        int gw;
+        if (nd.param_cast[k]) {  // grad of the low-precision copy, then ToCopyBackward to float32
+          int low = alloc(pr.bytes / dtype_size(DType::f32) * dtype_size(g_.compute), Category::temporary);
+          gw = alloc(pr.bytes, Category::gradient);
+          unref(low);
+        } else {
+          gw = alloc(pr.bytes, Category::gradient);
+        }
+        // AccumulateGrad steals a fresh gradient as .grad; an existing .grad gets an in-place add
+        // (torch/csrc/autograd/functions/accumulate_grad.h).
+        if (pr.grad < 0) {
+          pr.grad = gw;
+        } else {
+          p_.tensors[static_cast<std::size_t>(gw)].category = Category::temporary;
+          unref(gw);
+        }
+        if (iter_ == 1) p_.node_grad_bytes[i] += pr.bytes;
+      }
+      for (int t : temps) unref(t);
+      // Engine: saved variables are released right after the node runs (release_variables).
+      for (int t : saved_[i]) unref(t);
+      saved_[i].clear();
+      unref(grad_[i]);
+      grad_[i] = -1;
+      for (auto& [prod, gi] : pending) deliver(prod, gi);
+    }
+    // The graph is freed when backward returns: anything not reached is released now.
+    node_ = -1;
+    for (std::size_t i = 0; i < n; ++i) {
+      for (int t : saved_[i]) unref(t);
+      saved_[i].clear();
+      if (grad_[i] >= 0) unref(grad_[i]);
+      grad_[i] = -1;
+    }
+  }
+
+  void add_state(Param& pr, i64 bytes) {
+    pr.state.push_back(alloc(bytes, Category::optimizer_state));
+    if (iter_ == 1) p_.node_optimizer_bytes[pr.node] += bytes;
+  }
+
+  // torch/optim/*.py (docs/pytorch-behaviour.md section 2). foreach: one temporary per parameter for
+  // each _foreach_* call that returns new tensors, all alive until the step returns.
+  void optimizer_step() {
+    phase_ = Phase::optimizer;
+    bool first = iter_ == 1;
+    std::vector<int> temps;
+    auto temp_all = [&] {
+      for (auto& pr : params_)
+        if (pr.grad >= 0) {
+          node_ = pr.node;
+          temps.push_back(alloc(pr.bytes, Category::temporary));
+        }
+    };
+    switch (s_.optimizer) {
+      case Optimizer::sgd:
+        break;
+      case Optimizer::sgd_momentum:
+        if (first)  // momentum_buffer = torch.clone(grad).detach()
+          for (auto& pr : params_) {
+            node_ = pr.node;
+            add_state(pr, pr.bytes);
+          }
+        break;
+      case Optimizer::adam:
+      case Optimizer::adamw:
+        if (first)
+          for (auto& pr : params_) {
+            node_ = pr.node;
+            if (s_.impl == OptimizerImpl::fused) add_state(pr, kScalarF32Bytes);  // `step` on the device
+            add_state(pr, pr.bytes);                                              // exp_avg
+            add_state(pr, pr.bytes);                                              // exp_avg_sq
+          }
+        if (s_.impl == OptimizerImpl::foreach) {
+          temp_all();  // exp_avg_sq_sqrt = torch._foreach_sqrt(exp_avg_sqs)
+        } else if (s_.impl == OptimizerImpl::for_loop) {
+          // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps): two temporaries; `denom`
+          // stays bound until the next parameter's replaces it.
+          int prev = -1;
+          for (auto& pr : params_) {
+            node_ = pr.node;
+            int t1 = alloc(pr.bytes, Category::temporary);
+            int t2 = alloc(pr.bytes, Category::temporary);
+            unref(t1);
+            if (prev >= 0) unref(prev);
+            prev = t2;
+          }
+          if (prev >= 0) unref(prev);
+        }
+        break;
+      case Optimizer::adagrad:
+        if (s_.impl == OptimizerImpl::foreach) {
+          temp_all();  // std = torch._foreach_sqrt(state_sums)
+          temp_all();  // numerator = torch._foreach_mul(grads, minus_clr)
+        } else {
+          int prev = -1;  // std = state_sum.sqrt().add_(eps)
+          for (auto& pr : params_) {
+            node_ = pr.node;
+            int t = alloc(pr.bytes, Category::temporary);
+            if (prev >= 0) unref(prev);
+            prev = t;
+          }
+          if (prev >= 0) unref(prev);
+        }
+        break;
+      case Optimizer::rmsprop:
+        if (first)
+          for (auto& pr : params_) {
+            node_ = pr.node;
+            add_state(pr, pr.bytes);  // square_avg
+          }
+        if (s_.impl == OptimizerImpl::foreach) {
+          temp_all();  // avg = torch._foreach_sqrt(square_avgs)
+        } else {
+          int prev = -1;  // avg = square_avg.sqrt().add_(eps)
+          for (auto& pr : params_) {
+            node_ = pr.node;
+            int t = alloc(pr.bytes, Category::temporary);
+            if (prev >= 0) unref(prev);
+            prev = t;
+          }
+          if (prev >= 0) unref(prev);
+        }
+        break;
+    }
+    for (int t : temps) unref(t);
+    node_ = -1;
+  }
+};
+
+}  // namespace
+
+Plan plan_training(const Graph& g, const TrainSettings& s) {
+  if (s.impl == OptimizerImpl::fused && (s.optimizer == Optimizer::adagrad || s.optimizer == Optimizer::rmsprop))
+    throw Error({}, "", std::string("memfit does not model a fused ") + optimizer_name(s.optimizer),
+                "use --optimizer-impl foreach or for-loop");
+  if (s.n_iterations < 2 || s.n_iterations > 250)
+    throw Error({}, "", "iterations must be between 2 and 250", "the default (3) is the first plus steady state");
+  Plan p;
+  p.events.reserve(g.nodes.size() * 12 * static_cast<std::size_t>(s.n_iterations) + 64);
+  Planner(g, s, p).run();
+  return p;
+}
+
+}  // namespace memfit

@@ -1,0 +1,306 @@
+#include "memfit/report.hpp"
+
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+namespace memfit {
+
+namespace {
+
+using ojson = nlohmann::ordered_json;
+
+const char* precision_name(DType t) {
+  switch (t) {
+    case DType::f16: return "fp16";
+    case DType::bf16: return "bf16";
+    default: return "fp32";
+  }
+}
+
+std::string shape_text(const std::vector<i64>& s) {
+  std::string o = "[";
+  for (std::size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
+  return o + "]";
+}
+
+// "64 x 32 x 50 x 50 x 4 B"
+std::string product_expr(const TensorType& t) {
+  std::string o;
+  for (i64 d : t.shape) o += std::to_string(d) + " x ";
+  return o + std::to_string(dtype_size(t.dtype)) + " B";
+}
+
+const std::string& node_name(const Estimate& e, int node) {
+  static const std::string none;
+  if (node < 0) return none;
+  return e.graph.nodes[static_cast<std::size_t>(node)].layer->name;
+}
+
+ojson node_or_null(const Estimate& e, int node) { return node < 0 ? ojson(nullptr) : ojson(node_name(e, node)); }
+
+ojson layer_json(const Estimate& e, const LayerRow& r) {
+  const Node& nd = e.graph.nodes[static_cast<std::size_t>(r.node)];
+  ojson j;
+  j["name"] = nd.layer->name;
+  j["kind"] = nd.rule->kind;
+  j["inputs"] = nd.layer->inputs;
+  j["output_shape"] = r.out.shape;
+  j["output_dtype"] = dtype_name(r.out.dtype);
+  j["output_storage"] = r.output_storage;
+  j["params"] = r.params;
+  j["param_bytes"] = r.param_bytes;
+  j["buffer_bytes"] = r.buffer_bytes;
+  j["grad_bytes"] = r.grad_bytes;
+  j["optimizer_bytes"] = r.optimizer_bytes;
+  j["output_bytes"] = r.output_bytes;
+  j["saved_bytes"] = r.saved_bytes;
+  ojson saved = ojson::array();
+  for (const auto& s : r.saved) {
+    ojson t;
+    t["role"] = s.role;
+    t["tensor"] = s.producer >= 0 ? ojson(node_name(e, s.producer)) : ojson(nullptr);
+    t["shape"] = s.type.shape;
+    t["dtype"] = dtype_name(s.type.dtype);
+    t["bytes"] = s.type.bytes();
+    t["counted"] = s.owner == s.node && !s.is_param && !s.is_input;
+    t["shared_with"] = s.owner != s.node ? ojson(node_name(e, s.owner)) : ojson(nullptr);
+    t["note"] = s.is_param ? "a parameter (already counted)" : s.is_input ? "held by the training loop (input)"
+                : s.owner != s.node                            ? "same storage as saved by an earlier layer"
+                                                               : "";
+    saved.push_back(std::move(t));
+  }
+  j["saved"] = std::move(saved);
+  return j;
+}
+
+ojson estimate_object(const Model& model, const Estimate& e) {
+  const Options& o = e.options;
+  ojson j;
+  j["memfit"] = kVersion;
+  j["model"] = {{"name", e.model_name}, {"file", e.model_file}, {"layers", model.layers.size()}};
+  Workspaces ws = o.workspaces ? *o.workspaces : default_workspaces(o.gpu);
+  j["settings"] = {{"batch", o.train.batch},
+                   {"dtype", precision_name(o.train.precision)},
+                   {"optimizer", optimizer_name(o.train.optimizer)},
+                   {"optimizer_impl", optimizer_impl_name(o.train.impl)},
+                   {"zero_grad", o.train.set_to_none ? "set_to_none" : "zero"},
+                   {"iterations", o.train.n_iterations},
+                   {"context_bytes", o.context_bytes},
+                   {"workspaces",
+                    {{"cublas_bytes", ws.cublas_bytes},
+                     {"cublaslt_bytes", ws.cublaslt_bytes},
+                     {"cudnn_conv_bytes", ws.cudnn_conv_bytes}}}};
+  ojson layers = ojson::array();
+  for (const auto& r : e.layers) layers.push_back(layer_json(e, r));
+  j["layers"] = std::move(layers);
+  j["totals"] = {{"params", e.total_params},
+                 {"param_bytes", e.total_param_bytes},
+                 {"buffer_bytes", e.total_buffer_bytes},
+                 {"grad_bytes", e.total_grad_bytes},
+                 {"optimizer_bytes", e.total_optimizer_bytes},
+                 {"saved_activation_bytes", e.total_saved_bytes},
+                 {"input_bytes", e.input_bytes},
+                 {"workspace_bytes", e.workspace_bytes}};
+  ojson breakdown;
+  for (int c = 0; c < n_categories; ++c)
+    breakdown[category_name(static_cast<Category>(c))] = e.sim.peak_breakdown[static_cast<std::size_t>(c)];
+  j["peak"] = {{"allocated_bytes", e.peak_allocated_bytes},
+               {"reserved_bytes", e.peak_reserved_bytes},
+               {"device_bytes", e.device_bytes},
+               {"context_bytes", o.context_bytes},
+               {"phase", phase_name(e.peak_phase)},
+               {"layer", node_or_null(e, e.peak_node)},
+               {"iteration", e.peak_iteration},
+               {"breakdown", breakdown}};
+  ojson iters = ojson::array();
+  for (const auto& ip : e.sim.iterations) {
+    if (ip.iteration == 0) continue;
+    ojson it;
+    it["iteration"] = ip.iteration;
+    it["allocated_bytes"] = ip.allocated_bytes;
+    it["reserved_bytes"] = ip.reserved_bytes;
+    const PlanEvent* ev = ip.event >= 0 ? &e.plan.events[static_cast<std::size_t>(ip.event)] : nullptr;
+    it["phase"] = ev ? phase_name(ev->phase) : "";
+    it["layer"] = ev ? node_or_null(e, ev->node) : ojson(nullptr);
+    iters.push_back(std::move(it));
+  }
+  j["iterations"] = std::move(iters);
+  if (o.gpu) {
+    j["gpu"] = {{"name", o.gpu->name},
+                {"memory_bytes", o.gpu->memory_bytes},
+                {"cuda_total_bytes", o.gpu->cuda_total_bytes},
+                {"cuda_total_observed", o.gpu->cuda_total_observed},
+                {"compute_capability", std::to_string(o.gpu->cc_major) + "." + std::to_string(o.gpu->cc_minor)},
+                {"source", o.gpu->source}};
+    j["fits"] = *e.fits;
+    j["usable_bytes"] = e.usable_bytes;
+    j["headroom_bytes"] = e.headroom_bytes;
+    j["fits_only_by_freeing_cache"] = e.fits_only_by_freeing_cache;
+  } else {
+    j["gpu"] = nullptr;
+    j["fits"] = nullptr;
+    j["usable_bytes"] = nullptr;
+    j["headroom_bytes"] = nullptr;
+    j["fits_only_by_freeing_cache"] = false;
+  }
+  ojson rules = ojson::array();
+  for (const auto& r : e.rules_of_thumb)
+    rules.push_back({{"name", r.name}, {"formula", r.formula}, {"bytes", r.bytes}});
+  j["rules_of_thumb"] = std::move(rules);
+  j["notes"] = e.notes;
+  if (o.timeline) {
+    ojson tl = ojson::array();
+    for (const auto& p : e.sim.timeline)
+      tl.push_back({{"iteration", p.iteration},
+                    {"phase", phase_name(p.phase)},
+                    {"layer", node_or_null(e, p.node)},
+                    {"allocated_bytes", p.allocated_bytes},
+                    {"reserved_bytes", p.reserved_bytes}});
+    j["timeline"] = std::move(tl);
+  }
+  return j;
+}
+
+void add_remedies(const Model& model, const Options& o, ojson& j) {
+  ojson arr = ojson::array();
+  for (const auto& r : remedies(model, o))
+    arr.push_back({{"change", r.change},
+                   {"why", r.why},
+                   {"device_bytes", r.device_bytes},
+                   {"peak_reserved_bytes", r.peak_reserved_bytes},
+                   {"fits", r.fits}});
+  j["remedies"] = std::move(arr);
+}
+
+}  // namespace
+
+std::string estimate_json(const Model& model, const Options& options) {
+  Estimate e = estimate(model, options);
+  ojson j = estimate_object(model, e);
+  if (e.fits && !*e.fits) add_remedies(model, options, j);
+  return j.dump(2) + "\n";
+}
+
+std::string max_batch_json(const Model& model, const Options& options) {
+  MaxBatch mb = max_batch(model, options);
+  Options at = options;
+  at.train.batch = mb.max_batch > 0 ? mb.max_batch : 1;
+  Estimate e = estimate(model, at);
+  ojson j = estimate_object(model, e);
+  j["max_batch"] = mb.max_batch;
+  return j.dump(2) + "\n";
+}
+
+std::string model_json(const Model& model) {
+  // Resolve attributes (padding=same -> numbers) by inferring shapes at batch 1.
+  Graph g = build_graph(model, 1, DType::f32);
+  ojson j;
+  j["format"] = "memfit-model/1";
+  j["name"] = model.name;
+  ojson layers = ojson::array();
+  for (const auto& nd : g.nodes) {
+    if (g.loss_appended && &nd == &g.nodes.back()) break;
+    const Layer& l = *nd.layer;
+    ojson jl;
+    jl["name"] = l.name;
+    jl["kind"] = l.kind;
+    if (l.kind == "input") {
+      jl["shape"] = std::vector<i64>(nd.shape.out.shape.begin() + 1, nd.shape.out.shape.end());
+      layers.push_back(std::move(jl));
+      continue;
+    }
+    jl["from"] = l.inputs;
+    for (const auto& spec : nd.rule->attrs) {
+      const Value& v = nd.shape.attrs.at(spec.key);
+      switch (v.type) {
+        case Value::Type::integer: jl[spec.key] = v.a; break;
+        case Value::Type::pair: jl[spec.key] = {v.a, v.b}; break;
+        case Value::Type::boolean: jl[spec.key] = v.flag; break;
+        case Value::Type::real: jl[spec.key] = v.real; break;
+        case Value::Type::text: jl[spec.key] = v.text; break;
+      }
+    }
+    layers.push_back(std::move(jl));
+  }
+  j["layers"] = std::move(layers);
+  return j.dump(2) + "\n";
+}
+
+std::string gpus_json() {
+  ojson arr = ojson::array();
+  for (const auto& g : gpu_catalog())
+    arr.push_back({{"name", g.name},
+                   {"memory_bytes", g.memory_bytes},
+                   {"cuda_total_bytes", g.cuda_total_bytes},
+                   {"cuda_total_observed", g.cuda_total_observed},
+                   {"compute_capability", std::to_string(g.cc_major) + "." + std::to_string(g.cc_minor)},
+                   {"source", g.source}});
+  ojson j;
+  j["gpus"] = std::move(arr);
+  return j.dump(2) + "\n";
+}
+
+std::string batch_sweep_json(const Model& model, const Options& options, i64 up_to, int n_points) {
+  if (up_to < 1) up_to = 1;
+  if (n_points < 2) n_points = 2;
+  ojson pts = ojson::array();
+  i64 last = 0;
+  for (int k = 0; k < n_points; ++k) {
+    i64 b = 1 + (up_to - 1) * k / (n_points - 1);
+    if (b == last) continue;
+    last = b;
+    Options o = options;
+    o.train.batch = b;
+    o.timeline = false;
+    Graph g = build_graph(model, b, o.train.precision);
+    TrainSettings t = o.train;
+    t.workspaces = o.workspaces ? *o.workspaces : default_workspaces(o.gpu);
+    Plan plan = plan_training(g, t);
+    SimResult s = simulate(plan, o.allocator);
+    pts.push_back({{"batch", b},
+                   {"allocated_bytes", s.peak_allocated_bytes},
+                   {"reserved_bytes", s.peak_reserved_bytes},
+                   {"device_bytes", s.peak_reserved_bytes + o.context_bytes}});
+  }
+  ojson j;
+  j["points"] = std::move(pts);
+  return j.dump(2) + "\n";
+}
+
+std::string error_json(const Error& e) {
+  ojson j;
+  j["error"] = {{"message", e.what()},
+                {"file", e.pos().file},
+                {"line", e.pos().line},
+                {"column", e.pos().column},
+                {"layer", e.layer()},
+                {"problem", e.problem()},
+                {"fix", e.fix()}};
+  return j.dump(2) + "\n";
+}
+
+DType parse_precision(std::string_view s) {
+  if (s == "fp32" || s == "float32") return DType::f32;
+  if (s == "fp16" || s == "float16" || s == "amp-fp16") return DType::f16;
+  if (s == "bf16" || s == "bfloat16" || s == "amp-bf16") return DType::bf16;
+  throw Error({}, "", "unknown dtype '" + std::string(s) + "'",
+              "use fp32, fp16 or bf16 (fp16/bf16 = torch.autocast mixed precision, parameters stay float32)");
+}
+
+Optimizer parse_optimizer(std::string_view s) {
+  for (Optimizer o : {Optimizer::sgd, Optimizer::sgd_momentum, Optimizer::adam, Optimizer::adamw, Optimizer::adagrad,
+                      Optimizer::rmsprop})
+    if (s == optimizer_name(o)) return o;
+  if (s == "momentum" || s == "sgd_momentum") return Optimizer::sgd_momentum;
+  throw Error({}, "", "unknown optimizer '" + std::string(s) + "'",
+              "use sgd, sgd-momentum, adam, adamw, adagrad or rmsprop");
+}
+
+OptimizerImpl parse_optimizer_impl(std::string_view s) {
+  if (s == "foreach") return OptimizerImpl::foreach;
+  if (s == "fused") return OptimizerImpl::fused;
+  if (s == "for-loop" || s == "forloop" || s == "for_loop" || s == "single-tensor") return OptimizerImpl::for_loop;
+  throw Error({}, "", "unknown optimizer implementation '" + std::string(s) + "'", "use foreach, fused or for-loop");
+}
+
+}  // namespace memfit

@@ -1,0 +1,177 @@
+// Human-readable output: a per-layer table, the peak and its breakdown, the verdict, the rules of thumb.
+// With explain, every number is followed by the arithmetic that produced it.
+#include <algorithm>
+#include <sstream>
+
+#include "memfit/report.hpp"
+
+namespace memfit {
+
+namespace {
+
+std::string shape_x(const std::vector<i64>& s) {
+  std::string o;
+  for (std::size_t i = 0; i < s.size(); ++i) o += (i ? "x" : "") + std::to_string(s[i]);
+  return o.empty() ? "scalar" : o;
+}
+
+std::string product_expr(const TensorType& t) {
+  std::string o;
+  for (i64 d : t.shape) o += std::to_string(d) + " x ";
+  return o + std::to_string(dtype_size(t.dtype)) + " B";
+}
+
+std::string pad(std::string s, std::size_t w, bool right = false) {
+  if (s.size() >= w) return s;
+  return right ? std::string(w - s.size(), ' ') + s : s + std::string(w - s.size(), ' ');
+}
+
+std::string mib(i64 b) { return format_mib(b); }
+
+const char* precision_label(DType t) {
+  return t == DType::f16 ? "fp16 autocast" : t == DType::bf16 ? "bf16 autocast" : "fp32";
+}
+
+void header(std::ostringstream& o, const Estimate& e) {
+  const Options& op = e.options;
+  o << "memfit " << kVersion << " - " << e.model_name << " (" << e.model_file << ")\n";
+  o << "batch " << op.train.batch << ", " << precision_label(op.train.precision) << ", optimizer "
+    << optimizer_name(op.train.optimizer) << " (" << optimizer_impl_name(op.train.impl) << "), zero_grad("
+    << (op.train.set_to_none ? "set_to_none=True" : "set_to_none=False") << ")";
+  if (op.gpu) o << ", GPU " << op.gpu->name;
+  o << "\n\n";
+}
+
+}  // namespace
+
+std::string render_text(const Model& model, const Options& options, bool explain) {
+  Estimate e = estimate(model, options);
+  std::ostringstream o;
+  header(o, e);
+  // table
+  o << pad("layer", 16) << pad("kind", 19) << pad("output (N first)", 18) << pad("params", 12, true)
+    << pad("saved", 14, true) << pad("grads", 12, true) << pad("optim", 12, true) << "\n";
+  for (const auto& r : e.layers) {
+    const Node& nd = e.graph.nodes[static_cast<std::size_t>(r.node)];
+    std::string kind = nd.rule->kind;
+    if (std::string(r.output_storage) == "in-place" || std::string(r.output_storage) == "view")
+      kind += std::string(" (") + r.output_storage + ")";
+    o << pad(nd.layer->name, 16) << pad(kind, 19) << pad(shape_x(r.out.shape), 18) << pad(format_count(r.params), 12, true)
+      << pad(mib(r.saved_bytes), 14, true) << pad(mib(r.grad_bytes), 12, true) << pad(mib(r.optimizer_bytes), 12, true)
+      << "\n";
+    if (!explain) continue;
+    o << "    output " << dtype_name(r.out.dtype) << ": " << product_expr(r.out) << " = " << format_bytes_exact(r.output_bytes)
+      << (r.node == 0 ? " (the batch, held by the loop)" : "") << "\n";
+    for (const auto& p : nd.shape.params) {
+      TensorType t{p.shape, p.dtype};
+      o << "    " << (p.trainable ? "param " : "buffer ") << p.name << " " << shape_x(p.shape) << ": "
+        << format_count(p.numel()) << " x " << dtype_size(p.dtype) << " B = " << format_bytes_exact(t.bytes()) << "\n";
+    }
+    if (r.grad_bytes) o << "    gradient (.grad, float32, same shapes as the params) = " << format_bytes_exact(r.grad_bytes) << "\n";
+    if (r.optimizer_bytes)
+      o << "    optimizer state (" << optimizer_name(options.train.optimizer) << ") = " << format_bytes_exact(r.optimizer_bytes)
+        << "\n";
+    for (const auto& s : r.saved) {
+      o << "    saves " << s.role << " " << dtype_name(s.type.dtype) << " " << shape_x(s.type.shape) << ": "
+        << product_expr(s.type) << " = " << format_bytes_exact(s.type.bytes());
+      if (s.is_param) o << " (the parameter itself: not extra)";
+      else if (s.is_input) o << " (held by the loop anyway: not counted)";
+      else if (s.owner != s.node)
+        o << " (same storage as saved by '" << e.graph.nodes[static_cast<std::size_t>(s.owner)].layer->name
+          << "': counted once)";
+      o << "\n";
+    }
+  }
+  o << "\n";
+  o << "parameters      " << format_count(e.total_params) << " (" << mib(e.total_param_bytes) << ")";
+  if (explain) o << " = " << format_count(e.total_params) << " x 4 B = " << format_bytes_exact(e.total_param_bytes);
+  o << "\n";
+  if (e.total_buffer_bytes) o << "buffers         " << mib(e.total_buffer_bytes) << "\n";
+  o << "gradients       " << mib(e.total_grad_bytes) << "\n";
+  o << "optimizer state " << mib(e.total_optimizer_bytes) << "\n";
+  o << "saved for backward (unique storages) " << mib(e.total_saved_bytes);
+  if (explain) o << " = " << format_bytes_exact(e.total_saved_bytes) << " (sum of the per-layer 'saved' column)";
+  o << "\n";
+  o << "input batch + targets " << mib(e.input_bytes) << "\n\n";
+
+  o << "peak (iteration " << e.peak_iteration << ", " << phase_name(e.peak_phase);
+  if (e.peak_node >= 0) o << " at '" << e.graph.nodes[static_cast<std::size_t>(e.peak_node)].layer->name << "'";
+  o << ")\n";
+  o << "  torch.cuda.max_memory_allocated  " << pad(mib(e.peak_allocated_bytes), 14, true) << "  ("
+    << format_bytes_exact(e.peak_allocated_bytes) << ")\n";
+  o << "  torch.cuda.max_memory_reserved   " << pad(mib(e.peak_reserved_bytes), 14, true) << "  ("
+    << format_bytes_exact(e.peak_reserved_bytes) << ")\n";
+  o << "  + CUDA context                   " << pad(mib(options.context_bytes), 14, true) << "\n";
+  o << "  = on the GPU (nvidia-smi)        " << pad(mib(e.device_bytes), 14, true) << "\n";
+  if (explain)
+    o << "    allocated = sum of live blocks, each request rounded up to a multiple of 512 B;\n"
+         "    reserved = sum of cudaMalloc'd segments (2 MiB for requests <= 1 MiB, 20 MiB below 10 MiB,\n"
+         "    else rounded up to 2 MiB), cached and reused, not returned to the driver.\n";
+  o << "  at the peak:\n";
+  for (int c = 0; c < n_categories; ++c) {
+    i64 b = e.sim.peak_breakdown[static_cast<std::size_t>(c)];
+    if (b) o << "    " << pad(category_name(static_cast<Category>(c)), 17) << pad(mib(b), 14, true) << "\n";
+  }
+  o << "  per iteration (max_memory_allocated / reserved after reset_peak_memory_stats):\n";
+  for (const auto& ip : e.sim.iterations)
+    if (ip.iteration > 0)
+      o << "    iteration " << ip.iteration << ": " << mib(ip.allocated_bytes) << " / " << mib(ip.reserved_bytes) << "\n";
+  o << "\n";
+  if (options.gpu) {
+    const Gpu& g = *options.gpu;
+    o << "GPU " << g.name << ": " << mib(g.memory_bytes) << " total, " << mib(g.cuda_total_bytes)
+      << " visible to CUDA" << (g.cuda_total_observed || g.source == "size given by the user" ? "" : " (estimated)")
+      << ", " << mib(e.usable_bytes) << " usable after the context\n";
+    if (*e.fits) {
+      o << "FITS: headroom " << mib(e.headroom_bytes);
+      if (e.fits_only_by_freeing_cache) o << " (only because PyTorch frees its cache when memory runs out: slower)";
+      o << "\n";
+    } else {
+      o << "DOES NOT FIT: " << mib(-e.headroom_bytes) << " short\n";
+      o << "what to change:\n";
+      for (const auto& r : remedies(model, options))
+        o << "  " << pad(r.change, 28) << pad(mib(r.device_bytes), 14, true) << " on the GPU  "
+          << (r.fits ? "fits" : "does not fit") << "  (" << r.why << ")\n";
+    }
+    o << "\n";
+  }
+  o << "rules of thumb for comparison:\n";
+  for (const auto& r : e.rules_of_thumb) {
+    o << "  " << pad(r.name, 26) << pad(mib(r.bytes), 14, true);
+    if (explain) o << "   " << r.formula;
+    o << "\n";
+  }
+  for (const auto& n : e.notes) o << "note: " << n << "\n";
+  return o.str();
+}
+
+std::string render_max_batch_text(const Model& model, const Options& options) {
+  MaxBatch mb = max_batch(model, options);
+  std::ostringstream o;
+  o << "largest batch that fits on " << options.gpu->name << ": " << mb.max_batch << "\n";
+  if (mb.max_batch > 0) {
+    Options at = options;
+    at.train.batch = mb.max_batch;
+    Estimate e = estimate(model, at);
+    o << "  at batch " << mb.max_batch << ": reserved " << mib(e.peak_reserved_bytes) << ", on the GPU "
+      << mib(e.device_bytes) << ", headroom " << mib(e.headroom_bytes) << "\n";
+  } else {
+    o << "  even batch 1 does not fit\n";
+  }
+  o << "  (" << mb.n_probes << " full estimates searched)\n";
+  return o.str();
+}
+
+std::string render_gpus_text() {
+  std::ostringstream o;
+  o << pad("GPU", 18) << pad("nvidia-smi total", 18, true) << pad("CUDA total", 16, true) << "  cc    source\n";
+  for (const auto& g : gpu_catalog())
+    o << pad(g.name, 18) << pad(format_count(g.memory_bytes / MiB) + " MiB", 18, true)
+      << pad(format_count(g.cuda_total_bytes / MiB) + " MiB", 16, true) << (g.cuda_total_observed ? " " : "*") << " "
+      << g.cc_major << "." << g.cc_minor << "   " << g.source << "\n";
+  o << "* estimated: nvidia-smi total minus " << mib(kDriverReservedDefaultBytes) << " driver reservation\n";
+  o << "any size also works: --gpu 24GiB, --gpu 12GB, --gpu 12000MiB\n";
+  return o.str();
+}
+
+}  // namespace memfit

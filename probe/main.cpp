@@ -1,0 +1,125 @@
+// The native `memfit` binary: a thin front end over the core (argument parsing and printing only).
+// Exit status: 0 fits (or no GPU given), 1 does not fit, 2 bad input or usage, 3 no usable CUDA device.
+#include <CLI/CLI.hpp>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "memfit/api.hpp"
+#include "memfit/report.hpp"
+#include "probe.hpp"
+
+namespace {
+
+constexpr int kExitFits = 0, kExitDoesNotFit = 1, kExitBadInput = 2;
+
+// MODEL: a path, '-' for standard input, or the name of a builtin model (models/NAME.memfit).
+memfit::Model load_model(const std::string& arg) {
+  std::string name = arg.empty() ? memfit::kDefaultModel : arg;
+  if (name == "-") {
+    std::ostringstream ss;
+    ss << std::cin.rdbuf();
+    return memfit::parse_model(ss.str(), "<stdin>");
+  }
+  std::ifstream in(name, std::ios::binary);
+  if (in) {
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    return memfit::parse_model(ss.str(), name);
+  }
+  if (const auto* b = memfit::find_builtin_model(name))
+    return memfit::parse_model(b->text, std::string("models/") + b->name + ".memfit");
+  std::string names;
+  for (const auto& m : memfit::builtin_models()) names += (names.empty() ? "" : ", ") + std::string(m.name);
+  throw memfit::Error({name, 0, 0}, "", "cannot open the model file", "give a path to a .memfit or .json file, or one of: " + names);
+}
+
+void add_settings(CLI::App* c, memfit::OptionStrings& s) {
+  auto opt = [&](const char* flag, std::optional<std::string>& dst, const char* help) {
+    c->add_option_function<std::string>(flag, [&dst](const std::string& v) { dst = v; }, help);
+  };
+  opt("--batch,-b", s.batch, "batch size (default 64)");
+  opt("--dtype", s.dtype, "fp32 (default), fp16 or bf16 (torch.autocast mixed precision)");
+  opt("--optimizer", s.optimizer, "sgd (default), sgd-momentum, adam, adamw, adagrad, rmsprop");
+  opt("--optimizer-impl", s.optimizer_impl, "foreach (default on CUDA), fused or for-loop");
+  opt("--zero-grad", s.zero_grad, "set-to-none (default) or zero");
+  opt("--gpu", s.gpu, "a GPU from 'memfit gpus' or a size: 24GiB, 12GB, 12000MiB");
+  opt("--context", s.context, "CUDA context size outside the allocator (default 426MiB)");
+  opt("--cublas-workspace", s.cublas_workspace, "cuBLAS workspace per thread (default by GPU)");
+  opt("--cudnn-workspace", s.cudnn_workspace, "cuDNN workspace per convolution call (default 0: not modelled)");
+  opt("--iterations", s.iterations, "training iterations simulated (default 3: first + steady state)");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"memfit: will this model train on this GPU, and where does the memory go?"};
+  app.require_subcommand(1);
+  memfit::OptionStrings s;
+  std::string model_arg;
+  bool json = false, explain = false, timeline = false, probe_max_batch = false;
+
+  auto* est = app.add_subcommand("estimate", "per-layer training memory, the peak and the verdict");
+  est->add_option("MODEL", model_arg, "model file, '-' for stdin, or a builtin name (default question_cnn)");
+  add_settings(est, s);
+  est->add_flag("--json", json, "print the JSON result");
+  est->add_flag("--explain", explain, "show the arithmetic behind every number");
+  est->add_flag("--timeline", timeline, "include memory per op in the JSON");
+
+  auto* mb = app.add_subcommand("max-batch", "the largest batch that fits on the GPU");
+  mb->add_option("MODEL", model_arg, "model file or builtin name");
+  add_settings(mb, s);
+  mb->add_flag("--json", json, "print the JSON result");
+
+  auto* gpus = app.add_subcommand("gpus", "the GPU catalog");
+  gpus->add_flag("--json", json, "print JSON");
+
+  auto* model = app.add_subcommand("model", "print the model as flat JSON (blocks expanded, attributes resolved)");
+  model->add_option("MODEL", model_arg, "model file or builtin name");
+  model->add_flag("--json", json, "JSON (the only format)");
+
+  auto* probe = app.add_subcommand("probe", "replay the allocation plan on this machine's CUDA GPU");
+  probe->add_option("MODEL", model_arg, "model file or builtin name");
+  add_settings(probe, s);
+  probe->add_flag("--json", json, "print JSON");
+  probe->add_flag("--max-batch", probe_max_batch, "find the largest batch by real allocation");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : kExitBadInput;
+  }
+
+  try {
+    if (gpus->parsed()) {
+      std::cout << (json ? memfit::gpus_json() : memfit::render_gpus_text());
+      return kExitFits;
+    }
+    s.timeline = timeline;
+    memfit::Model m = load_model(model_arg);
+    if (model->parsed()) {
+      std::cout << memfit::model_json(m);
+      return kExitFits;
+    }
+    memfit::Options options = memfit::make_options(s);
+    if (probe->parsed()) return memfit::run_probe_command(m, options, json, probe_max_batch);
+    if (mb->parsed()) {
+      if (!options.gpu) throw memfit::Error({}, "", "max-batch needs a GPU", "add --gpu NAME or --gpu 24GiB");
+      if (json) std::cout << memfit::max_batch_json(m, options);
+      else std::cout << memfit::render_max_batch_text(m, options);
+      return kExitFits;
+    }
+    std::string out = json ? memfit::estimate_json(m, options) : memfit::render_text(m, options, explain);
+    std::cout << out;
+    if (!options.gpu) return kExitFits;
+    memfit::Estimate e = memfit::estimate(m, options);
+    return *e.fits ? kExitFits : kExitDoesNotFit;
+  } catch (const memfit::Error& e) {
+    std::cerr << "memfit: " << e.what() << "\n";
+    return kExitBadInput;
+  } catch (const std::exception& e) {
+    std::cerr << "memfit: internal error: " << e.what() << " (please report the model that caused it)\n";
+    return kExitBadInput;
+  }
+}

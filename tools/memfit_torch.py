@@ -1,0 +1,410 @@
+"""Build and train a PyTorch module from a memfit JSON model form.
+
+The JSON form ("format": "memfit-model/1") is what `memfit model FILE --json`
+emits.  This module is the single source of truth for how the reference tools
+(cpu_reference.py, gpu_reference.py) turn that form into PyTorch:
+
+* build_module(model_json) -> MemfitNet
+    One leaf nn.Module per memfit layer, registered in a ModuleDict under a
+    safe key (memfit name with '.' replaced, see `safe_key`).  `net.key_to_name`
+    maps the key back to the memfit layer name, `net.name_to_key` the other way.
+    Input layers get no module.  A trailing `cross_entropy` layer is not run in
+    forward(); it becomes `net.loss` (an nn.CrossEntropyLoss registered as
+    `net.loss`, memfit name = that layer's name).  If the model has no
+    cross_entropy layer, `net.loss` is nn.CrossEntropyLoss with memfit name
+    "loss" (memfit appends the same layer under that name).
+* make_batch(model_json, batch, device, dtype) -> (x, target)
+* training_step(model, x, target, optimizer, loss_fn) -- the measured loop:
+      optimizer.zero_grad(set_to_none=True)
+      out = model(x)
+      loss = loss_fn(out, target)
+      loss.backward()
+      optimizer.step()
+* make_optimizer(name, params, impl)
+
+Works with torch 1.13 (CPU) and torch 2.x (CUDA).  Standard library + torch only.
+"""
+
+import contextlib
+import inspect
+import json
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+FORMAT = "memfit-model/1"
+
+KINDS = (
+    "input", "conv2d", "maxpool2d", "avgpool2d", "adaptive_avgpool2d", "flatten",
+    "linear", "relu", "relu6", "leaky_relu", "sigmoid", "tanh", "gelu", "silu",
+    "batchnorm2d", "dropout", "softmax", "log_softmax", "cross_entropy", "add",
+    "concat",
+)
+
+LOSS_NAME = "loss"  # memfit's name for the appended CrossEntropyLoss
+
+TRAINING_LOOP = (
+    "optimizer.zero_grad(set_to_none=True); out = model(x); "
+    "loss = loss_fn(out, target); loss.backward(); optimizer.step()"
+)
+
+
+# --------------------------------------------------------------------------
+# loading / validation
+
+def load_model_json(path_or_obj):
+    if isinstance(path_or_obj, dict):
+        m = path_or_obj
+    else:
+        with open(path_or_obj) as f:
+            m = json.load(f)
+    if m.get("format") != FORMAT:
+        raise ValueError("not a %s document (format=%r)" % (FORMAT, m.get("format")))
+    seen = set()
+    for i, layer in enumerate(m["layers"]):
+        kind = layer.get("kind")
+        if kind not in KINDS:
+            raise ValueError("layer %d (%s): unknown kind %r" % (i, layer.get("name"), kind))
+        name = layer.get("name")
+        if not name:
+            raise ValueError("layer %d has no name" % i)
+        if name in seen:
+            raise ValueError("duplicate layer name %r" % name)
+        if kind != "input":
+            src = layer.get("from")
+            if not src:
+                raise ValueError("layer %r has no 'from'" % name)
+            for s in src:
+                if s not in seen:
+                    raise ValueError("layer %r: 'from' %r is not an earlier layer" % (name, s))
+        if kind == "cross_entropy" and i != len(m["layers"]) - 1:
+            raise ValueError("cross_entropy layer %r must be the last layer" % name)
+        seen.add(name)
+    return m
+
+
+def safe_key(name):
+    """ModuleDict keys may not contain '.'; keep them readable and unique."""
+    return name.replace(".", "__dot__")
+
+
+def _pair(v, default=None):
+    if v is None:
+        v = default
+    if isinstance(v, int):
+        return (v, v)
+    return tuple(int(a) for a in v)
+
+
+# --------------------------------------------------------------------------
+# shape inference (per-sample shapes, batch dimension excluded)
+
+def _pool_out(size, k, s, p, d, ceil_mode):
+    num = size + 2 * p - d * (k - 1) - 1
+    if ceil_mode:
+        out = -(-num // s) + 1
+        if (out - 1) * s >= size + p:  # last window must start inside input+left pad
+            out -= 1
+    else:
+        out = num // s + 1
+    return out
+
+
+def _dim_index(dim, rank_with_batch):
+    """Map a dim of the batched tensor to an index into the per-sample shape."""
+    if dim < 0:
+        dim += rank_with_batch
+    if dim <= 0 or dim >= rank_with_batch:
+        raise ValueError("dim %d cannot address a per-sample axis" % dim)
+    return dim - 1
+
+
+def infer_shapes(m):
+    """Return {layer name: per-sample output shape (list)}; cross_entropy -> []."""
+    shapes = {}
+    for layer in m["layers"]:
+        kind, name = layer["kind"], layer["name"]
+        ins = [shapes[s] for s in layer.get("from", [])]
+        x = ins[0] if ins else None
+        if kind == "input":
+            out = list(layer["shape"])
+        elif kind == "conv2d":
+            c, h, w = x
+            k = _pair(layer["kernel"]); s = _pair(layer.get("stride"), 1)
+            p = _pair(layer.get("padding"), 0); d = _pair(layer.get("dilation"), 1)
+            out = [layer["out_channels"], _pool_out(h, k[0], s[0], p[0], d[0], False),
+                   _pool_out(w, k[1], s[1], p[1], d[1], False)]
+        elif kind in ("maxpool2d", "avgpool2d"):
+            c, h, w = x
+            k = _pair(layer["kernel"]); s = _pair(layer.get("stride"), k)
+            p = _pair(layer.get("padding"), 0)
+            d = _pair(layer.get("dilation"), 1) if kind == "maxpool2d" else (1, 1)
+            cm = bool(layer.get("ceil_mode", False))
+            out = [c, _pool_out(h, k[0], s[0], p[0], d[0], cm), _pool_out(w, k[1], s[1], p[1], d[1], cm)]
+        elif kind == "adaptive_avgpool2d":
+            out = [x[0]] + list(_pair(layer["output_size"]))
+        elif kind == "flatten":
+            out = [int(math.prod(x))]
+        elif kind == "linear":
+            out = list(x[:-1]) + [layer["out_features"]]
+        elif kind == "add":
+            for other in ins[1:]:
+                if other != x:
+                    raise ValueError("add %r: shape mismatch %r vs %r" % (name, x, other))
+            out = list(x)
+        elif kind == "concat":
+            di = _dim_index(layer.get("dim", 1), len(x) + 1)
+            out = list(x)
+            out[di] = sum(t[di] for t in ins)
+        elif kind == "cross_entropy":
+            out = []
+        else:  # elementwise / normalisation / softmax
+            out = list(x)
+        shapes[name] = out
+    return shapes
+
+
+def num_classes(m):
+    """Classes of the training loss: dim 1 of the logits fed to CrossEntropyLoss."""
+    shapes = infer_shapes(m)
+    last = m["layers"][-1]
+    logits = shapes[last["from"][0]] if last["kind"] == "cross_entropy" else shapes[last["name"]]
+    return int(logits[0])
+
+
+# --------------------------------------------------------------------------
+# leaf modules
+
+class Add(nn.Module):
+    def forward(self, *xs):
+        out = xs[0]
+        for t in xs[1:]:
+            out = out + t
+        return out
+
+
+class Concat(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, *xs):
+        return torch.cat(xs, dim=self.dim)
+
+    def extra_repr(self):
+        return "dim=%d" % self.dim
+
+
+def _make_layer(layer, in_shapes):
+    kind = layer["kind"]
+    x = in_shapes[0] if in_shapes else None
+    if kind == "conv2d":
+        return nn.Conv2d(x[0], layer["out_channels"], _pair(layer["kernel"]),
+                         stride=_pair(layer.get("stride"), 1), padding=_pair(layer.get("padding"), 0),
+                         dilation=_pair(layer.get("dilation"), 1), groups=int(layer.get("groups", 1)),
+                         bias=bool(layer.get("bias", True)))
+    if kind == "maxpool2d":
+        k = _pair(layer["kernel"])
+        return nn.MaxPool2d(k, stride=_pair(layer.get("stride"), k), padding=_pair(layer.get("padding"), 0),
+                            dilation=_pair(layer.get("dilation"), 1), ceil_mode=bool(layer.get("ceil_mode", False)))
+    if kind == "avgpool2d":
+        k = _pair(layer["kernel"])
+        return nn.AvgPool2d(k, stride=_pair(layer.get("stride"), k), padding=_pair(layer.get("padding"), 0),
+                            ceil_mode=bool(layer.get("ceil_mode", False)),
+                            count_include_pad=bool(layer.get("count_include_pad", True)))
+    if kind == "adaptive_avgpool2d":
+        return nn.AdaptiveAvgPool2d(_pair(layer["output_size"]))
+    if kind == "flatten":
+        return nn.Flatten(1)
+    if kind == "linear":
+        return nn.Linear(x[-1], layer["out_features"], bias=bool(layer.get("bias", True)))
+    if kind == "relu":
+        return nn.ReLU(inplace=bool(layer.get("inplace", False)))
+    if kind == "relu6":
+        return nn.ReLU6(inplace=bool(layer.get("inplace", False)))
+    if kind == "leaky_relu":
+        return nn.LeakyReLU(float(layer.get("negative_slope", 0.01)), inplace=bool(layer.get("inplace", False)))
+    if kind == "sigmoid":
+        return nn.Sigmoid()
+    if kind == "tanh":
+        return nn.Tanh()
+    if kind == "gelu":
+        return nn.GELU()
+    if kind == "silu":
+        return nn.SiLU(inplace=bool(layer.get("inplace", False)))
+    if kind == "batchnorm2d":
+        return nn.BatchNorm2d(x[0], eps=float(layer.get("eps", 1e-5)), momentum=float(layer.get("momentum", 0.1)),
+                              affine=bool(layer.get("affine", True)),
+                              track_running_stats=bool(layer.get("track_running_stats", True)))
+    if kind == "dropout":
+        return nn.Dropout(float(layer.get("p", 0.5)), inplace=bool(layer.get("inplace", False)))
+    if kind == "softmax":
+        return nn.Softmax(dim=int(layer.get("dim", 1)))
+    if kind == "log_softmax":
+        return nn.LogSoftmax(dim=int(layer.get("dim", 1)))
+    if kind == "add":
+        return Add()
+    if kind == "concat":
+        return Concat(int(layer.get("dim", 1)))
+    if kind == "cross_entropy":
+        return nn.CrossEntropyLoss()
+    raise ValueError("unsupported kind %r" % kind)
+
+
+class MemfitNet(nn.Module):
+    """Executes the memfit layers in order.  forward(x) returns the logits fed
+    to the loss (the last non-loss layer's output)."""
+
+    def __init__(self, m):
+        super().__init__()
+        m = load_model_json(m)
+        self.model_name = m.get("name", "model")
+        shapes = infer_shapes(m)
+        self.layers = nn.ModuleDict()
+        self.key_to_name = {}
+        self.name_to_key = {}
+        self.inputs = []         # memfit names of input layers, in order
+        self.plan = []           # (memfit name, key, [from names])
+        self.loss_name = LOSS_NAME
+        self.loss_from = None
+        self.output_name = None
+        layers = m["layers"]
+        for i, layer in enumerate(layers):
+            name, kind = layer["name"], layer["kind"]
+            if kind == "input":
+                self.inputs.append(name)
+                continue
+            mod = _make_layer(layer, [shapes[s] for s in layer["from"]])
+            if kind == "cross_entropy":
+                self.loss = mod
+                self.loss_name = name
+                self.loss_from = layer["from"][0]
+                continue
+            key = safe_key(name)
+            if key in self.layers:
+                raise ValueError("layer names %r collide after key mangling" % name)
+            self.layers[key] = mod
+            self.key_to_name[key] = name
+            self.name_to_key[name] = key
+            self.plan.append((name, key, list(layer["from"])))
+        if self.loss_from is None:
+            self.loss = nn.CrossEntropyLoss()
+            self.output_name = self.plan[-1][0] if self.plan else self.inputs[-1]
+        else:
+            self.output_name = self.loss_from
+        self.shapes = shapes
+
+    def memfit_modules(self):
+        """Yield (memfit layer name, leaf module), including the loss."""
+        for name, key, _ in self.plan:
+            yield name, self.layers[key]
+        yield self.loss_name, self.loss
+
+    def forward(self, *xs):
+        if len(xs) == 1 and isinstance(xs[0], (tuple, list)):
+            xs = tuple(xs[0])
+        if len(xs) != len(self.inputs):
+            raise ValueError("expected %d inputs, got %d" % (len(self.inputs), len(xs)))
+        env = dict(zip(self.inputs, xs))
+        for name, key, src in self.plan:
+            env[name] = self.layers[key](*[env[s] for s in src])
+        return env[self.output_name]
+
+
+def build_module(model_json):
+    return MemfitNet(model_json)
+
+
+def loss_fn_for(model):
+    """The loss callable training_step uses: the model's own cross_entropy layer
+    (or the appended CrossEntropyLoss named "loss"); a leaf module so hooks see it."""
+    return model.loss
+
+
+def make_batch(model_json, batch, device="cpu", dtype=torch.float32, seed=0):
+    """Random input batch and int64 class targets [batch].  With several input
+    layers x is a tuple in layer order."""
+    m = load_model_json(model_json)
+    device = torch.device(device)
+    g = torch.Generator(device=device).manual_seed(seed)  # generate in place: no host copy
+    xs = []
+    for layer in m["layers"]:
+        if layer["kind"] == "input":
+            xs.append(torch.randn([batch] + list(layer["shape"]), generator=g, device=device, dtype=dtype))
+    target = torch.randint(0, num_classes(m), (batch,), generator=g, device=device, dtype=torch.int64)
+    x = xs[0] if len(xs) == 1 else tuple(xs)
+    return x, target
+
+
+# --------------------------------------------------------------------------
+# optimizers and the training step
+
+OPTIMIZERS = ("sgd", "sgd-momentum", "adam", "adamw", "adagrad", "rmsprop")
+IMPLS = ("default", "foreach", "fused", "for-loop")
+
+
+def make_optimizer(name, params, impl="default", lr=None):
+    """name in OPTIMIZERS; impl: 'default' (torch decides), 'foreach'
+    (foreach=True), 'fused' (fused=True; raises if this torch/optimizer lacks
+    it), 'for-loop' (foreach=False)."""
+    params = list(params)
+    table = {
+        "sgd": (torch.optim.SGD, dict(lr=0.01)),
+        "sgd-momentum": (torch.optim.SGD, dict(lr=0.01, momentum=0.9)),
+        "adam": (torch.optim.Adam, dict(lr=1e-3)),
+        "adamw": (torch.optim.AdamW, dict(lr=1e-3)),
+        "adagrad": (torch.optim.Adagrad, dict(lr=0.01)),
+        "rmsprop": (torch.optim.RMSprop, dict(lr=0.01)),
+    }
+    if name not in table:
+        raise ValueError("unknown optimizer %r (one of %s)" % (name, ", ".join(OPTIMIZERS)))
+    cls, kw = table[name]
+    if lr is not None:
+        kw["lr"] = lr
+    sig = inspect.signature(cls.__init__).parameters
+    if impl == "foreach":
+        kw["foreach"] = True
+    elif impl == "for-loop":
+        kw["foreach"] = False
+    elif impl == "fused":
+        if "fused" not in sig:
+            raise ValueError("%s has no fused implementation in torch %s" % (cls.__name__, torch.__version__))
+        kw["fused"] = True
+    elif impl != "default":
+        raise ValueError("unknown impl %r (one of %s)" % (impl, ", ".join(IMPLS)))
+    return cls(params, **kw)
+
+
+def optimizer_settings(opt):
+    d = opt.defaults
+    return {"class": type(opt).__name__,
+            "foreach": d.get("foreach"), "fused": d.get("fused"),
+            "lr": d.get("lr"), "momentum": d.get("momentum")}
+
+
+def training_step(model, x, target, optimizer, loss_fn=None, autocast=None):
+    """One training iteration, exactly:
+        optimizer.zero_grad(set_to_none=True); out = model(x);
+        loss = loss_fn(out, target); loss.backward(); optimizer.step()
+    `autocast`, if given, is a context manager wrapping forward+loss only
+    (torch.autocast(...)); no GradScaler is used.  Returns the loss (detached)."""
+    if loss_fn is None:
+        loss_fn = loss_fn_for(model)
+    ctx = autocast if autocast is not None else contextlib.nullcontext()
+    optimizer.zero_grad(set_to_none=True)
+    with ctx:
+        out = model(x)
+        loss = loss_fn(out, target)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def param_count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def buffer_bytes(model):
+    return sum(b.numel() * b.element_size() for b in model.buffers())
