@@ -116,14 +116,17 @@ class TextParser {
       std::string_view raw = src.substr(pos, end - pos);
       ++number;
       Line ln{{}, number};
+      for (std::size_t k = 0; k < raw.size(); ++k) {
+        unsigned char c = static_cast<unsigned char>(raw[k]);
+        if (c == 0 || c == 0x7f || (c < 0x20 && c != '\t' && c != '\r'))
+          throw Error({file_, number, static_cast<int>(k) + 1}, "", "the file contains a control byte (is it binary?)",
+                      "give a text model file (see docs/model-format.md) or JSON");
+      }
       std::size_t i = 0;
       while (i < raw.size()) {
         unsigned char c = static_cast<unsigned char>(raw[i]);
         if (c == '#') break;
-        if (c == 0 || (c < 0x20 && c != '\t' && c != '\r'))
-          throw Error({file_, number, static_cast<int>(i) + 1}, "", "the file contains a control byte (is it binary?)",
-                      "give a text model file (see docs/model-format.md) or JSON");
-        if (std::isspace(c) || c == ',' && false) {
+        if (std::isspace(c)) {
           ++i;
           continue;
         }
@@ -286,6 +289,14 @@ class TextParser {
     scope.last = inner.last;
   }
 
+  // conv1, conv2, ...: the word as typed plus a per-scope counter, skipping names already taken.
+  std::string auto_name(Scope& scope, const std::string& word) const {
+    while (true) {
+      std::string n = word + std::to_string(++scope.counters[word]);
+      if (!index_.count(scope.prefix + n)) return n;
+    }
+  }
+
   std::string current_input(const Scope& scope) const {
     if (!scope.last.empty()) return scope.last;
     if (!scope.block_input.empty()) return scope.block_input;
@@ -340,13 +351,14 @@ class TextParser {
     if (!rule) {
       std::string kinds;
       for (const OpRule* r : all_ops()) kinds += (kinds.empty() ? "" : ", ") + std::string(r->kind);
-      error(ln, t, label, "unknown layer kind '" + word + "'", "use one of: " + kinds + " (or a block defined above)");
+      error(ln, t, scope.prefix + (label.empty() ? word + std::to_string(scope.counters[word] + 1) : label),
+            "unknown layer kind '" + word + "'", "use one of: " + kinds + " (or a block defined above)");
     }
     Layer layer;
     layer.kind = rule->kind;
     std::string local = !label.empty()                           ? label
                         : rule->kind == std::string_view("input") ? std::string("input")
-                                                                   : word + std::to_string(++scope.counters[word]);
+                                                                   : auto_name(scope, word);
     layer.name = scope.prefix + local;
     layer.pos = {file_, ln.number, ln.tokens[0].column};
     if (index_.count(layer.name))

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# CLI contract: exit status 0 fits / 1 does not fit / 2 bad input; JSON keys; errors name file:line.
+set -u
+BIN=$1
+SRC=$2
+fail=0
+pass=0
+check() {  # name, expected exit, command...
+  local name=$1 want=$2
+  shift 2
+  "$@" >/tmp/memfit_cli_out 2>/tmp/memfit_cli_err
+  local rc=$?
+  if [ "$rc" -ne "$want" ]; then
+    echo "FAIL $name: exit $rc, expected $want"; cat /tmp/memfit_cli_err; fail=$((fail + 1))
+  else
+    pass=$((pass + 1))
+  fi
+}
+check "estimate default model" 0 "$BIN" estimate
+grep -q "4,632,902" /tmp/memfit_cli_out || { echo "FAIL: parameter count not shown"; fail=$((fail + 1)); }
+check "fits on a 24GiB GPU" 0 "$BIN" estimate "$SRC/models/question_cnn.memfit" --gpu 24GiB
+check "does not fit on 1GiB at batch 4096" 1 "$BIN" estimate --gpu 1GiB --batch 4096
+grep -q "DOES NOT FIT" /tmp/memfit_cli_out || { echo "FAIL: no verdict"; fail=$((fail + 1)); }
+check "json" 0 "$BIN" estimate --json --gpu "RTX 3090"
+for key in '"layers"' '"output_shape"' '"saved_bytes"' '"totals"' '"saved_activation_bytes"' '"peak"' \
+           '"allocated_bytes"' '"reserved_bytes"' '"device_bytes"' '"breakdown"' '"gpu"' '"memory_bytes"' \
+           '"fits": true' '"headroom_bytes"'; do
+  grep -q "$key" /tmp/memfit_cli_out || { echo "FAIL: JSON lacks $key"; fail=$((fail + 1)); }
+done
+check "max-batch json" 0 "$BIN" max-batch --gpu 8GiB --json
+grep -q '"max_batch"' /tmp/memfit_cli_out || { echo "FAIL: no max_batch"; fail=$((fail + 1)); }
+check "explain" 0 "$BIN" estimate --explain
+grep -q "64 x 32 x 50 x 50 x 4 B = 20,480,000 B" /tmp/memfit_cli_out || { echo "FAIL: explain lacks conv1 arithmetic"; fail=$((fail + 1)); }
+check "gpus" 0 "$BIN" gpus
+check "bad usage" 2 "$BIN" estimate --batch
+check "bad batch" 2 "$BIN" estimate --batch zero
+check "unknown gpu" 2 "$BIN" estimate --gpu potato
+check "missing file" 2 "$BIN" estimate /nonexistent/model.memfit
+printf 'input 8x8x3 layout=hwc\nconv 4 3x3\nfrobnicate\n' > /tmp/memfit_bad.memfit
+check "bad model" 2 "$BIN" estimate /tmp/memfit_bad.memfit
+grep -q "/tmp/memfit_bad.memfit:3:1: layer 'frobnicate1': unknown layer kind" /tmp/memfit_cli_err || { echo "FAIL: error position"; cat /tmp/memfit_cli_err; fail=$((fail + 1)); }
+head -c 4096 /dev/urandom > /tmp/memfit_garbage.bin
+check "binary garbage" 2 "$BIN" estimate /tmp/memfit_garbage.bin
+check "stdin" 0 bash -c "cat '$SRC/models/question_cnn.memfit' | '$BIN' estimate -"
+echo "cli: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]
