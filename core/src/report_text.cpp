@@ -153,8 +153,12 @@ std::string render_max_batch_text(const Model& model, const Options& options) {
     Options at = options;
     at.train.batch = mb.max_batch;
     Estimate e = estimate(model, at);
-    o << "  at batch " << mb.max_batch << ": reserved " << mib(e.peak_reserved_bytes) << ", on the GPU "
-      << mib(e.device_bytes) << ", headroom " << mib(e.headroom_bytes) << "\n";
+    o << "  at batch " << mb.max_batch << ": allocated " << mib(e.peak_allocated_bytes) << " of "
+      << mib(e.usable_bytes) << " usable, headroom " << mib(e.headroom_bytes) << "\n";
+    if (e.fits_only_by_freeing_cache)
+      o << "  (fits only because PyTorch frees its cached segments when cudaMalloc fails: without that it would\n"
+           "   reserve " << mib(e.peak_reserved_bytes) << "; a batch where the headroom stays positive without it\n"
+           "   trains faster)\n";
   } else {
     o << "  even batch 1 does not fit\n";
   }
