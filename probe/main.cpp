@@ -83,6 +83,8 @@ int main(int argc, char** argv) {
   add_settings(probe, s);
   probe->add_flag("--json", json, "print JSON");
   probe->add_flag("--max-batch", probe_max_batch, "find the largest batch by real allocation");
+  double probe_time_limit = memfit::probe::kDefaultTimeLimitSeconds;
+  probe->add_option("--time-limit", probe_time_limit, "seconds before the probe stops and frees everything (default 60)");
 
   try {
     app.parse(argc, argv);
@@ -103,7 +105,7 @@ int main(int argc, char** argv) {
       return kExitFits;
     }
     memfit::Options options = memfit::make_options(s);
-    if (probe->parsed()) return memfit::run_probe_command(m, options, json, probe_max_batch);
+    if (probe->parsed()) return memfit::run_probe_command(m, options, json, probe_max_batch, probe_time_limit);
     if (mb->parsed()) {
       if (!options.gpu) throw memfit::Error({}, "", "max-batch needs a GPU", "add --gpu NAME or --gpu 24GiB");
       if (json) std::cout << memfit::max_batch_json(m, options);
