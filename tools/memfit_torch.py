@@ -178,10 +178,16 @@ def num_classes(m):
 # leaf modules
 
 class Add(nn.Module):
+    """memfit `add`; with inplace=True it is torchvision's `out += identity` (writes into input 0)."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
     def forward(self, *xs):
         out = xs[0]
         for t in xs[1:]:
-            out = out + t
+            out = out.add_(t) if self.inplace else out + t
         return out
 
 
@@ -245,7 +251,7 @@ def _make_layer(layer, in_shapes):
     if kind == "log_softmax":
         return nn.LogSoftmax(dim=int(layer.get("dim", 1)))
     if kind == "add":
-        return Add()
+        return Add(bool(layer.get("inplace", False)))
     if kind == "concat":
         return Concat(int(layer.get("dim", 1)))
     if kind == "cross_entropy":

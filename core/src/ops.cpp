@@ -305,8 +305,24 @@ OpMemory save_result_memory(const OpCall& c, const OpShape&) {
   m.grad_in = {GradIn::fresh};
   return m;
 }
-// hardtanh (relu6) and leaky_relu save `self` out of place and `result` in place (derivatives.yaml
-// hardtanh / hardtanh_, leaky_relu / leaky_relu_).
+// relu6 = hardtanh(0, 6) saves `self`. In place (hardtanh_) autograd still saves the original self:
+// codegen clones the input before the write (measured with torch 1.13, tests/reference/
+// cpu_saved_models.json, mobilenet_v2: HardtanhBackward0 holds a storage that is not the output's).
+OpMemory relu6_memory(const OpCall& c, const OpShape&) {
+  OpMemory m;
+  if (inplace_of(c.layer)) {
+    m.output = OpMemory::Output::in_place;
+    m.extras = {{"self (copy before the in-place write)", c.in[0]}};
+    m.saved = {{{TensorRef::extra, 0}, "self"}};
+  } else {
+    m.saved = {{{TensorRef::input, 0}, "self"}};
+  }
+  m.grad_in = {GradIn::fresh};
+  return m;
+}
+
+// leaky_relu saves `self` out of place and `result` in place (derivatives.yaml leaky_relu /
+// leaky_relu_; LeakyReluBackward1 in torch 1.13 holds the output's storage).
 OpMemory self_or_result_memory(const OpCall& c, const OpShape&) {
   OpMemory m;
   if (inplace_of(c.layer)) {
@@ -408,8 +424,10 @@ OpShape add_shape(const OpCall& c) {
     }
   return {c.in[0], {}, c.layer.attrs};
 }
+// `out += identity` (torchvision's residual blocks) writes into input 0; `a + b` allocates.
 OpMemory add_memory(const OpCall& c, const OpShape&) {
   OpMemory m;
+  if (inplace_of(c.layer)) m.output = OpMemory::Output::in_place;
   m.grad_in.assign(c.in.size(), GradIn::pass);  // add saves nothing; both inputs get the same grad
   return m;
 }
@@ -467,7 +485,7 @@ void register_builtins(Registry& r) {
   add_rule(r, {"relu", {}, {A("inplace", VT::boolean, "false")}, {}, 1, 1, Autocast::keep, false, derivs, same_shape,
                save_result_memory});
   add_rule(r, {"relu6", {}, {A("inplace", VT::boolean, "false")}, {}, 1, 1, Autocast::keep, false, derivs,
-               same_shape, self_or_result_memory});
+               same_shape, relu6_memory});
   add_rule(r, {"leaky_relu", {"leakyrelu"},
                {A("negative_slope", VT::real, "0.01"), A("inplace", VT::boolean, "false")}, {"negative_slope"}, 1, 1,
                Autocast::keep, false, derivs, same_shape, self_or_result_memory});
@@ -487,7 +505,7 @@ void register_builtins(Registry& r) {
                derivs, softmax_shape, save_result_memory});
   add_rule(r, {"cross_entropy", {"crossentropy", "cross_entropy_loss"}, {}, {}, 1, 1, Autocast::fp32, true, derivs,
                cross_entropy_shape, cross_entropy_memory});
-  add_rule(r, {"add", {}, {}, {}, 2, -1, Autocast::promote, false, derivs, add_shape, add_memory});
+  add_rule(r, {"add", {}, {A("inplace", VT::boolean, "false")}, {}, 2, -1, Autocast::promote, false, derivs, add_shape, add_memory});
   add_rule(r, {"concat", {"cat"}, {A("dim", VT::integer, "1")}, {"dim"}, 2, -1, Autocast::promote, false, derivs,
                concat_shape, concat_memory});
 }
