@@ -79,7 +79,7 @@ Workspaces default_workspaces(const std::optional<Gpu>& gpu) {
   bool sm90 = gpu && gpu->cc_major == 9 && gpu->cc_minor == 0;
   w.cublas_bytes = sm90 ? kCublasWorkspaceSm90Bytes : kCublasWorkspaceBytes;
   w.cublaslt_bytes = kCublasLtWorkspaceBytes;
-  w.cudnn_conv_bytes = 0;
+  w.cudnn_conv_bytes = kCudnnConvWorkspaceDefaultBytes;
   return w;
 }
 

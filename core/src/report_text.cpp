@@ -112,6 +112,27 @@ std::string render_text(const Model& model, const Options& options, bool explain
     i64 b = e.sim.peak_breakdown[static_cast<std::size_t>(c)];
     if (b) o << "    " << pad(category_name(static_cast<Category>(c)), 17) << pad(mib(b), 14, true) << "\n";
   }
+  if (explain && e.sim.peak_event >= 0) {
+    // What is live at the peak, largest first: replay the plan's events up to the peak.
+    std::vector<char> live(e.plan.tensors.size(), 0);
+    for (int k = 0; k <= e.sim.peak_event; ++k) {
+      const PlanEvent& ev = e.plan.events[static_cast<std::size_t>(k)];
+      live[static_cast<std::size_t>(ev.tensor)] = ev.is_free ? 0 : 1;
+    }
+    std::vector<int> ids;
+    for (std::size_t t = 0; t < live.size(); ++t)
+      if (live[t]) ids.push_back(static_cast<int>(t));
+    std::sort(ids.begin(), ids.end(), [&](int a, int b) {
+      return e.plan.tensors[static_cast<std::size_t>(a)].bytes > e.plan.tensors[static_cast<std::size_t>(b)].bytes;
+    });
+    constexpr std::size_t kShown = 12;
+    o << "  largest tensors live at the peak (" << ids.size() << " in all):\n";
+    for (std::size_t k = 0; k < ids.size() && k < kShown; ++k) {
+      const PlanTensor& t = e.plan.tensors[static_cast<std::size_t>(ids[k])];
+      o << "    " << pad(format_bytes_exact(t.bytes), 18, true) << "  " << pad(category_name(t.category), 16) << " from '"
+        << (t.node >= 0 ? e.graph.nodes[static_cast<std::size_t>(t.node)].layer->name : std::string("-")) << "'\n";
+    }
+  }
   o << "  per iteration (max_memory_allocated / reserved after reset_peak_memory_stats):\n";
   for (const auto& ip : e.sim.iterations)
     if (ip.iteration > 0)

@@ -38,6 +38,12 @@ inline constexpr i64 kCublasWorkspaceSm90Bytes = 4096 * KiB * 8;
 // cuBLASLt workspace: CUBLASLT_WORKSPACE_SIZE default 1024 KiB (CublasHandlePool.cpp, #73328).
 inline constexpr i64 kCublasLtWorkspaceBytes = 1024 * KiB;
 
+// cuDNN convolution workspace per conv call (forward and backward), through the caching allocator.
+// PyTorch's cuDNN v8 path (aten/src/ATen/native/cudnn/Conv_v8.cpp) takes the heuristics' plans and
+// skips those whose workspace cannot be allocated; the size depends on cuDNN version, GPU and layer,
+// and nothing has been measured for memfit yet. Default 0 (not modelled); --cudnn-workspace sets it.
+inline constexpr i64 kCudnnConvWorkspaceDefaultBytes = 0;
+
 const std::vector<Gpu>& gpu_catalog();
 // A catalog name or alias ("rtx3090", "A100 80GB") or a size ("24GiB", "12GB", "12000MiB").
 Gpu parse_gpu(std::string_view text);

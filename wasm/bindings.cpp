@@ -1,0 +1,36 @@
+// The WebAssembly module: Embind over the core's own entry point (memfit::handle_request), nothing else.
+// The page and the Node tests send the same JSON requests the CLI's flags turn into; results are the
+// core's JSON text, byte for byte what `memfit <command> --json` prints. Errors come back as
+// {"error": {...}} values; handle_request catches everything, and we catch again so the module never aborts.
+#include <emscripten/bind.h>
+
+#include <exception>
+#include <string>
+
+#include "memfit/api.hpp"
+#include "memfit/report.hpp"
+
+namespace {
+
+std::string request(const std::string& request_json) {
+  try {
+    return memfit::handle_request(request_json);
+  } catch (const std::exception& e) {
+    return std::string("{\n  \"error\": {\n    \"message\": \"internal error\",\n    \"file\": \"\",\n    \"line\": 0,\n"
+                       "    \"column\": 0,\n    \"layer\": \"\",\n    \"problem\": \"internal error\",\n"
+                       "    \"fix\": \"please report this model\"\n  }\n}\n");
+  } catch (...) {
+    return std::string("{\n  \"error\": {\n    \"message\": \"internal error\",\n    \"file\": \"\",\n    \"line\": 0,\n"
+                       "    \"column\": 0,\n    \"layer\": \"\",\n    \"problem\": \"internal error\",\n"
+                       "    \"fix\": \"please report this model\"\n  }\n}\n");
+  }
+}
+
+std::string version() { return memfit::kVersion; }
+
+}  // namespace
+
+EMSCRIPTEN_BINDINGS(memfit) {
+  emscripten::function("request", &request);
+  emscripten::function("version", &version);
+}

@@ -1,0 +1,43 @@
+// <memfit-calculator> — the calculator as a custom element for documentation pages:
+//   <script type="module" src="memfit-calculator.js"></script>
+//   <memfit-calculator model="resnet18" batch="32" gpu="RTX 3090"></memfit-calculator>
+// Attributes: model (a builtin model name), batch, dtype (fp32|fp16|bf16), optimizer (sgd, sgd-momentum,
+// adam, adamw, adagrad, rmsprop), gpu (a catalog name or a size like 24GiB). Your own model text instead of
+// a builtin one: put it in a child <script type="text/memfit">...</script>. The element fills its
+// container's width; its styles live in a shadow root, so the host page's CSS does not leak in.
+import { mountCalculator, DEFAULTS } from './calculator.js';
+
+const cssUrl = new URL('memfit.css', import.meta.url).href;
+
+class MemfitCalculator extends HTMLElement {
+  static get observedAttributes() { return ['model', 'batch', 'dtype', 'optimizer', 'gpu']; }
+
+  stateFromAttributes() {
+    const st = {};
+    const a = (k) => this.getAttribute(k);
+    if (a('model')) st.preset = a('model');
+    const inline = this.querySelector('script[type="text/memfit"]');
+    if (inline) { st.text = inline.textContent.replace(/^\s*\n/, '').replace(/\s+$/, '\n'); st.preset = null; }
+    const b = Number(a('batch'));
+    if (Number.isInteger(b) && b >= 1) st.batch = b;
+    if (a('dtype')) st.dtype = a('dtype');
+    if (a('optimizer')) st.optimizer = a('optimizer');
+    if (a('gpu')) st.gpu = a('gpu');
+    return st;
+  }
+
+  connectedCallback() {
+    if (this.calc) return;
+    const shadow = this.attachShadow({ mode: 'open' });
+    shadow.innerHTML = `<style>:host{display:block;width:100%;max-width:100%}</style><link rel="stylesheet" href="${cssUrl}">`;
+    this.calc = mountCalculator(shadow, { mode: 'compact', state: { ...DEFAULTS, ...this.stateFromAttributes() } });
+  }
+
+  attributeChangedCallback(name, oldValue, value) {
+    if (!this.calc || oldValue === value) return;
+    const st = this.stateFromAttributes();
+    this.calc.ready.then(() => this.calc.setState(st));
+  }
+}
+
+if (!customElements.get('memfit-calculator')) customElements.define('memfit-calculator', MemfitCalculator);

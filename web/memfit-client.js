@@ -1,0 +1,54 @@
+// The page's link to the WebAssembly module: one shared worker per page, promise-based requests.
+// Every number on the page comes from the core's JSON (memfit::handle_request); nothing is recomputed here.
+const base = new URL('.', import.meta.url);
+let worker = null;
+let nextId = 1;
+const pending = new Map();
+
+function getWorker() {
+  if (worker) return worker;
+  worker = new Worker(new URL('memfit-worker.js', base), { type: 'module' });
+  worker.onmessage = (ev) => {
+    const { id, text, ms, fatal } = ev.data;
+    const p = pending.get(id);
+    if (!p) return;
+    pending.delete(id);
+    if (fatal) p.reject(new Error(fatal));
+    else {
+      let result;
+      try { result = JSON.parse(text); } catch (e) { p.reject(e); return; }
+      p.resolve({ result, text, ms });
+    }
+  };
+  worker.onerror = (ev) => {
+    for (const p of pending.values()) p.reject(new Error(ev.message || 'the memfit module failed to load'));
+    pending.clear();
+  };
+  return worker;
+}
+
+// Start the worker (and with it the module's download and compilation) as soon as the page imports us.
+if (typeof window !== 'undefined') getWorker();
+
+/** Sends a request ({command, model, options, ...}); resolves to {result, text, ms}. */
+export function request(req) {
+  const w = getWorker();
+  const id = nextId++;
+  return new Promise((resolve, reject) => {
+    pending.set(id, { resolve, reject });
+    w.postMessage({ id, request: req });
+  });
+}
+
+let modelsPromise = null;
+let gpusPromise = null;
+/** Builtin models (models/*.memfit): [{name, text}]. */
+export function builtinModels() {
+  modelsPromise ??= request({ command: 'models' }).then((r) => r.result.models);
+  return modelsPromise;
+}
+/** The GPU catalog: [{name, memory_bytes, cuda_total_bytes, ...}]. */
+export function gpuCatalog() {
+  gpusPromise ??= request({ command: 'gpus' }).then((r) => r.result.gpus);
+  return gpusPromise;
+}
