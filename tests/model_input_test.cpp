@@ -2,6 +2,7 @@
 // layer, with what to do. Plus the format's features (blocks, repeats, references, JSON).
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <random>
 #include <nlohmann/json.hpp>
 
 #include "memfit/api.hpp"
@@ -132,4 +133,47 @@ TEST_CASE("registering a layer kind twice is an error", "[registry]") {
   alias_clash.kind = "relu_again";
   alias_clash.aliases = {"fc"};  // already linear's alias
   CHECK_THROWS_AS(register_op(alias_clash), std::logic_error);
+}
+
+TEST_CASE("mutated models give a result or an Error, never anything else", "[input][fuzz]") {
+  // Random edits of real models (characters replaced, inserted, deleted; lines duplicated): the
+  // pipeline must either estimate or throw memfit::Error. Any other exception or a crash fails.
+  std::mt19937_64 rng(2026);
+  const std::string alphabet = "0123456789x=:,.-_ #\nabcdefghijklmnopqrstuvwxyz$\t{}[]\"\x01\xff";
+  std::vector<std::string> seeds = {find_builtin_model("question_cnn")->text, find_builtin_model("resnet18")->text,
+                                    handle_request(R"({"command":"model"})")};
+  int n_ok = 0, n_error = 0;
+  for (int trial = 0; trial < 1500; ++trial) {
+    std::string src = seeds[static_cast<std::size_t>(trial) % seeds.size()];
+    int n_edits = 1 + static_cast<int>(rng() % 4);
+    for (int k = 0; k < n_edits && !src.empty(); ++k) {
+      std::size_t at = static_cast<std::size_t>(rng() % src.size());
+      char c = alphabet[static_cast<std::size_t>(rng() % alphabet.size())];
+      switch (rng() % 4) {
+        case 0: src[at] = c; break;
+        case 1: src.insert(src.begin() + static_cast<long>(at), c); break;
+        case 2: src.erase(at, 1 + rng() % 8); break;
+        default: {
+          std::size_t eol = src.find('\n', at);
+          std::size_t bol = src.rfind('\n', at);
+          bol = bol == std::string::npos ? 0 : bol;
+          if (eol != std::string::npos) src.insert(eol, src.substr(bol, eol - bol));
+        }
+      }
+    }
+    try {
+      Model m = parse_model(src, "fuzz.memfit");
+      Options o;
+      o.train.batch = 2;
+      estimate(m, o);
+      ++n_ok;
+    } catch (const Error&) {
+      ++n_error;
+    } catch (const std::exception& e) {
+      FAIL("trial " << trial << ": " << e.what() << "\n--- model ---\n" << src);
+    }
+  }
+  CHECK(n_ok + n_error == 1500);
+  CHECK(n_error > 0);  // the mutations do break models
+  CHECK(n_ok > 0);     // and some still parse (edits in comments, names, numbers)
 }

@@ -38,13 +38,14 @@ Value parse_attr_text(const AttrSpec& spec, const std::string& text, const Sourc
         return v;
       }
       auto x = text.find('x');
+      const char* expected = std::string(spec.key) == "padding" ? "a whole number, AxB, same or valid" : "a whole number or AxB";
       v.type = x == std::string::npos ? Value::Type::integer : Value::Type::pair;
       if (x == std::string::npos) {
-        if (!read_int(text, v.a)) return bad("a whole number or AxB");
+        if (!read_int(text, v.a)) return bad(expected);
         v.type = Value::Type::pair;
         v.b = v.a;
       } else if (!read_int(text.substr(0, x), v.a) || !read_int(text.substr(x + 1), v.b)) {
-        return bad("a whole number or AxB");
+        return bad(expected);
       }
       if (v.a < 0 || v.b < 0) return bad("a non-negative size");
       if (v.a > (i64{1} << 40) || v.b > (i64{1} << 40)) return bad("a reasonable size (under 2^40)");

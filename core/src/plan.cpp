@@ -14,6 +14,7 @@
 #include "memfit/plan.hpp"
 
 #include <algorithm>
+#include <unordered_map>
 
 namespace memfit {
 
@@ -93,6 +94,7 @@ class Planner {
   std::vector<std::vector<int>> saved_;
   std::vector<int> loop_held_;
   bool fwd_blas_ready_ = false, bwd_blas_ready_ = false;
+  std::unordered_map<int, int> first_saver_;  // storage -> node that saved it first (iteration 1)
 
   int alloc(i64 bytes, Category c) {
     int id = static_cast<int>(p_.tensors.size());
@@ -180,7 +182,10 @@ class Planner {
     if (g_.model_output >= 0) uses_[static_cast<std::size_t>(g_.model_output)]++;  // `out` held by the loop
     value_[0] = x_;
     ref(x_);  // the forward's reference; the loop keeps its own
-    std::vector<std::pair<int, int>> weight_cache;  // (param index, cast storage): autocast's cached_casts
+    // autocast's cached_casts: param index -> cast storage; casts in creation order, so frees are
+    // replayed in the same order on every platform (unordered_map iteration order is not portable)
+    std::unordered_map<int, int> weight_cache;
+    std::vector<int> casts_in_order;
     for (std::size_t i = 1; i < n; ++i) {
       const Node& nd = g_.nodes[i];
       node_ = static_cast<int>(i);
@@ -209,13 +214,15 @@ class Planner {
           param_st.push_back(params_[static_cast<std::size_t>(pi)].storage);
           continue;
         }
-        int cast = -1;
-        for (auto& [p, c] : weight_cache)
-          if (p == pi) cast = c;
-        if (cast < 0) {
+        auto cached = weight_cache.find(pi);
+        int cast;
+        if (cached != weight_cache.end()) {
+          cast = cached->second;
+        } else {
           cast = alloc(params_[static_cast<std::size_t>(pi)].bytes / dtype_size(DType::f32) * dtype_size(g_.compute),
                        Category::temporary);
-          weight_cache.push_back({pi, cast});
+          weight_cache.emplace(pi, cast);
+          casts_in_order.push_back(cast);
         }
         param_st.push_back(cast);
       }
@@ -250,7 +257,7 @@ class Planner {
       }
     }
     // autocast exits: its weight-cast cache is cleared (saved copies live on until their backward)
-    for (auto& [p, c] : weight_cache) unref(c);
+    for (int c : casts_in_order) unref(c);
     const std::size_t last = n - 1;
     if (g_.model_output >= 0) loop_held_.push_back(value_[static_cast<std::size_t>(g_.model_output)]);
     loop_held_.push_back(value_[last]);  // `loss`
@@ -263,12 +270,8 @@ class Planner {
     r.node = static_cast<int>(i);
     r.role = sv.role;
     r.tensor = t;
-    r.owner = static_cast<int>(i);
-    for (const auto& prev : p_.saved)
-      if (prev.tensor == t) {
-        r.owner = prev.owner;
-        break;
-      }
+    auto [it, inserted] = first_saver_.emplace(t, static_cast<int>(i));
+    r.owner = it->second;  // the first node that saved this storage counts its bytes
     switch (sv.ref.kind) {
       case TensorRef::input: {
         std::size_t j = static_cast<std::size_t>(sv.ref.index);
