@@ -78,8 +78,7 @@ Model parse_model_json(std::string_view src, std::string_view file) {
     if (l.pos.line > 0) search_from = src.find("\"" + l.name + "\"", search_from);
     const OpRule* rule = find_op(l.kind);
     if (!rule) {
-      std::string kinds;
-      for (const OpRule* r : all_ops()) kinds += (kinds.empty() ? "" : ", ") + std::string(r->kind);
+      std::string kinds = known_kinds();
       throw Error(l.pos, l.name, "unknown layer kind '" + l.kind + "'", "use one of: " + kinds);
     }
     l.kind = rule->kind;

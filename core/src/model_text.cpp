@@ -349,8 +349,7 @@ class TextParser {
     }
     const OpRule* rule = find_op(word);
     if (!rule) {
-      std::string kinds;
-      for (const OpRule* r : all_ops()) kinds += (kinds.empty() ? "" : ", ") + std::string(r->kind);
+      std::string kinds = known_kinds();
       error(ln, t, scope.prefix + (label.empty() ? word + std::to_string(scope.counters[word] + 1) : label),
             "unknown layer kind '" + word + "'", "use one of: " + kinds + " (or a block defined above)");
     }

@@ -93,6 +93,12 @@ const OpRule* find_op(std::string_view name) {
 
 const std::vector<const OpRule*>& all_ops() { return registry().list; }
 
+std::string known_kinds() {
+  std::string kinds;
+  for (const OpRule* r : all_ops()) kinds += (kinds.empty() ? "" : ", ") + std::string(r->kind);
+  return kinds;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rules
 

@@ -401,6 +401,22 @@ class Planner {
     if (iter_ == 1) p_.node_optimizer_bytes[pr.node] += bytes;
   }
 
+  // The for-loop (_single_tensor_*) steps: per parameter, a result bound to a local (`denom`, `std`,
+  // `avg`) that stays alive until the next parameter's replaces it; with `intermediate`, an
+  // expression temporary before it (Adam's exp_avg_sq.sqrt() before the division) freed at once.
+  void per_param_loop(bool intermediate) {
+    int prev = -1;
+    for (auto& pr : params_) {
+      node_ = pr.node;
+      int t1 = intermediate ? alloc(pr.bytes, Category::temporary) : -1;
+      int bound = alloc(pr.bytes, Category::temporary);
+      if (t1 >= 0) unref(t1);
+      if (prev >= 0) unref(prev);
+      prev = bound;
+    }
+    if (prev >= 0) unref(prev);
+  }
+
   // torch/optim/*.py (docs/pytorch-behaviour.md section 2). foreach: one temporary per parameter for
   // each _foreach_* call that returns new tensors, all alive until the step returns.
   void optimizer_step() {
@@ -438,16 +454,7 @@ class Planner {
         } else if (s_.impl == OptimizerImpl::for_loop) {
           // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps): two temporaries; `denom`
           // stays bound until the next parameter's replaces it.
-          int prev = -1;
-          for (auto& pr : params_) {
-            node_ = pr.node;
-            int t1 = alloc(pr.bytes, Category::temporary);
-            int t2 = alloc(pr.bytes, Category::temporary);
-            unref(t1);
-            if (prev >= 0) unref(prev);
-            prev = t2;
-          }
-          if (prev >= 0) unref(prev);
+          per_param_loop(true);
         }
         break;
       case Optimizer::adagrad:
@@ -455,14 +462,7 @@ class Planner {
           temp_all();  // std = torch._foreach_sqrt(state_sums)
           temp_all();  // numerator = torch._foreach_mul(grads, minus_clr)
         } else {
-          int prev = -1;  // std = state_sum.sqrt().add_(eps)
-          for (auto& pr : params_) {
-            node_ = pr.node;
-            int t = alloc(pr.bytes, Category::temporary);
-            if (prev >= 0) unref(prev);
-            prev = t;
-          }
-          if (prev >= 0) unref(prev);
+          per_param_loop(false);  // std = state_sum.sqrt().add_(eps)
         }
         break;
       case Optimizer::rmsprop:
@@ -474,14 +474,7 @@ class Planner {
         if (s_.impl == OptimizerImpl::foreach) {
           temp_all();  // avg = torch._foreach_sqrt(square_avgs)
         } else {
-          int prev = -1;  // avg = square_avg.sqrt().add_(eps)
-          for (auto& pr : params_) {
-            node_ = pr.node;
-            int t = alloc(pr.bytes, Category::temporary);
-            if (prev >= 0) unref(prev);
-            prev = t;
-          }
-          if (prev >= 0) unref(prev);
+          per_param_loop(false);  // avg = square_avg.sqrt().add_(eps)
         }
         break;
     }

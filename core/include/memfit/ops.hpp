@@ -100,6 +100,7 @@ struct OpRule {
 void register_op(OpRule rule);  // throws std::logic_error on a duplicate kind or alias
 const OpRule* find_op(std::string_view kind_or_alias);  // nullptr if unknown
 const std::vector<const OpRule*>& all_ops();
+std::string known_kinds();  // "input, conv2d, ..." for error messages
 
 // Attribute readers for rules; errors name the layer's file, line and column.
 i64 attr_int(const Layer& l, const char* key);
