@@ -5,7 +5,8 @@
 //   g++ -std=c++20 -O1 -Icore/include tools/live_bytes_estimate.cpp build/core/libmemfit_core.a \
 //       -o build/live_bytes_estimate
 // Usage:
-//   build/live_bytes_estimate SPEC [SPEC ...]      SPEC = MODEL_FILE:BATCH:OPTIMIZER:IMPL
+//   build/live_bytes_estimate [--ops] SPEC [SPEC ...]      SPEC = MODEL_FILE:BATCH:OPTIMIZER:IMPL
+//   (--ops adds "ops": per (iteration, phase, layer) run of events, live bytes at start / max / end)
 //   e.g. models/lenet5.memfit:8:adam:foreach  tests/reference/fixtures/tiny_mlp.json:8:sgd:foreach
 // Prints a JSON array, one object per SPEC. Per iteration (1..n): start_bytes / peak_bytes relative to
 // the live bytes at the start of iteration 1 (after setup: parameters, buffers, Adagrad state, x and
@@ -33,6 +34,8 @@ static std::string read_file(const std::string& path) {
   ss << f.rdbuf();
   return ss.str();
 }
+
+static bool g_ops = false;  // --ops: also print a per-op timeline
 
 static json one(const std::string& spec) {
   // MODEL:BATCH:OPT:IMPL, split from the right (paths may contain ':')
@@ -91,6 +94,27 @@ static json one(const std::string& spec) {
     if (live > phase_peak[it][ph]) phase_peak[it][ph] = live;
   }
   const i64 base = start[1];
+  json ops = json::array();
+  if (g_ops) {  // contiguous runs of events with the same (iteration, phase, node)
+    i64 lv = 0;
+    int prev = -1;
+    json cur_op;
+    for (std::size_t i = 0; i < plan.events.size(); ++i) {
+      const PlanEvent& ev = plan.events[i];
+      int key = ev.iteration * 1000000 + static_cast<int>(ev.phase) * 100000 + ev.node + 1;
+      if (key != prev) {
+        if (!cur_op.is_null() && cur_op["iteration"].get<int>() >= 1) ops.push_back(cur_op);
+        cur_op = json{{"iteration", ev.iteration}, {"phase", phase_name(ev.phase)}, {"layer", node_name(ev.node)},
+                      {"start", lv - base}, {"max", lv - base}};
+        prev = key;
+      }
+      const i64 b = plan.tensors[static_cast<std::size_t>(ev.tensor)].bytes;
+      lv += ev.is_free ? -b : b;
+      if (lv - base > cur_op["max"].get<i64>()) cur_op["max"] = lv - base;
+      cur_op["end"] = lv - base;
+    }
+    if (!cur_op.is_null()) ops.push_back(cur_op);
+  }
   json its = json::array();
   for (int k = 1; k <= n_it; ++k) {
     auto K = static_cast<std::size_t>(k);
@@ -126,6 +150,7 @@ static json one(const std::string& spec) {
   out["input_bytes"] = e.input_bytes;
   out["setup_bytes"] = base;
   out["iterations"] = its;
+  if (g_ops) out["ops"] = ops;
   return out;
 }
 
@@ -136,7 +161,13 @@ int main(int argc, char** argv) {
   }
   json all = json::array();
   try {
-    for (int i = 1; i < argc; ++i) all.push_back(one(argv[i]));
+    for (int i = 1; i < argc; ++i) {
+      if (std::string(argv[i]) == "--ops") {
+        g_ops = true;
+        continue;
+      }
+      all.push_back(one(argv[i]));
+    }
   } catch (const std::exception& ex) {
     std::cerr << "live_bytes_estimate: " << ex.what() << "\n";
     return 1;

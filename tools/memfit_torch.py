@@ -301,6 +301,10 @@ class MemfitNet(nn.Module):
         else:
             self.output_name = self.loss_from
         self.shapes = shapes
+        self._last_use = {}
+        for step, (_, _, src) in enumerate(self.plan):
+            for s in src:
+                self._last_use[s] = step
 
     def memfit_modules(self):
         """Yield (memfit layer name, leaf module), including the loss."""
@@ -313,9 +317,15 @@ class MemfitNet(nn.Module):
             xs = tuple(xs[0])
         if len(xs) != len(self.inputs):
             raise ValueError("expected %d inputs, got %d" % (len(self.inputs), len(xs)))
+        # Like nn.Sequential / torchvision forwards, a layer's output is dropped after its last
+        # consumer (autograd's saved tensors keep what backward needs); keeping every output in
+        # `env` would hold activations the real model frees (memfit's plan.cpp models the former).
         env = dict(zip(self.inputs, xs))
-        for name, key, src in self.plan:
+        for step, (name, key, src) in enumerate(self.plan):
             env[name] = self.layers[key](*[env[s] for s in src])
+            for s in set(src):
+                if self._last_use.get(s) == step and s != self.output_name:
+                    del env[s]
         return env[self.output_name]
 
 

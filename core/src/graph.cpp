@@ -89,10 +89,12 @@ Graph build_graph(const Model& model, i64 batch, DType compute) {
     l.inputs = {last.name};
     l.pos = last.pos;
     if (by_name.count("loss")) l.name = "loss (appended)";
-    g.model_output = static_cast<int>(g.nodes.size()) - 1;
     g.loss_appended = true;
     add_node(l);
   }
+  // The loop holds the loss's input as `out` until the step ends, whether memfit appended the loss
+  // or the model has its own (tools/memfit_torch.py training_step: out = model(x); loss_fn(out, y)).
+  g.model_output = g.nodes.back().in.empty() ? -1 : g.nodes.back().in[0];
   return g;
 }
 

@@ -311,10 +311,11 @@ OpMemory save_result_memory(const OpCall& c, const OpShape&) {
   m.grad_in = {GradIn::fresh};
   return m;
 }
-// relu6 = hardtanh(0, 6) saves `self`. In place (hardtanh_) autograd still saves the original self:
-// codegen clones the input before the write (measured with torch 1.13, tests/reference/
-// cpu_saved_models.json, mobilenet_v2: HardtanhBackward0 holds a storage that is not the output's).
-OpMemory relu6_memory(const OpCall& c, const OpShape&) {
+// relu6 = hardtanh(0, 6) and silu save `self`. In place (hardtanh_, silu_) autograd still saves the
+// original self: codegen clones the input before the write (measured with torch 1.13:
+// tests/reference/cpu_saved_models.json mobilenet_v2, HardtanhBackward0 holds a storage that is not
+// the output's; cpu_saved_fixtures.json tiny_residual for silu_).
+OpMemory clone_self_when_inplace_memory(const OpCall& c, const OpShape&) {
   OpMemory m;
   if (inplace_of(c.layer)) {
     m.output = OpMemory::Output::in_place;
@@ -491,14 +492,15 @@ void register_builtins(Registry& r) {
   add_rule(r, {"relu", {}, {A("inplace", VT::boolean, "false")}, {}, 1, 1, Autocast::keep, false, derivs, same_shape,
                save_result_memory});
   add_rule(r, {"relu6", {}, {A("inplace", VT::boolean, "false")}, {}, 1, 1, Autocast::keep, false, derivs,
-               same_shape, relu6_memory});
+               same_shape, clone_self_when_inplace_memory});
   add_rule(r, {"leaky_relu", {"leakyrelu"},
                {A("negative_slope", VT::real, "0.01"), A("inplace", VT::boolean, "false")}, {"negative_slope"}, 1, 1,
                Autocast::keep, false, derivs, same_shape, self_or_result_memory});
   add_rule(r, {"sigmoid", {}, {}, {}, 1, 1, Autocast::keep, false, derivs, same_shape, save_result_memory});
   add_rule(r, {"tanh", {}, {}, {}, 1, 1, Autocast::keep, false, derivs, same_shape, save_result_memory});
   add_rule(r, {"gelu", {}, {}, {}, 1, 1, Autocast::keep, false, derivs, same_shape, save_self_memory});
-  add_rule(r, {"silu", {"swish"}, {}, {}, 1, 1, Autocast::keep, false, derivs, same_shape, save_self_memory});
+  add_rule(r, {"silu", {"swish"}, {A("inplace", VT::boolean, "false")}, {}, 1, 1, Autocast::keep, false, derivs,
+               same_shape, clone_self_when_inplace_memory});
   add_rule(r, {"batchnorm2d", {"bn", "batchnorm"},
                {A("eps", VT::real, "1e-05"), A("momentum", VT::real, "0.1"), A("affine", VT::boolean, "true"),
                 A("track_running_stats", VT::boolean, "true")},
