@@ -47,6 +47,7 @@ void add_settings(CLI::App* c, memfit::OptionStrings& s) {
   opt("--context", s.context, "CUDA context size outside the allocator (default 426MiB)");
   opt("--cublas-workspace", s.cublas_workspace, "cuBLAS workspace per thread (default by GPU)");
   opt("--cudnn-workspace", s.cudnn_workspace, "cuDNN workspace per convolution call (default 0: not modelled)");
+  opt("--pytorch", s.pytorch, "follow PyTorch 2 (default) or 1.13 where their autograd/optimizer code differs");
   opt("--iterations", s.iterations, "training iterations simulated (default 3: first + steady state)");
 }
 

@@ -52,7 +52,22 @@ TEST_CASE("dropout saves a bool mask; avg pools save their input", "[saved]") {
   CHECK(row(e, "a").saved_bytes == 4 * 64 * 4);  // dropout's output, saved by the next linear
   Estimate p = run("input 8x8x4 layout=hwc\nc: conv 4 1x1\nap: avgpool 2\ng: gap\nflatten\nfc 3\n");
   CHECK(row(p, "ap").saved_bytes == 4 * 4 * 8 * 8 * 4);  // conv output (avg_pool2d saves self)
-  CHECK(row(p, "g").saved_bytes == 4 * 4 * 4 * 4 * 4);   // avgpool output
+  // gap = adaptive_avg_pool2d to 1x1 = mean over H, W: PyTorch 2.x's mean.dim keeps only the sizes
+  CHECK(row(p, "g").saved_bytes == 0);
+  CHECK(row(p, "g").saved.empty());
+}
+
+TEST_CASE("adaptive average pooling: 1x1 saves nothing in PyTorch 2, its input in 1.13 and otherwise", "[saved]") {
+  static Model m = parse_model("input 8x8x4 layout=hwc\nc: conv 4 1x1\na2: adaptive_avgpool 2\n"
+                               "g: gap\nflatten\nfc 3\n", "t.memfit");
+  Options o;
+  o.train.batch = 4;
+  Estimate e2 = estimate(m, o);
+  CHECK(row(e2, "a2").saved_bytes == 4 * 4 * 8 * 8 * 4);  // _adaptive_avg_pool2d saves self: c's output
+  CHECK(row(e2, "g").saved_bytes == 0);
+  o.train.rules = TorchRules::v1_13;  // torch 1.13's MeanBackward1 saved self (measured)
+  Estimate e1 = estimate(m, o);
+  CHECK(row(e1, "g").saved_bytes == 4 * 4 * 2 * 2 * 4);  // a2's output
 }
 
 TEST_CASE("the first linear of an MLP saves its input but not its weight", "[saved]") {

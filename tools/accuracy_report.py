@@ -37,7 +37,8 @@ def cpu_section(binary, lines):
     doc = json.load(open(os.path.join(ROOT, "tests/reference/cpu_saved_models.json")))
     lines += ["## Saved for backward: memfit vs PyTorch autograd (CPU, torch %s)" % doc.get("torch_version", "?"), "",
               "Measured: unique storages packed by `saved_tensors_hooks` during forward + loss, without parameters, "
-              "the input batch and the targets (`tools/cpu_reference.py`). memfit models CUDA; the only expected "
+              "the input batch and the targets (`tools/cpu_reference.py`), against `memfit estimate --pytorch 1.13` (the "
+              "reference's version; PyTorch 2's global average pool no longer saves its input). memfit models CUDA; the only expected "
               "difference is dropout (CPU saves a float32 noise tensor, 4 B/element; CUDA's fused kernel a bool mask, "
               "1 B/element), shown in the last column. `tests/reference_test.cpp` checks every row per layer.", "",
               "| model | batch | measured (B) | memfit (B) | difference (B) | explained by dropout (B) |",
@@ -53,7 +54,8 @@ def cpu_section(binary, lines):
                         continue
                     seen.add(s["storage_id"])
                     measured += s["bytes"]
-            est = memfit(binary, m["name"], "--batch", str(b["batch"]))
+            # the reference is torch 1.13: memfit follows its rules where 2.x differs (--pytorch 1.13)
+            est = memfit(binary, m["name"], "--batch", str(b["batch"]), "--pytorch", "1.13")
             mine = est["totals"]["saved_activation_bytes"]
             dropout = sum(3 * _numel(l["output_shape"]) for l in est["layers"] if l["kind"] == "dropout")
             diff = mine - measured
@@ -69,6 +71,33 @@ def _numel(shape):
     for d in shape:
         n *= d
     return n
+
+
+def live_section(lines):
+    doc = json.load(open(os.path.join(ROOT, "tests/reference/cpu_live_bytes.json")))
+    lines += ["## Peak live tensor bytes through training: memfit vs the CPU profiler (torch %s)" % doc["torch_version"], "",
+              "Measured: `torch.profiler` with `profile_memory=True` over three iterations of the training loop on the "
+              "CPU (`tools/cpu_live_reference.py`); the peak of each iteration relative to the live bytes when "
+              "iteration 1 starts: parameters, buffers and the batch are excluded; gradients and optimizer state left "
+              "by earlier iterations are included. memfit: its "
+              "plan as raw tensor bytes (no 512 B rounding, no cuBLAS workspaces), `--pytorch 1.13` rules "
+              "(`tools/live_bytes_estimate.cpp`). Where the CPU's mkldnn convolution sets the peak, its reorder "
+              "buffers (CPU only) make the measurement larger; CPU dropout saves 4 B/element instead of CUDA's 1. "
+              "`tests/live_bytes_test.cpp` recomputes memfit's side and checks every row.", "",
+              "| model | batch | optimizer | iteration | measured (B) | memfit (B) | measured - memfit (B) | measured peak at |",
+              "|---|---:|---|---:|---:|---:|---:|---|"]
+    diffs = []
+    for m in doc["models"]:
+        for r in m["runs"]:
+            for it in r["iterations"]:
+                meas = it["memfit_relative_peak_bytes"] + it["measured_minus_memfit_bytes"]
+                diffs.append(abs(it["measured_minus_memfit_bytes"]) / meas)
+                top = it["peak_top"].replace("autograd::engine::evaluate_function: ", "")
+                lines.append("| %s | %d | %s %s | %d | %s | %s | %s | %s |" % (
+                    m["name"], m["batch"], r["optimizer"], r["optimizer_impl"], it["iteration"], format(meas, ","),
+                    format(it["memfit_relative_peak_bytes"], ","), format(it["measured_minus_memfit_bytes"], ","), top))
+    lines += ["", "Relative difference: median %.3f%%, worst %.2f%% over %d rows (the worst are mkldnn convolution "
+              "peaks, a CPU-only cost)." % (100 * statistics.median(diffs), 100 * max(diffs), len(diffs)), ""]
 
 
 def rules_section(binary, lines):
@@ -142,6 +171,7 @@ def main():
              "by hand. What is not modelled yet is listed in README.md.", ""]
     gpu_section(a.memfit, lines)
     cpu_section(a.memfit, lines)
+    live_section(lines)
     rules_section(a.memfit, lines)
     open(a.output, "w").write("\n".join(lines) + "\n")
     print("wrote", a.output, file=sys.stderr)

@@ -53,6 +53,7 @@ static json one(const std::string& spec) {
   os.batch = parts[0];
   os.optimizer = parts[1];
   os.optimizer_impl = parts[2];
+  os.pytorch = "1.13";  // the CPU reference runs torch 1.13: follow its rules where 2.x differs
   Options o = make_options(os);
   o.workspaces = Workspaces{};            // no cuBLAS / cuBLASLt / cuDNN workspaces
   o.allocator = AllocatorConfig{};

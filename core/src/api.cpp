@@ -36,6 +36,11 @@ Options make_options(const OptionStrings& s) {
     else if (*s.zero_grad == "zero" || *s.zero_grad == "zeros") o.train.set_to_none = false;
     else throw Error({}, "", "unknown zero_grad mode '" + *s.zero_grad + "'", "use set-to-none (default) or zero");
   }
+  if (s.pytorch) {
+    if (*s.pytorch == "2" || *s.pytorch == "2.x") o.train.rules = TorchRules::v2;
+    else if (*s.pytorch == "1.13") o.train.rules = TorchRules::v1_13;
+    else throw Error({}, "", "unknown PyTorch rules '" + *s.pytorch + "'", "use 2 (default) or 1.13");
+  }
   if (s.iterations) o.train.n_iterations = static_cast<int>(parse_positive(*s.iterations, "iterations", 250));
   if (s.gpu && !s.gpu->empty()) o.gpu = parse_gpu(*s.gpu);
   if (s.context) o.context_bytes = parse_size(*s.context, "the CUDA context size");
@@ -83,6 +88,7 @@ std::string handle_request(std::string_view request_json) {
         else if (k == "cublas_workspace") s.cublas_workspace = text;
         else if (k == "cudnn_workspace") s.cudnn_workspace = text;
         else if (k == "iterations") s.iterations = text;
+        else if (k == "pytorch") s.pytorch = text;
         else throw Error({}, "", "unknown option '" + k + "'", "see core/include/memfit/api.hpp");
       }
     }

@@ -147,6 +147,8 @@ const char* category_name(Category c) {
   return "?";
 }
 
+const char* torch_rules_name(TorchRules r) { return r == TorchRules::v1_13 ? "1.13" : "2"; }
+
 const char* phase_name(Phase p) {
   switch (p) {
     case Phase::setup: return "setup";

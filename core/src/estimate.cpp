@@ -23,7 +23,7 @@ i64 usable_of(const Options& o) {
 bool fits_on_gpu(const Model& model, const Options& o, i64 batch) {
   Options p = o;
   p.train.batch = batch;
-  Graph g = build_graph(model, batch, p.train.precision);
+  Graph g = build_graph(model, batch, p.train.precision, p.train.rules);
   Plan plan = plan_training(g, effective_train(p));
   AllocatorConfig cfg = p.allocator;
   cfg.capacity_bytes = usable_of(p);
@@ -63,7 +63,7 @@ Estimate estimate(const Model& model, const Options& options) {
   e.options = options;
   e.model_name = model.name;
   e.model_file = model.file;
-  e.graph = build_graph(model, options.train.batch, options.train.precision);
+  e.graph = build_graph(model, options.train.batch, options.train.precision, options.train.rules);
   TrainSettings train = effective_train(options);
   e.plan = plan_training(e.graph, train);
   SimOptions so;

@@ -22,7 +22,7 @@ DType autocast_dtype(Autocast policy, DType compute, DType in, DType widest) {
 
 }  // namespace
 
-Graph build_graph(const Model& model, i64 batch, DType compute) {
+Graph build_graph(const Model& model, i64 batch, DType compute, TorchRules rules) {
   if (model.layers.empty()) throw Error({model.file, 0, 0}, "", "the model has no layers", "add an input layer");
   if (batch < 1) throw Error({}, "", "batch size must be at least 1", "give --batch N with N >= 1");
   Graph g;
@@ -58,7 +58,7 @@ Graph build_graph(const Model& model, i64 batch, DType compute) {
     }
     std::vector<bool> in_rg;
     for (int p : n.in) in_rg.push_back(g.nodes[p].requires_grad);
-    OpCall call{layer, n.in_types, in_rg, batch};
+    OpCall call{layer, n.in_types, in_rg, batch, rules};
     n.shape = rule->shape(call);
     n.shape.out.numel();  // checks the element count fits 64 bits
     n.shape.out.bytes();

@@ -256,6 +256,18 @@ OpMemory save_self_memory(const OpCall&, const OpShape&) {
   m.grad_in = {GradIn::fresh};
   return m;
 }
+// adaptive_avg_pool2d to 1x1 is input.mean({-1, -2}, keepdim=true) (AdaptiveAveragePooling.cpp).
+// PyTorch 2.x's mean.dim formula uses only self.sym_sizes() and self.sym_numel(), so autograd keeps
+// the sizes, not the input (derivatives.yaml); torch 1.13's MeanBackward1 still saved self
+// (measured: tests/reference/cpu_saved_models.json). Other output sizes save self.
+OpMemory adaptive_memory(const OpCall& c, const OpShape& s) {
+  const auto& out = s.out.shape;
+  bool global = out.size() == 4 && out[2] == 1 && out[3] == 1;
+  if (!global || c.rules == TorchRules::v1_13) return save_self_memory(c, s);
+  OpMemory m;
+  m.grad_in = {GradIn::fresh};
+  return m;
+}
 OpShape adaptive_shape(const OpCall& c) {
   need_rank(c, 4, "N,C,H,W", "put the pooling layer after a conv or another image-shaped layer");
   auto [oh, ow] = attr_pair(c.layer, "output_size");
@@ -484,7 +496,7 @@ void register_builtins(Registry& r) {
                {"kernel"}, 1, 1, Autocast::keep, false, derivs, avgpool_shape, save_self_memory});
   add_rule(r, {"adaptive_avgpool2d", {"adaptive_avgpool", "gap", "global_avgpool"},
                {A("output_size", VT::pair, "1")}, {"output_size"}, 1, 1, Autocast::keep, false, derivs,
-               adaptive_shape, save_self_memory});
+               adaptive_shape, adaptive_memory});
   add_rule(r, {"flatten", {}, {}, {}, 1, 1, Autocast::keep, false, "torch.flatten: a view", flatten_shape,
                view_memory});
   add_rule(r, {"linear", {"fc", "dense"}, {A("out_features", VT::integer, nullptr), A("bias", VT::boolean, "true")},

@@ -451,6 +451,9 @@ class Planner {
           }
         if (s_.impl == OptimizerImpl::foreach) {
           temp_all();  // exp_avg_sq_sqrt = torch._foreach_sqrt(exp_avg_sqs)
+          // torch 1.13: denom = torch._foreach_add(exp_avg_sq_sqrt, eps), a second list (2.x adds in
+          // place); measured, tests/reference/cpu_live_bytes.json
+          if (s_.rules == TorchRules::v1_13) temp_all();
         } else if (s_.impl == OptimizerImpl::for_loop) {
           // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps): two temporaries; `denom`
           // stays bound until the next parameter's replaces it.

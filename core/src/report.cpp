@@ -85,6 +85,7 @@ ojson estimate_object(const Model& model, const Estimate& e) {
                    {"optimizer_impl", optimizer_impl_name(o.train.impl)},
                    {"zero_grad", o.train.set_to_none ? "set_to_none" : "zero"},
                    {"iterations", o.train.n_iterations},
+                   {"pytorch", torch_rules_name(o.train.rules)},
                    {"context_bytes", o.context_bytes},
                    {"workspaces",
                     {{"cublas_bytes", ws.cublas_bytes},
@@ -252,7 +253,7 @@ std::string batch_sweep_json(const Model& model, const Options& options, i64 up_
     Options o = options;
     o.train.batch = b;
     o.timeline = false;
-    Graph g = build_graph(model, b, o.train.precision);
+    Graph g = build_graph(model, b, o.train.precision, o.train.rules);
     TrainSettings t = o.train;
     t.workspaces = o.workspaces ? *o.workspaces : default_workspaces(o.gpu);
     Plan plan = plan_training(g, t);

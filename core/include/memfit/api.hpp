@@ -22,7 +22,7 @@ inline constexpr const char* kDefaultModel = "question_cnn";
 // Settings as the user typed them; unset fields keep memfit's defaults.
 struct OptionStrings {
   std::optional<std::string> batch, dtype, optimizer, optimizer_impl, zero_grad, gpu, context, cublas_workspace,
-      cudnn_workspace, iterations;
+      cudnn_workspace, iterations, pytorch;
   bool timeline = false;
 };
 Options make_options(const OptionStrings& s);

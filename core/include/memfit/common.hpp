@@ -75,6 +75,12 @@ enum class Category : std::uint8_t {
 inline constexpr int n_categories = 9;
 const char* category_name(Category c);
 
+// Which PyTorch's autograd and optimizer code memfit follows where versions differ. v2 (default):
+// PyTorch 2.x as read in its source (docs/pytorch-behaviour.md); v1_13: torch 1.13, the version of
+// Debian's python3-torch that the CPU references in tests/reference/ were recorded with.
+enum class TorchRules : std::uint8_t { v2, v1_13 };
+const char* torch_rules_name(TorchRules r);  // "2", "1.13"
+
 enum class Phase : std::uint8_t { setup, zero_grad, forward, loss, backward, optimizer };
 inline constexpr int n_phases = 6;
 const char* phase_name(Phase p);

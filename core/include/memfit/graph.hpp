@@ -34,6 +34,6 @@ struct Graph {
 };
 
 // Throws Error naming the layer for any shape problem.
-Graph build_graph(const Model& model, i64 batch, DType compute);
+Graph build_graph(const Model& model, i64 batch, DType compute, TorchRules rules = TorchRules::v2);
 
 }  // namespace memfit

@@ -76,6 +76,7 @@ struct OpCall {
   std::vector<TensorType> in;  // after autocast casts
   std::vector<bool> in_requires_grad;
   i64 batch;
+  TorchRules rules = TorchRules::v2;
 };
 
 struct AttrSpec {

@@ -28,6 +28,7 @@ struct TrainSettings {
   OptimizerImpl impl = OptimizerImpl::foreach;
   bool set_to_none = true;  // optimizer.zero_grad(set_to_none=True), PyTorch >= 2.0 default
   int n_iterations = 3;     // iteration 1 creates optimizer state; the last one is the steady state
+  TorchRules rules = TorchRules::v2;
   Workspaces workspaces;
 };
 
