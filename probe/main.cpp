@@ -113,10 +113,9 @@ int main(int argc, char** argv) {
       else std::cout << memfit::render_max_batch_text(m, options);
       return kExitFits;
     }
-    std::string out = json ? memfit::estimate_json(m, options) : memfit::render_text(m, options, explain);
-    std::cout << out;
-    if (!options.gpu) return kExitFits;
     memfit::Estimate e = memfit::estimate(m, options);
+    std::cout << (json ? memfit::estimate_json(m, e) : memfit::render_text(m, e, explain));
+    if (!e.fits) return kExitFits;  // no GPU given
     return *e.fits ? kExitFits : kExitDoesNotFit;
   } catch (const memfit::Error& e) {
     std::cerr << "memfit: " << e.what() << "\n";

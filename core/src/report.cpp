@@ -176,9 +176,12 @@ void add_remedies(const Model& model, const Options& o, ojson& j) {
 }  // namespace
 
 std::string estimate_json(const Model& model, const Options& options) {
-  Estimate e = estimate(model, options);
+  return estimate_json(model, estimate(model, options));
+}
+
+std::string estimate_json(const Model& model, const Estimate& e) {
   ojson j = estimate_object(model, e);
-  if (e.fits && !*e.fits) add_remedies(model, options, j);
+  if (e.fits && !*e.fits) add_remedies(model, e.options, j);
   return j.dump(2) + "\n";
 }
 

@@ -45,7 +45,11 @@ void header(std::ostringstream& o, const Estimate& e) {
 }  // namespace
 
 std::string render_text(const Model& model, const Options& options, bool explain) {
-  Estimate e = estimate(model, options);
+  return render_text(model, estimate(model, options), explain);
+}
+
+std::string render_text(const Model& model, const Estimate& e, bool explain) {
+  const Options& options = e.options;
   std::ostringstream o;
   header(o, e);
   // table
@@ -108,10 +112,15 @@ std::string render_text(const Model& model, const Options& options, bool explain
          "    reserved = sum of cudaMalloc'd segments (2 MiB for requests <= 1 MiB, 20 MiB below 10 MiB,\n"
          "    else rounded up to 2 MiB), cached and reused, not returned to the driver.\n";
   o << "  at the peak:\n";
+  std::string sum_expr;
   for (int c = 0; c < n_categories; ++c) {
     i64 b = e.sim.peak_breakdown[static_cast<std::size_t>(c)];
-    if (b) o << "    " << pad(category_name(static_cast<Category>(c)), 17) << pad(mib(b), 14, true) << "\n";
+    if (!b) continue;
+    o << "    " << pad(category_name(static_cast<Category>(c)), 17) << pad(mib(b), 14, true) << "\n";
+    sum_expr += (sum_expr.empty() ? "" : " + ") + format_count(b);
   }
+  if (explain)
+    o << "    allocated at the peak = " << sum_expr << " = " << format_bytes_exact(e.peak_allocated_bytes) << "\n";
   if (explain && e.sim.peak_event >= 0) {
     // What is live at the peak, largest first: replay the plan's events up to the peak.
     std::vector<char> live(e.plan.tensors.size(), 0);

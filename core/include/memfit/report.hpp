@@ -15,6 +15,7 @@ inline constexpr const char* kVersion = "0.1.0";
 // A whole command's result as JSON text (2-space indent, keys in a fixed order, integers only).
 // estimate: the estimate, plus remedies when a GPU is given and it does not fit.
 std::string estimate_json(const Model& model, const Options& options);
+std::string estimate_json(const Model& model, const Estimate& e);  // e = estimate(model, e.options)
 // max-batch: the estimate at the largest batch that fits (batch 1 when none does), plus "max_batch".
 std::string max_batch_json(const Model& model, const Options& options);
 // The model as the flat JSON form (docs/model-format.md#json), attributes resolved.
@@ -24,6 +25,7 @@ std::string gpus_json();
 std::string batch_sweep_json(const Model& model, const Options& options, i64 up_to, int n_points);
 
 std::string render_text(const Model& model, const Options& options, bool explain);
+std::string render_text(const Model& model, const Estimate& e, bool explain);
 std::string render_max_batch_text(const Model& model, const Options& options);
 std::string render_gpus_text();
 
