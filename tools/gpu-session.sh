@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The one prepared script for a lent GPU machine (about 10 minutes): PyTorch reference runs of every
+# model (tools/gpu_reference.py: max_memory_allocated/reserved for iteration 1 and a steady-state
+# iteration, NVML process memory, CUDA context, largest batch under 8 and 16 GiB caps) and the memfit
+# probe (probe/run_gpu_record.sh). Everything goes under $OUT. Run from the repository root:
+#   OUT=/some/dir bash tools/gpu-session.sh
+# Afterwards, on the development machine:
+#   cp $OUT/gpu_reference_models.json tests/reference/gpu/   (and the fixtures file)
+#   cp -r $OUT/probe tests/reference/probe-records/<gpu>-<date>
+#   /usr/bin/python3 tools/accuracy_report.py; build the tests; commit.
+# The model JSON comes from tests/reference/models-json (no memfit binary needed for the PyTorch part);
+# the probe uses build/memfit (carry it, or it is built here if cmake and the libraries exist).
+set -u
+OUT=${OUT:-./gpu-out}
+mkdir -p "$OUT"
+start=$(date +%s)
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+  nvidia-smi 2>&1
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())" 2>&1
+} > "$OUT/environment.txt"
+
+# PyTorch reference: models first (the budget skips what does not fit in time, and says so)
+timeout 460 python3 tools/gpu_reference.py tests/reference/models-json/*.json --budget-s 420 \
+  -o "$OUT/gpu_reference_models.json" > "$OUT/gpu_reference_models.log" 2>&1
+echo "gpu_reference models: exit $? after $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt"
+timeout 100 python3 tools/gpu_reference.py tests/reference/fixtures/*.json --budget-s 80 --no-maxbatch \
+  -o "$OUT/gpu_reference_fixtures.json" > "$OUT/gpu_reference_fixtures.log" 2>&1
+echo "gpu_reference fixtures: exit $? after $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt"
+
+# The probe: replays memfit's plan with cudaMalloc (needs the memfit binary with its CUDA backend)
+OUT="$OUT/probe" timeout 150 bash probe/run_gpu_record.sh > "$OUT/probe.log" 2>&1
+echo "probe: exit $? after $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt"
