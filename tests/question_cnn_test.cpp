@@ -4,17 +4,13 @@
 
 #include "memfit/api.hpp"
 #include "memfit/estimate.hpp"
+#include "test_util.hpp"
 
 using namespace memfit;
 
 namespace {
 Model question() { return parse_model(find_builtin_model("question_cnn")->text, "models/question_cnn.memfit"); }
-const LayerRow& row(const Estimate& e, const std::string& name) {
-  for (const auto& r : e.layers)
-    if (e.graph.nodes[static_cast<std::size_t>(r.node)].layer->name == name) return r;
-  FAIL("no layer " << name);
-  throw 0;
-}
+using test::row;
 }  // namespace
 
 TEST_CASE("question CNN: shapes, parameters and bytes by hand", "[question]") {

@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include "memfit/estimate.hpp"
+#include "test_util.hpp"
 
 using namespace memfit;
 
@@ -10,16 +11,9 @@ namespace {
 Estimate run(const std::string& src, i64 batch = 4) {
   Options o;
   o.train.batch = batch;
-  static std::vector<Model> keep;  // estimates point into their model
-  keep.push_back(parse_model(src, "t.memfit"));
-  return estimate(keep.back(), o);
+  return estimate(test::keep_model(src), o);
 }
-const LayerRow& row(const Estimate& e, const std::string& name) {
-  for (const auto& r : e.layers)
-    if (e.graph.nodes[static_cast<std::size_t>(r.node)].layer->name == name) return r;
-  FAIL("no layer " << name);
-  throw 0;
-}
+using test::row;
 }  // namespace
 
 TEST_CASE("a ReLU feeding a conv shares one saved tensor with it", "[saved]") {
@@ -58,8 +52,8 @@ TEST_CASE("dropout saves a bool mask; avg pools save their input", "[saved]") {
 }
 
 TEST_CASE("adaptive average pooling: 1x1 saves nothing in PyTorch 2, its input in 1.13 and otherwise", "[saved]") {
-  static Model m = parse_model("input 8x8x4 layout=hwc\nc: conv 4 1x1\na2: adaptive_avgpool 2\n"
-                               "g: gap\nflatten\nfc 3\n", "t.memfit");
+  const Model& m = test::keep_model("input 8x8x4 layout=hwc\nc: conv 4 1x1\na2: adaptive_avgpool 2\n"
+                                    "g: gap\nflatten\nfc 3\n");
   Options o;
   o.train.batch = 4;
   Estimate e2 = estimate(m, o);

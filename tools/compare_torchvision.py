@@ -155,12 +155,7 @@ def main():
         print("%-13s %s params %d/%d" % (stem, "ok" if r["ok"] else "DIFFERS", r["params_memfit"],
                                          r["params_reference"]), file=sys.stderr)
     result["all_ok"] = ok
-    text = json.dumps(result, indent=1, sort_keys=True) + "\n"
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text)
+    mt.write_json(result, args.output)
     sys.exit(0 if ok else 1)
 
 

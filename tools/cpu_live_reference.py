@@ -78,10 +78,9 @@ NOTES = [
     "scalars), and CPU kernels' own buffers (mkldnn reorders / scratch, im2col for thnn_conv2d, etc.).",
     "memfit_torch.training_step returns loss.detach(); `out` and `loss` are locals, freed when the step "
     "returns (memfit likewise releases them at the end of the iteration).",
-    "memfit_torch.MemfitNet.forward keeps every layer's output in its `env` dict until forward returns, so "
-    "outputs no later layer or backward needs stay alive through the forward (a plain PyTorch module "
-    "rebinding `x = layer(x)` frees them at once). This raises forward-phase peaks only; "
-    "`--release-env` runs a forward that drops each output after its last consumer (not the default).",
+    "memfit_torch.MemfitNet.forward drops each layer's output after its last consumer, as a plain PyTorch "
+    "module rebinding `x = layer(x)` does (it kept them all until forward returned before this was "
+    "found; `--release-env` remains as the explicit form of the same forward).",
     "memfit columns: tools/live_bytes_estimate.cpp, i.e. memfit's plan replayed as raw tensor bytes "
     "(AllocatorConfig min_block_bytes = 1, all workspaces 0), relative to the start of iteration 1.",
 ]
@@ -385,12 +384,7 @@ def main():
             entry["runs"].append(res)
         result["models"].append(entry)
 
-    text = json.dumps(result, indent=1, sort_keys=True) + "\n"
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text)
+    mt.write_json(result, args.output)
 
 
 if __name__ == "__main__":

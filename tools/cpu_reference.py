@@ -224,12 +224,7 @@ def main():
         entry["loss_layer"] = net.loss_name
         result["models"].append(entry)
 
-    text = json.dumps(result, indent=1, sort_keys=True) + "\n"
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text)
+    mt.write_json(result, args.output)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ Works with torch 1.13 (CPU) and torch 2.x (CUDA).  Standard library + torch only
 import contextlib
 import inspect
 import json
+import sys
 import math
 
 import torch
@@ -424,3 +425,14 @@ def param_count(model):
 
 def buffer_bytes(model):
     return sum(b.numel() * b.element_size() for b in model.buffers())
+
+
+def write_json(result, path=None):
+    """Writes a reference document the way every tool here does: sorted keys, one-space indent,
+    a final newline (stable diffs); to stdout when no path is given."""
+    text = json.dumps(result, indent=1, sort_keys=True) + "\n"
+    if path:
+        with open(path, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)

@@ -26,6 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.abspath(__file__)))
+import memfit_torch as mt  # noqa: E402
+
 # memfit model file stem -> torchvision constructor name
 MODELS = {
     "alexnet": "alexnet",
@@ -123,12 +126,7 @@ def main():
     }
     for stem in ["lenet5"] + list(MODELS):
         result["models"][stem] = describe(stem, shapes=not args.no_shapes)
-    text = json.dumps(result, indent=1, sort_keys=True) + "\n"
-    if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text)
+    mt.write_json(result, args.output)
 
 
 if __name__ == "__main__":

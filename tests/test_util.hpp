@@ -1,0 +1,27 @@
+// Helpers shared by the Catch2 tests.
+#pragma once
+
+#include <catch2/catch.hpp>
+#include <deque>
+#include <string>
+
+#include "memfit/estimate.hpp"
+
+namespace memfit::test {
+
+// The row of the layer named `name` (fails the test if there is none).
+inline const LayerRow& row(const Estimate& e, const std::string& name) {
+  for (const auto& r : e.layers)
+    if (e.graph.nodes[static_cast<std::size_t>(r.node)].layer->name == name) return r;
+  FAIL("no layer " << name);
+  throw 0;
+}
+
+// Parses a model that stays alive for the whole test run: an Estimate points into its Model.
+inline const Model& keep_model(const std::string& src, const std::string& file = "t.memfit") {
+  static std::deque<Model> models;  // deque: earlier elements never move
+  models.push_back(parse_model(src, file));
+  return models.back();
+}
+
+}  // namespace memfit::test
