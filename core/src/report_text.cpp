@@ -53,14 +53,16 @@ std::string render_text(const Model& model, const Estimate& e, bool explain) {
   std::ostringstream o;
   header(o, e);
   // table
-  o << pad("layer", 16) << pad("kind", 19) << pad("output (N first)", 18) << pad("params", 12, true)
+  std::size_t name_w = 16;  // the widest layer name sets the first column
+  for (const auto& nd : e.graph.nodes) name_w = std::max(name_w, nd.layer->name.size() + 2);
+  o << pad("layer", name_w) << pad("kind", 19) << pad("output (N first)", 18) << pad("params", 12, true)
     << pad("saved", 14, true) << pad("grads", 12, true) << pad("optim", 12, true) << "\n";
   for (const auto& r : e.layers) {
     const Node& nd = e.graph.nodes[static_cast<std::size_t>(r.node)];
     std::string kind = nd.rule->kind;
     if (std::string(r.output_storage) == "in-place" || std::string(r.output_storage) == "view")
       kind += std::string(" (") + r.output_storage + ")";
-    o << pad(nd.layer->name, 16) << pad(kind, 19) << pad(shape_x(r.out.shape), 18) << pad(format_count(r.params), 12, true)
+    o << pad(nd.layer->name, name_w) << pad(kind, 19) << pad(shape_x(r.out.shape), 18) << pad(format_count(r.params), 12, true)
       << pad(mib(r.saved_bytes), 14, true) << pad(mib(r.grad_bytes), 12, true) << pad(mib(r.optimizer_bytes), 12, true)
       << "\n";
     if (!explain) continue;
