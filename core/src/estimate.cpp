@@ -31,6 +31,12 @@ bool fits_on_gpu(const Model& model, const Options& o, i64 batch) {
   return !simulate(plan, cfg).oom;
 }
 
+// The public rules of thumb memfit compares itself with (their factors, as people state them).
+constexpr i64 kBackwardFactor = 3;     // "multiply by 3 for the backward pass"
+constexpr i64 kParamCopies = 3;        // weights + gradients + one optimizer buffer
+constexpr i64 kFloat32Bytes = 4;       // "... x 4 bytes"
+constexpr i64 kTorchinfoPassFactor = 2;  // torchinfo: forward + backward = 2 x outputs
+
 void rules_of_thumb(Estimate& e) {
   i64 outputs = 0, param_outputs = 0;
   for (const auto& row : e.layers) {
@@ -45,13 +51,13 @@ void rules_of_thumb(Estimate& e) {
                                        format_count(outputs) + " B",
        checked_add(p, outputs, "rule of thumb")},
       {"x3 for backward", "3 x (parameters + outputs) = 3 x " + format_count(p + outputs) + " B",
-       checked_mul(3, checked_add(p, outputs, "rule of thumb"), "rule of thumb")},
+       checked_mul(kBackwardFactor, checked_add(p, outputs, "rule of thumb"), "rule of thumb")},
       {"params x 3 x 4 B", "weights, gradients and one optimizer copy, activations ignored = " +
                                format_count(e.total_params) + " x 3 x 4 B",
-       checked_mul(e.total_params, 12, "rule of thumb")},
+       checked_mul(e.total_params, kParamCopies * kFloat32Bytes, "rule of thumb")},
       {"torchinfo", "2 x outputs of layers with parameters + parameters + input = 2 x " + format_count(param_outputs) +
                         " + " + format_count(p) + " + " + format_count(e.input_bytes) + " B",
-       checked_add(checked_mul(2, param_outputs, "rule of thumb"), checked_add(p, e.input_bytes, "rule of thumb"),
+       checked_add(checked_mul(kTorchinfoPassFactor, param_outputs, "rule of thumb"), checked_add(p, e.input_bytes, "rule of thumb"),
                    "rule of thumb")},
   };
 }
