@@ -3,6 +3,8 @@
 // tools/torchvision_params.py), and LeNet-5's count worked out by hand.
 #include <catch2/catch.hpp>
 
+#include "test_util.hpp"
+
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -17,12 +19,7 @@ namespace {
 using nlohmann::json;
 
 const json& torchvision_reference() {
-  static const json doc = [] {
-    std::string path = std::string(MEMFIT_SOURCE_DIR) + "/tests/reference/torchvision_params.json";
-    std::ifstream f(path);
-    if (!f) throw std::runtime_error("cannot read " + path);
-    return json::parse(f);
-  }();
+  static const json doc = memfit::test::load_reference("tests/reference/torchvision_params.json");
   return doc;
 }
 

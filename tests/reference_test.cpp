@@ -4,6 +4,8 @@
 // subtracting the differences that are known and named below; no tolerance.
 #include <catch2/catch.hpp>
 
+#include "test_util.hpp"
+
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -20,15 +22,10 @@ using memfit::i64;
 
 // In-place hardtanh_ (nn.ReLU6(inplace=True), MobileNetV2) saves a clone of its input taken before
 // the write (torch 1.13: HardtanhBackward0 holds _saved_self, a storage that is not the output's).
-// core/src/ops.cpp relu6_memory models that clone; this test found the difference first.
+// core/src/ops.cpp clone_self_when_inplace_memory models that clone; this test found the difference first.
 
 const json& cpu_reference() {
-  static const json doc = [] {
-    std::string path = std::string(MEMFIT_SOURCE_DIR) + "/tests/reference/cpu_saved_models.json";
-    std::ifstream f(path);
-    if (!f) throw std::runtime_error("cannot read " + path);
-    return json::parse(f);
-  }();
+  static const json doc = memfit::test::load_reference("tests/reference/cpu_saved_models.json");
   return doc;
 }
 

@@ -3,6 +3,9 @@
 
 #include <catch2/catch.hpp>
 #include <deque>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
 #include <string>
 
 #include "memfit/estimate.hpp"
@@ -22,6 +25,14 @@ inline const Model& keep_model(const std::string& src, const std::string& file =
   static std::deque<Model> models;  // deque: earlier elements never move
   models.push_back(parse_model(src, file));
   return models.back();
+}
+
+// A committed reference document, by its path below the repository root ("tests/reference/...").
+inline nlohmann::json load_reference(const std::string& relative) {
+  std::string path = std::string(MEMFIT_SOURCE_DIR) + "/" + relative;
+  std::ifstream f(path);
+  if (!f) throw std::runtime_error("cannot read " + path);
+  return nlohmann::json::parse(f);
 }
 
 }  // namespace memfit::test
