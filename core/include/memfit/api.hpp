@@ -27,6 +27,12 @@ struct OptionStrings {
 };
 Options make_options(const OptionStrings& s);
 
+// Parse single option values shared by the CLI and the module ("fp16", "adam", "foreach", ...).
+DType parse_precision(std::string_view s);
+Optimizer parse_optimizer(std::string_view s);
+OptimizerImpl parse_optimizer_impl(std::string_view s);
+
+
 // Request: {"command": "estimate" | "max-batch" | "model" | "gpus" | "sweep" | "models",
 //           "model": "<text or JSON source>", "file": "name for errors",
 //           "options": {"batch": "64", "dtype": "fp32", "optimizer": "sgd", "optimizer_impl": "foreach",

@@ -32,9 +32,5 @@ std::string render_gpus_text();
 // Error as JSON: {"error": {"message", "file", "line", "column", "layer", "problem", "fix"}}.
 std::string error_json(const Error& e);
 
-// Parse option values shared by the CLI and the module ("fp16", "adam", "foreach", ...).
-DType parse_precision(std::string_view s);
-Optimizer parse_optimizer(std::string_view s);
-OptimizerImpl parse_optimizer_impl(std::string_view s);
 
 }  // namespace memfit

@@ -17,19 +17,6 @@ const char* precision_name(DType t) {
   }
 }
 
-std::string shape_text(const std::vector<i64>& s) {
-  std::string o = "[";
-  for (std::size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
-  return o + "]";
-}
-
-// "64 x 32 x 50 x 50 x 4 B"
-std::string product_expr(const TensorType& t) {
-  std::string o;
-  for (i64 d : t.shape) o += std::to_string(d) + " x ";
-  return o + std::to_string(dtype_size(t.dtype)) + " B";
-}
-
 const std::string& node_name(const Estimate& e, int node) {
   static const std::string none;
   if (node < 0) return none;
@@ -281,30 +268,6 @@ std::string error_json(const Error& e) {
                 {"problem", e.problem()},
                 {"fix", e.fix()}};
   return j.dump(2) + "\n";
-}
-
-DType parse_precision(std::string_view s) {
-  if (s == "fp32" || s == "float32") return DType::f32;
-  if (s == "fp16" || s == "float16" || s == "amp-fp16") return DType::f16;
-  if (s == "bf16" || s == "bfloat16" || s == "amp-bf16") return DType::bf16;
-  throw Error({}, "", "unknown dtype '" + std::string(s) + "'",
-              "use fp32, fp16 or bf16 (fp16/bf16 = torch.autocast mixed precision, parameters stay float32)");
-}
-
-Optimizer parse_optimizer(std::string_view s) {
-  for (Optimizer o : {Optimizer::sgd, Optimizer::sgd_momentum, Optimizer::adam, Optimizer::adamw, Optimizer::adagrad,
-                      Optimizer::rmsprop})
-    if (s == optimizer_name(o)) return o;
-  if (s == "momentum" || s == "sgd_momentum") return Optimizer::sgd_momentum;
-  throw Error({}, "", "unknown optimizer '" + std::string(s) + "'",
-              "use sgd, sgd-momentum, adam, adamw, adagrad or rmsprop");
-}
-
-OptimizerImpl parse_optimizer_impl(std::string_view s) {
-  if (s == "foreach") return OptimizerImpl::foreach;
-  if (s == "fused") return OptimizerImpl::fused;
-  if (s == "for-loop" || s == "forloop" || s == "for_loop" || s == "single-tensor") return OptimizerImpl::for_loop;
-  throw Error({}, "", "unknown optimizer implementation '" + std::string(s) + "'", "use foreach, fused or for-loop");
 }
 
 }  // namespace memfit

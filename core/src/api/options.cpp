@@ -1,0 +1,75 @@
+// Settings as the user typed them (CLI flags, the request API's "options") to Options: the one place
+// that reads option strings, so the CLI and the WebAssembly module accept and refuse the same values.
+#include <charconv>
+
+#include "memfit/api.hpp"
+#include "memfit/report.hpp"
+
+namespace memfit {
+
+namespace {
+i64 parse_positive(const std::string& s, const char* what, i64 max) {
+  i64 v = 0;
+  auto r = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (r.ec != std::errc() || r.ptr != s.data() + s.size() || v < 1 || v > max)
+    throw Error({}, "", std::string(what) + " '" + s + "' is not a whole number from 1 to " + std::to_string(max),
+                std::string("give e.g. ") + (std::string(what) == "batch" ? "--batch 64" : "--iterations 3"));
+  return v;
+}
+}  // namespace
+
+Options make_options(const OptionStrings& s) {
+  Options o;
+  // Any batch whose bytes fit 64 bits is accepted; overflow is reported by the estimate itself.
+  if (s.batch) o.train.batch = parse_positive(*s.batch, "batch", i64{1} << 50);
+  if (s.dtype) o.train.precision = parse_precision(*s.dtype);
+  if (s.optimizer) o.train.optimizer = parse_optimizer(*s.optimizer);
+  if (s.optimizer_impl) o.train.impl = parse_optimizer_impl(*s.optimizer_impl);
+  if (s.zero_grad) {
+    if (*s.zero_grad == "set_to_none" || *s.zero_grad == "set-to-none" || *s.zero_grad == "none") o.train.set_to_none = true;
+    else if (*s.zero_grad == "zero" || *s.zero_grad == "zeros") o.train.set_to_none = false;
+    else throw Error({}, "", "unknown zero_grad mode '" + *s.zero_grad + "'", "use set-to-none (default) or zero");
+  }
+  if (s.pytorch) {
+    if (*s.pytorch == "2" || *s.pytorch == "2.x") o.train.rules = TorchRules::v2;
+    else if (*s.pytorch == "1.13") o.train.rules = TorchRules::v1_13;
+    else throw Error({}, "", "unknown PyTorch rules '" + *s.pytorch + "'", "use 2 (default) or 1.13");
+  }
+  if (s.iterations) o.train.n_iterations = static_cast<int>(parse_positive(*s.iterations, "iterations", 250));
+  if (s.gpu && !s.gpu->empty()) o.gpu = parse_gpu(*s.gpu);
+  if (s.context) o.context_bytes = parse_size(*s.context, "the CUDA context size");
+  if (s.cublas_workspace || s.cudnn_workspace) {
+    Workspaces w = default_workspaces(o.gpu);
+    if (s.cublas_workspace) w.cublas_bytes = parse_size(*s.cublas_workspace, "the cuBLAS workspace size");
+    if (s.cudnn_workspace) w.cudnn_conv_bytes = parse_size(*s.cudnn_workspace, "the cuDNN workspace size");
+    o.workspaces = w;
+  }
+  o.timeline = s.timeline;
+  return o;
+}
+
+DType parse_precision(std::string_view s) {
+  if (s == "fp32" || s == "float32") return DType::f32;
+  if (s == "fp16" || s == "float16" || s == "amp-fp16") return DType::f16;
+  if (s == "bf16" || s == "bfloat16" || s == "amp-bf16") return DType::bf16;
+  throw Error({}, "", "unknown dtype '" + std::string(s) + "'",
+              "use fp32, fp16 or bf16 (fp16/bf16 = torch.autocast mixed precision, parameters stay float32)");
+}
+
+Optimizer parse_optimizer(std::string_view s) {
+  for (Optimizer o : {Optimizer::sgd, Optimizer::sgd_momentum, Optimizer::adam, Optimizer::adamw, Optimizer::adagrad,
+                      Optimizer::rmsprop})
+    if (s == optimizer_name(o)) return o;
+  if (s == "momentum" || s == "sgd_momentum") return Optimizer::sgd_momentum;
+  throw Error({}, "", "unknown optimizer '" + std::string(s) + "'",
+              "use sgd, sgd-momentum, adam, adamw, adagrad or rmsprop");
+}
+
+OptimizerImpl parse_optimizer_impl(std::string_view s) {
+  if (s == "foreach") return OptimizerImpl::foreach;
+  if (s == "fused") return OptimizerImpl::fused;
+  if (s == "for-loop" || s == "forloop" || s == "for_loop" || s == "single-tensor") return OptimizerImpl::for_loop;
+  throw Error({}, "", "unknown optimizer implementation '" + std::string(s) + "'", "use foreach, fused or for-loop");
+}
+
+}  // namespace memfit

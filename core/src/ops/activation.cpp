@@ -1,0 +1,102 @@
+// Element-wise activations, dropout and softmax.
+// Citations are to pytorch/pytorch; docs/pytorch-behaviour.md collects the evidence.
+#include "rules.hpp"
+
+namespace memfit::rules {
+
+namespace {
+
+// ---- elementwise activations
+// Saves `result` (relu/threshold, sigmoid, tanh; and in-place variants whose formula uses result).
+OpMemory save_result_memory(const OpCall& c, const OpShape&) {
+  OpMemory m;
+  if (inplace_of(c.layer)) m.output = OpMemory::Output::in_place;
+  m.saved = {{{TensorRef::output, 0}, "result"}};
+  m.grad_in = {GradIn::fresh};
+  return m;
+}
+// relu6 = hardtanh(0, 6) and silu save `self`. In place (hardtanh_, silu_) autograd still saves the
+// original self: codegen clones the input before the write (measured with torch 1.13:
+// tests/reference/cpu_saved_models.json mobilenet_v2, HardtanhBackward0 holds a storage that is not
+// the output's; cpu_saved_fixtures.json tiny_residual for silu_).
+OpMemory clone_self_when_inplace_memory(const OpCall& c, const OpShape&) {
+  OpMemory m;
+  if (inplace_of(c.layer)) {
+    m.output = OpMemory::Output::in_place;
+    m.extras = {{"self (copy before the in-place write)", c.in[0]}};
+    m.saved = {{{TensorRef::extra, 0}, "self"}};
+  } else {
+    m.saved = {{{TensorRef::input, 0}, "self"}};
+  }
+  m.grad_in = {GradIn::fresh};
+  return m;
+}
+
+// leaky_relu saves `self` out of place and `result` in place (derivatives.yaml leaky_relu /
+// leaky_relu_; LeakyReluBackward1 in torch 1.13 holds the output's storage).
+OpMemory self_or_result_memory(const OpCall& c, const OpShape&) {
+  OpMemory m;
+  if (inplace_of(c.layer)) {
+    m.output = OpMemory::Output::in_place;
+    m.saved = {{{TensorRef::output, 0}, "result"}};
+  } else {
+    m.saved = {{{TensorRef::input, 0}, "self"}};
+  }
+  m.grad_in = {GradIn::fresh};
+  return m;
+}
+
+// ---- dropout: on CUDA, native_dropout returns (output, mask) with a bool mask that is saved. The
+// in-place form multiplies by a float noise tensor of the input's dtype that MulBackward saves
+// (aten/src/ATen/native/Dropout.cpp _dropout_impl).
+OpMemory dropout_memory(const OpCall& c, const OpShape&) {
+  OpMemory m;
+  if (inplace_of(c.layer)) {
+    m.output = OpMemory::Output::in_place;
+    m.extras = {{"noise", c.in[0]}};
+    m.saved = {{{TensorRef::extra, 0}, "other (noise)"}};
+  } else {
+    m.extras = {{"mask", {c.in[0].shape, DType::b8}}};
+    m.saved = {{{TensorRef::extra, 0}, "mask"}};
+  }
+  m.grad_in = {GradIn::fresh};
+  return m;
+}
+
+// ---- softmax / log_softmax: save result. Output dtype float32 under autocast (fp32 list).
+OpShape softmax_shape(const OpCall& c) {
+  i64 dim = attr_int(c.layer, "dim");
+  i64 rank = static_cast<i64>(c.in[0].shape.size());
+  if (dim < -rank || dim >= rank)
+    fail(c.layer, "dim=" + std::to_string(dim) + " is out of range for a " + std::to_string(rank) + "-d input",
+         "use dim=1 for class scores");
+  return {c.in[0], {}, c.layer.attrs};
+}
+
+
+}  // namespace
+
+void activation_rules(std::vector<OpRule>& out) {
+  const char* derivs = "tools/autograd/derivatives.yaml";
+  (void)derivs;
+  out.push_back({"relu", {}, {A("inplace", VT::boolean, "false")}, {}, 1, 1, Autocast::keep, false, derivs, same_shape,
+               save_result_memory});
+  out.push_back({"relu6", {}, {A("inplace", VT::boolean, "false")}, {}, 1, 1, Autocast::keep, false, derivs,
+               same_shape, clone_self_when_inplace_memory});
+  out.push_back({"leaky_relu", {"leakyrelu"},
+               {A("negative_slope", VT::real, "0.01"), A("inplace", VT::boolean, "false")}, {"negative_slope"}, 1, 1,
+               Autocast::keep, false, derivs, same_shape, self_or_result_memory});
+  out.push_back({"sigmoid", {}, {}, {}, 1, 1, Autocast::keep, false, derivs, same_shape, save_result_memory});
+  out.push_back({"tanh", {}, {}, {}, 1, 1, Autocast::keep, false, derivs, same_shape, save_result_memory});
+  out.push_back({"gelu", {}, {}, {}, 1, 1, Autocast::keep, false, derivs, same_shape, save_self_memory});
+  out.push_back({"silu", {"swish"}, {A("inplace", VT::boolean, "false")}, {}, 1, 1, Autocast::keep, false, derivs,
+               same_shape, clone_self_when_inplace_memory});
+  out.push_back({"dropout", {}, {A("p", VT::real, "0.5"), A("inplace", VT::boolean, "false")}, {"p"}, 1, 1,
+               Autocast::keep, false, "aten/src/ATen/native/Dropout.cpp", same_shape, dropout_memory});
+  out.push_back({"softmax", {}, {A("dim", VT::integer, "1")}, {"dim"}, 1, 1, Autocast::fp32, false, derivs,
+               softmax_shape, save_result_memory});
+  out.push_back({"log_softmax", {"logsoftmax"}, {A("dim", VT::integer, "1")}, {"dim"}, 1, 1, Autocast::fp32, false,
+               derivs, softmax_shape, save_result_memory});
+}
+
+}  // namespace memfit::rules

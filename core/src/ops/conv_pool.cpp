@@ -1,0 +1,188 @@
+// Convolution, pooling and linear layers (the matmul-shaped ops).
+// Citations are to pytorch/pytorch; docs/pytorch-behaviour.md collects the evidence.
+#include "rules.hpp"
+
+namespace memfit::rules {
+
+namespace {
+
+
+// Output size of a sliding window, exactly as aten/src/ATen/native/Pool.h pooling_output_shape
+// (pooling) and ConvUtils.h conv_output_size (conv, ceil_mode false).
+i64 window_out(const Layer& l, const char* what, i64 in, i64 k, i64 s, i64 p, i64 d, bool ceil_mode) {
+  if (k <= 0 || s <= 0 || d <= 0 || p < 0)
+    fail(l, std::string(what) + ": kernel, stride and dilation must be positive and padding not negative",
+         "correct the numbers");
+  i64 span = d * (k - 1) + 1;
+  i64 num = in + 2 * p - span + (ceil_mode ? s - 1 : 0);
+  if (in + 2 * p < span)
+    fail(l,
+         std::string(what) + ": kernel (" + std::to_string(span) + " with dilation) is larger than its padded input (" +
+             std::to_string(in + 2 * p) + ")",
+         "use a smaller kernel, add padding, or remove a downsampling layer before it");
+  i64 out = num / s + 1;
+  // PyTorch: "ensure that the last pooling starts inside the image"
+  if (ceil_mode && (out - 1) * s >= in + p) --out;
+  return out;
+}
+
+// ---- conv2d: saves input and weight unconditionally (derivatives.yaml `convolution`: one formula
+// for input, weight, bias). Backward allocates grad_input and grad_weight/grad_bias.
+OpShape conv2d_shape(const OpCall& c) {
+  need_rank(c, 4, "N,C,H,W", "put the conv after an image-shaped layer, or use linear for flat inputs");
+  const auto& in = c.in[0].shape;
+  i64 out_c = attr_int(c.layer, "out_channels");
+  auto [kh, kw] = attr_pair(c.layer, "kernel");
+  auto [sh, sw] = attr_pair(c.layer, "stride");
+  auto [dh, dw] = attr_pair(c.layer, "dilation");
+  i64 groups = attr_int(c.layer, "groups");
+  if (out_c <= 0) fail(c.layer, "out_channels must be positive", "give the number of output channels, e.g. conv 32 3x3");
+  if (groups <= 0 || in[1] % groups != 0 || out_c % groups != 0)
+    fail(c.layer,
+         "groups=" + std::to_string(groups) + " must divide both input channels (" + std::to_string(in[1]) +
+             ") and output channels (" + std::to_string(out_c) + ")",
+         "choose groups that divide both channel counts");
+  OpShape s;
+  s.attrs = c.layer.attrs;
+  const Value& pad = attr(c.layer, "padding");
+  i64 ph = pad.a, pw = pad.type == VT::pair ? pad.b : pad.a;
+  if (pad.type == VT::text) {
+    if (pad.text == "valid") {
+      ph = pw = 0;
+    } else {  // "same": PyTorch accepts it only for stride 1 (F.conv2d: "padding='same' is not supported for strided convolutions")
+      if (sh != 1 || sw != 1)
+        fail(c.layer, "pad=same needs stride 1 in PyTorch", "give explicit padding, e.g. pad=1 for a 3x3 kernel");
+      i64 th = dh * (kh - 1), tw = dw * (kw - 1);
+      if (th % 2 || tw % 2)
+        fail(c.layer, "pad=same with an even kernel pads asymmetrically, which memfit does not model",
+             "use an odd kernel or explicit padding");
+      ph = th / 2;
+      pw = tw / 2;
+    }
+    Value resolved;
+    resolved.type = VT::pair;
+    resolved.a = ph;
+    resolved.b = pw;
+    resolved.pos = pad.pos;
+    s.attrs["padding"] = resolved;
+  }
+  i64 oh = window_out(c.layer, "conv", in[2], kh, sh, ph, dh, false);
+  i64 ow = window_out(c.layer, "conv", in[3], kw, sw, pw, dw, false);
+  s.out = with_shape(c.in[0], {in[0], out_c, oh, ow});
+  s.params.push_back({"weight", {out_c, in[1] / groups, kh, kw}});
+  if (attr_bool(c.layer, "bias")) s.params.push_back({"bias", {out_c}});
+  return s;
+}
+OpMemory conv2d_memory(const OpCall& c, const OpShape&) {
+  OpMemory m;
+  m.saved = {{{TensorRef::input, 0}, "input"}, {{TensorRef::param, 0}, "weight"}};
+  m.grad_in = {GradIn::fresh};
+  (void)c;
+  return m;
+}
+
+// ---- pooling
+std::pair<i64, i64> pool_stride(const Layer& l) {
+  const Value& s = attr(l, "stride");
+  if (s.type == VT::text) return attr_pair(l, "kernel");  // PyTorch: stride defaults to kernel_size
+  return {s.a, s.type == VT::pair ? s.b : s.a};
+}
+OpShape pool_shape_common(const OpCall& c, bool with_dilation) {
+  need_rank(c, 4, "N,C,H,W", "put the pooling layer after a conv or another image-shaped layer");
+  const auto& in = c.in[0].shape;
+  auto [kh, kw] = attr_pair(c.layer, "kernel");
+  auto [sh, sw] = pool_stride(c.layer);
+  auto [ph, pw] = attr_pair(c.layer, "padding");
+  auto [dh, dw] = with_dilation ? attr_pair(c.layer, "dilation") : std::pair<i64, i64>{1, 1};
+  bool ceil_mode = attr_bool(c.layer, "ceil_mode");
+  // Pool.h pool2d_shape_check: "pad should be at most half of effective kernel size"
+  if (ph * 2 > kh || pw * 2 > kw)
+    fail(c.layer, "padding must be at most half the kernel size (PyTorch refuses it)", "use smaller padding");
+  OpShape s;
+  s.attrs = c.layer.attrs;
+  Value st;
+  st.type = VT::pair;
+  st.a = sh;
+  st.b = sw;
+  s.attrs["stride"] = st;
+  s.out = with_shape(c.in[0], {in[0], in[1], window_out(c.layer, "pool", in[2], kh, sh, ph, dh, ceil_mode),
+                               window_out(c.layer, "pool", in[3], kw, sw, pw, dw, ceil_mode)});
+  return s;
+}
+OpShape maxpool_shape(const OpCall& c) { return pool_shape_common(c, true); }
+OpShape avgpool_shape(const OpCall& c) { return pool_shape_common(c, false); }
+// max_pool2d_with_indices: self and result1 (int64 indices of the output's shape) are saved.
+// F.max_pool2d goes through max_pool2d_with_indices when the input requires grad.
+OpMemory maxpool_memory(const OpCall&, const OpShape& s) {
+  OpMemory m;
+  m.extras = {{"indices", {s.out.shape, DType::i64}}};
+  m.saved = {{{TensorRef::input, 0}, "self"}, {{TensorRef::extra, 0}, "indices"}};
+  m.grad_in = {GradIn::fresh};
+  return m;
+}
+// adaptive_avg_pool2d to 1x1 is input.mean({-1, -2}, keepdim=true) (AdaptiveAveragePooling.cpp).
+// PyTorch 2.x's mean.dim formula uses only self.sym_sizes() and self.sym_numel(), so autograd keeps
+// the sizes, not the input (derivatives.yaml); torch 1.13's MeanBackward1 still saved self
+// (measured: tests/reference/cpu_saved_models.json). Other output sizes save self.
+OpMemory adaptive_memory(const OpCall& c, const OpShape& s) {
+  const auto& out = s.out.shape;
+  bool global = out.size() == 4 && out[2] == 1 && out[3] == 1;
+  if (!global || c.rules == TorchRules::v1_13) return save_self_memory(c, s);
+  OpMemory m;
+  m.grad_in = {GradIn::fresh};
+  return m;
+}
+OpShape adaptive_shape(const OpCall& c) {
+  need_rank(c, 4, "N,C,H,W", "put the pooling layer after a conv or another image-shaped layer");
+  auto [oh, ow] = attr_pair(c.layer, "output_size");
+  if (oh <= 0 || ow <= 0) fail(c.layer, "output_size must be positive", "e.g. adaptive_avgpool 1");
+  const auto& in = c.in[0].shape;
+  return {with_shape(c.in[0], {in[0], in[1], oh, ow}), {}, c.layer.attrs};
+}
+
+// ---- linear: F.linear lowers to addmm(bias, input, weight.t()) for 2-d input. derivatives.yaml
+// addmm saves mat1 only if mat2 needs grad and mat2 only if mat1 needs grad.
+OpShape linear_shape(const OpCall& c) {
+  need_rank(c, 2, "N,features", "add a flatten layer before it");
+  i64 out = attr_int(c.layer, "out_features");
+  if (out <= 0) fail(c.layer, "out_features must be positive", "e.g. fc 500");
+  OpShape s{with_shape(c.in[0], {c.in[0].shape[0], out}), {}, c.layer.attrs};
+  s.params.push_back({"weight", {out, c.in[0].shape[1]}});
+  if (attr_bool(c.layer, "bias")) s.params.push_back({"bias", {out}});
+  return s;
+}
+OpMemory linear_memory(const OpCall& c, const OpShape&) {
+  OpMemory m;
+  m.saved = {{{TensorRef::input, 0}, "mat1 (input)"}};
+  if (c.in_requires_grad[0]) m.saved.push_back({{TensorRef::param, 0}, "mat2 (weight.t())"});
+  m.grad_in = {GradIn::fresh};
+  return m;
+}
+
+
+}  // namespace
+
+void conv_pool_rules(std::vector<OpRule>& out) {
+  const char* derivs = "tools/autograd/derivatives.yaml";
+  (void)derivs;
+  out.push_back({"conv2d", {"conv"},
+               {A("out_channels", VT::integer, nullptr), A("kernel", VT::pair, nullptr), A("stride", VT::pair, "1"),
+                A("padding", VT::pair, "0"), A("dilation", VT::pair, "1"), A("groups", VT::integer, "1"),
+                A("bias", VT::boolean, "true")},
+               {"out_channels", "kernel"}, 1, 1, Autocast::lower, false, derivs, conv2d_shape, conv2d_memory});
+  out.push_back({"maxpool2d", {"maxpool", "max_pool2d"},
+               {A("kernel", VT::pair, nullptr), A("stride", VT::pair, "kernel"), A("padding", VT::pair, "0"),
+                A("dilation", VT::pair, "1"), A("ceil_mode", VT::boolean, "false")},
+               {"kernel"}, 1, 1, Autocast::keep, false, derivs, maxpool_shape, maxpool_memory});
+  out.push_back({"avgpool2d", {"avgpool", "avg_pool2d"},
+               {A("kernel", VT::pair, nullptr), A("stride", VT::pair, "kernel"), A("padding", VT::pair, "0"),
+                A("ceil_mode", VT::boolean, "false"), A("count_include_pad", VT::boolean, "true")},
+               {"kernel"}, 1, 1, Autocast::keep, false, derivs, avgpool_shape, save_self_memory});
+  out.push_back({"adaptive_avgpool2d", {"adaptive_avgpool", "gap", "global_avgpool"},
+               {A("output_size", VT::pair, "1")}, {"output_size"}, 1, 1, Autocast::keep, false, derivs,
+               adaptive_shape, adaptive_memory});
+  out.push_back({"linear", {"fc", "dense"}, {A("out_features", VT::integer, nullptr), A("bias", VT::boolean, "true")},
+               {"out_features"}, 1, 1, Autocast::lower, false, derivs, linear_shape, linear_memory});
+}
+
+}  // namespace memfit::rules

@@ -1,0 +1,49 @@
+// Normalisation layers.
+// Citations are to pytorch/pytorch; docs/pytorch-behaviour.md collects the evidence.
+#include "rules.hpp"
+
+namespace memfit::rules {
+
+namespace {
+
+// ---- batchnorm2d (training): cudnn_batch_norm / native_batch_norm save input, weight, running
+// stats and the per-channel save_mean / save_invstd (float32 [C]); not the output.
+OpShape batchnorm_shape(const OpCall& c) {
+  need_rank(c, 4, "N,C,H,W", "batchnorm2d normalises image-shaped tensors");
+  i64 ch = c.in[0].shape[1];
+  OpShape s{c.in[0], {}, c.layer.attrs};
+  if (attr_bool(c.layer, "affine")) {
+    s.params.push_back({"weight", {ch}});
+    s.params.push_back({"bias", {ch}});
+  }
+  if (attr_bool(c.layer, "track_running_stats")) {
+    s.params.push_back({"running_mean", {ch}, DType::f32, false});
+    s.params.push_back({"running_var", {ch}, DType::f32, false});
+    s.params.push_back({"num_batches_tracked", {}, DType::i64, false});
+  }
+  return s;
+}
+OpMemory batchnorm_memory(const OpCall& c, const OpShape&) {
+  i64 ch = c.in[0].shape[1];
+  OpMemory m;
+  m.extras = {{"save_mean", {{ch}, DType::f32}}, {"save_invstd", {{ch}, DType::f32}}};
+  m.saved = {{{TensorRef::input, 0}, "input"},
+             {{TensorRef::extra, 0}, "save_mean"},
+             {{TensorRef::extra, 1}, "save_invstd"}};
+  m.grad_in = {GradIn::fresh};
+  return m;
+}
+
+
+}  // namespace
+
+void norm_rules(std::vector<OpRule>& out) {
+  const char* derivs = "tools/autograd/derivatives.yaml";
+  (void)derivs;
+  out.push_back({"batchnorm2d", {"bn", "batchnorm"},
+               {A("eps", VT::real, "1e-05"), A("momentum", VT::real, "0.1"), A("affine", VT::boolean, "true"),
+                A("track_running_stats", VT::boolean, "true")},
+               {}, 1, 1, Autocast::keep, false, derivs, batchnorm_shape, batchnorm_memory});
+}
+
+}  // namespace memfit::rules

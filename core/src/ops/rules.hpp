@@ -1,0 +1,48 @@
+// Shared by the rule families in core/src/ops/: small helpers and the per-family registration
+// functions that registry.cpp calls once.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "memfit/ops.hpp"
+
+namespace memfit::rules {
+
+using VT = Value::Type;
+using GradIn = OpMemory::GradIn;
+
+inline TensorType with_shape(const TensorType& like, std::vector<i64> shape) { return {std::move(shape), like.dtype}; }
+
+inline void need_rank(const OpCall& c, std::size_t rank, const char* layout, const char* fix) {
+  const auto& s = c.in[0].shape;
+  if (s.size() != rank) {
+    std::string got;
+    for (std::size_t i = 0; i < s.size(); ++i) got += (i ? "x" : "") + std::to_string(s[i]);
+    fail(c.layer, "expects a " + std::to_string(rank) + "-d input (" + layout + ") but gets " + got, fix);
+  }
+}
+
+inline bool inplace_of(const Layer& l) {
+  auto it = l.attrs.find("inplace");
+  return it != l.attrs.end() && it->second.flag;
+}
+inline OpShape same_shape(const OpCall& c) { return {c.in[0], {}, c.layer.attrs}; }
+// Saves self (avg_pool2d, _adaptive_avg_pool2d for its shape and the backward kernel; gelu).
+inline OpMemory save_self_memory(const OpCall&, const OpShape&) {
+  OpMemory m;
+  m.saved = {{{TensorRef::input, 0}, "self"}};
+  m.grad_in = {GradIn::fresh};
+  return m;
+}
+inline AttrSpec A(const char* k, VT t, const char* d) { return {k, t, d}; }
+
+void shape_rules(std::vector<OpRule>& out);
+void conv_pool_rules(std::vector<OpRule>& out);
+void norm_rules(std::vector<OpRule>& out);
+void activation_rules(std::vector<OpRule>& out);
+void loss_rules(std::vector<OpRule>& out);
+
+}  // namespace memfit::rules
