@@ -4,31 +4,40 @@
 
 namespace memfit {
 
-namespace {
-
-Workspaces workspaces_for(const Options& o) { return o.workspaces ? *o.workspaces : default_workspaces(o.gpu); }
-
 TrainSettings effective_train(const Options& o) {
   TrainSettings t = o.train;
-  t.workspaces = workspaces_for(o);
+  t.workspaces = o.workspaces ? *o.workspaces : default_workspaces(o.gpu);
   return t;
 }
 
-i64 usable_of(const Options& o) {
+i64 usable_bytes(const Options& o) {
   if (!o.gpu) return 0;
   return o.gpu->cuda_total_bytes - o.context_bytes;
 }
 
-// Runs plan + allocator model with the GPU's usable memory as the cudaMalloc limit.
+Pipeline run_pipeline(const Model& model, const Options& options, i64 capacity_bytes) {
+  Pipeline p;
+  TrainSettings train = effective_train(options);
+  p.graph = build_graph(model, graph_settings(train));
+  p.plan = plan_training(p.graph, train);
+  AllocatorConfig cfg = options.allocator;
+  cfg.capacity_bytes = capacity_bytes;
+  SimOptions so;
+  so.record_timeline = options.timeline && capacity_bytes == 0;
+  p.sim = simulate(p.plan, cfg, so);
+  return p;
+}
+
+namespace {
+
+// Does this batch train within the GPU's usable memory (the allocator model with its limit)?
 bool fits_on_gpu(const Model& model, const Options& o, i64 batch) {
   Options p = o;
   p.train.batch = batch;
-  Graph g = build_graph(model, batch, p.train.precision, p.train.rules);
-  Plan plan = plan_training(g, effective_train(p));
-  AllocatorConfig cfg = p.allocator;
-  cfg.capacity_bytes = usable_of(p);
-  if (cfg.capacity_bytes <= 0) return false;
-  return !simulate(plan, cfg).oom;
+  p.timeline = false;
+  i64 usable = usable_bytes(p);
+  if (usable <= 0) return false;
+  return !run_pipeline(model, p, usable).sim.oom;
 }
 
 // The public rules of thumb memfit compares itself with (their factors, as people state them).
@@ -69,12 +78,10 @@ Estimate estimate(const Model& model, const Options& options) {
   e.options = options;
   e.model_name = model.name;
   e.model_file = model.file;
-  e.graph = build_graph(model, options.train.batch, options.train.precision, options.train.rules);
-  TrainSettings train = effective_train(options);
-  e.plan = plan_training(e.graph, train);
-  SimOptions so;
-  so.record_timeline = options.timeline;
-  e.sim = simulate(e.plan, options.allocator, so);
+  Pipeline p = run_pipeline(model, options);
+  e.graph = std::move(p.graph);
+  e.plan = std::move(p.plan);
+  e.sim = std::move(p.sim);
 
   // per-layer rows
   const auto& nodes = e.graph.nodes;
@@ -91,8 +98,9 @@ Estimate estimate(const Model& model, const Options& options) {
                                                                      : "new";
     for (const auto& p : nd.shape.params) {
       i64 b = checked_mul(p.numel(), dtype_size(p.dtype), "parameter bytes");
-      if (p.trainable) {
+      if (!p.is_buffer) {
         r.params = checked_add(r.params, p.numel(), "parameter count");
+        if (!p.trainable) r.frozen_params = checked_add(r.frozen_params, p.numel(), "parameter count");
         r.param_bytes = checked_add(r.param_bytes, b, "parameter bytes");
       } else {
         r.buffer_bytes = checked_add(r.buffer_bytes, b, "buffer bytes");
@@ -133,7 +141,7 @@ Estimate estimate(const Model& model, const Options& options) {
   e.device_bytes = checked_add(e.peak_reserved_bytes, options.context_bytes, "device bytes");
 
   if (options.gpu) {
-    e.usable_bytes = usable_of(options);
+    e.usable_bytes = usable_bytes(options);
     AllocatorConfig cfg = options.allocator;
     cfg.capacity_bytes = e.usable_bytes;
     bool ok = e.usable_bytes > 0;
@@ -159,12 +167,67 @@ Estimate estimate(const Model& model, const Options& options) {
   return e;
 }
 
+LargestSearch search_largest(const std::function<std::optional<bool>(i64)>& fits, i64 start, i64 limit) {
+  LargestSearch r;
+  auto probe = [&](i64 n) {
+    ++r.n_probes;
+    std::optional<bool> f = fits(n);
+    if (!f) r.stopped = true;
+    return f;
+  };
+  i64 lo = 0, hi = 0;  // invariant once set: lo fits (or 0), hi does not (or 0 = unknown)
+  start = std::clamp<i64>(start, 1, limit);
+  auto f = probe(start);
+  if (!f) return r;
+  if (*f) {
+    lo = start;
+    while (true) {  // doubling up from a fitting start
+      if (lo >= limit) {
+        r.largest = limit;
+        r.capped = true;
+        return r;
+      }
+      i64 next = lo > limit / 2 ? limit : lo * 2;
+      auto g = probe(next);
+      if (!g) {
+        r.largest = lo;
+        return r;
+      }
+      if (!*g) {
+        hi = next;
+        break;
+      }
+      lo = next;
+    }
+  } else {
+    hi = start;  // halving down from a start that does not fit
+    while (hi > 1) {
+      i64 next = hi / 2;
+      auto g = probe(next);
+      if (!g) return r;
+      if (*g) {
+        lo = next;
+        break;
+      }
+      hi = next;
+    }
+    if (lo == 0) return r;  // even 1 does not fit
+  }
+  while (hi - lo > 1) {
+    i64 mid = lo + (hi - lo) / 2;
+    auto g = probe(mid);
+    if (!g) break;
+    if (*g) lo = mid;
+    else hi = mid;
+  }
+  r.largest = lo;
+  return r;
+}
+
 MaxBatch max_batch(const Model& model, const Options& options) {
   if (!options.gpu)
     throw Error({}, "", "max-batch needs a GPU", "give --gpu NAME or --gpu SIZE (e.g. --gpu 24GiB)");
-  MaxBatch r;
-  auto fits = [&](i64 b) {
-    ++r.n_probes;
+  auto fits = [&](i64 b) -> std::optional<bool> {
     try {
       return fits_on_gpu(model, options, b);
     } catch (const Error& e) {
@@ -174,25 +237,10 @@ MaxBatch max_batch(const Model& model, const Options& options) {
       throw;
     }
   };
-  if (!fits(1)) return r;
-  i64 lo = 1, hi = 2;
-  constexpr i64 kBatchLimit = i64{1} << 40;  // beyond any GPU; stops the doubling
-  while (hi <= kBatchLimit && fits(hi)) {
-    lo = hi;
-    hi *= 2;
-  }
-  if (hi > kBatchLimit) {
-    r.max_batch = lo;
-    return r;
-  }
-  // invariant: lo fits, hi does not
-  while (hi - lo > 1) {
-    i64 mid = lo + (hi - lo) / 2;
-    if (fits(mid)) lo = mid;
-    else hi = mid;
-  }
-  r.max_batch = lo;
-  return r;
+  // Start at 1: the search then costs ~2 log2(answer) pipelines, and a model whose batch 1 does not
+  // fit is answered by one.
+  LargestSearch s = search_largest(fits, 1, kBatchSearchLimit);
+  return {.max_batch = s.largest, .n_probes = s.n_probes, .capped = s.capped};
 }
 
 std::vector<Remedy> remedies(const Model& model, const Options& options) {
