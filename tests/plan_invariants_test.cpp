@@ -25,7 +25,9 @@
 //  A2 each iteration's peak (reset_peak_memory_stats at its start) >= the live bytes, rounded to
 //     512 B, at every event of that iteration; the overall peak >= all of them
 //  A3 one block per non-empty allocation, at least the rounded request, inside a segment, alloc and
-//     free events matching the plan's; no two blocks that are live at the same time overlap
+//     free events matching the plan's; no two blocks that are live at the same time overlap (with
+//     blocks inside live segments, this gives reserved >= allocated at every single event too)
+// The checker's own ability to fail is tested last, on deliberately broken plans and replays.
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <fstream>
@@ -424,12 +426,15 @@ void check_plan(const Graph& g, const Plan& p, int n_iter, Problems& pr) {
   if (n_loop_held > 2) pr.add("more than two saved storages outlive backward (only `out` and `loss` may)");
 }
 
-void check_sim(const Plan& p, Problems& pr) {
-  AllocatorConfig cfg;
+SimResult replay(const Plan& p) {
   SimOptions so;
   so.record_blocks = true;
   so.record_timeline = true;
-  SimResult r = simulate(p, cfg, so);
+  return simulate(p, AllocatorConfig{}, so);
+}
+
+void check_sim_result(const Plan& p, const SimResult& r, Problems& pr) {
+  const AllocatorConfig cfg;
   if (r.oom) {
     pr.add("out of memory without a capacity");
     return;
@@ -510,6 +515,8 @@ void check_sim(const Plan& p, Problems& pr) {
     live_blocks[b.address] = b.address + b.size;
   }
 }
+
+void check_sim(const Plan& p, Problems& pr) { check_sim_result(p, replay(p), pr); }
 
 struct Counts {
   int graphs = 0, plans = 0;
@@ -621,6 +628,37 @@ TEST_CASE("plan invariant checks catch broken plans", "[invariants]") {
     Problems pr;
     check_plan(g, p, 3, pr);
     CHECK(pr.text().find("outlives its iteration") != std::string::npos);
+  }
+  {  // a saved tensor released in the forward phase instead of after its backward node
+    Plan p = good;
+    bool done = false;
+    for (const auto& sv : p.saved) {
+      if (sv.is_param || sv.is_input || done) continue;
+      for (auto& ev : p.events)
+        if (ev.is_free && ev.tensor == sv.tensor && ev.phase == Phase::backward) {
+          ev.phase = Phase::forward;
+          done = true;
+          break;
+        }
+    }
+    REQUIRE(done);
+    Problems pr;
+    check_plan(g, p, 3, pr);
+    CHECK(pr.text().find("not in backward") != std::string::npos);
+  }
+  {  // allocator replay: two live blocks on one address, and reserved below allocated
+    SimResult r = replay(good);
+    REQUIRE(r.blocks.size() >= 2);
+    Problems ok;
+    check_sim_result(good, r, ok);
+    CHECK(ok.n == 0);
+    // the first two blocks are parameters (never freed): live together
+    r.blocks[1].address = r.blocks[0].address;
+    r.timeline[0].reserved_bytes = r.timeline[0].allocated_bytes - 1;
+    Problems pr;
+    check_sim_result(good, r, pr);
+    CHECK(pr.text().find("overlaps a live block") != std::string::npos);
+    CHECK(pr.text().find("reserved < allocated") != std::string::npos);
   }
   {  // steady state broken: one more byte in iteration 3 only
     Plan p = good;
