@@ -7,6 +7,8 @@
 // generated models, a rotation through them for the builtin ones to keep the suite fast).
 //
 // Properties of the plan (core/include/memfit/plan.hpp), each a consequence of reference counting:
+//  P0 events follow the loop: setup (parameters, buffers, Adagrad's state, the batch) before
+//     iteration 1, then zero_grad, forward, loss, backward, optimizer in each iteration
 //  P1 every tensor is allocated exactly once, by its first event, and freed at most once, after that;
 //     no event refers to a tensor after its free (no use after free)
 //  P2 live bytes, in total and per category, are never negative
@@ -270,6 +272,17 @@ void check_plan(const Graph& g, const Plan& p, int n_iter, Problems& pr) {
     const std::size_t t = static_cast<std::size_t>(ev.tensor);
     const PlanTensor& pt = p.tensors[t];
     if (e > 0 && ev.iteration < p.events[e - 1].iteration) pr.add("iterations go backwards at event " + std::to_string(e));
+    // P0: the loop's order: setup only before iteration 1; within an iteration zero_grad, forward,
+    // loss, backward, optimizer; nodes name graph nodes (or -1)
+    if ((ev.iteration == 0) != (ev.phase == Phase::setup))
+      pr.add("event " + std::to_string(e) + ": phase " + phase_name(ev.phase) + " in iteration " + std::to_string(ev.iteration));
+    if (e > 0 && ev.iteration == p.events[e - 1].iteration && ev.phase < p.events[e - 1].phase)
+      pr.add(std::string("event ") + std::to_string(e) + ": phase " + phase_name(ev.phase) + " after " +
+             phase_name(p.events[e - 1].phase));
+    if (ev.node < -1 || ev.node >= static_cast<int>(g.nodes.size())) pr.add("event " + std::to_string(e) + " names node " + std::to_string(ev.node));
+    if (ev.phase == Phase::setup && (ev.is_free || (pt.category != Category::parameter && pt.category != Category::buffer &&
+                                                    pt.category != Category::input && pt.category != Category::optimizer_state)))
+      pr.add(std::string("setup event ") + std::to_string(e) + " frees or makes a " + category_name(pt.category) + " tensor");
     if (!ev.is_free) {
       if (alloc_ev[t] >= 0) pr.add("tensor " + std::to_string(t) + " allocated twice");
       if (free_ev[t] >= 0) pr.add("tensor " + std::to_string(t) + " allocated after its free");
@@ -334,6 +347,9 @@ void check_plan(const Graph& g, const Plan& p, int n_iter, Problems& pr) {
   }
   if (live_grads != n_trainable) pr.add("live .grad tensors at the end: " + std::to_string(live_grads) + ", trainable parameter tensors: " + std::to_string(n_trainable));
   if (live_grad_bytes != trainable_bytes) pr.add("live .grad bytes at the end differ from the trainable parameter bytes");
+  i64 reported_grad_bytes = 0;
+  for (i64 b : p.node_grad_bytes) reported_grad_bytes += b;
+  if (reported_grad_bytes != trainable_bytes) pr.add("Plan::node_grad_bytes do not add up to the trainable parameter bytes");
 
   // P5: steady state
   auto signature = [&](int k) {
