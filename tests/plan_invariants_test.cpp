@@ -20,7 +20,8 @@
 //  P5 steady state: iteration 2's events equal iteration 3's (and 3's equal 4's): same order, phase,
 //     node, bytes, category, and which tensor each free refers to
 //  P6 what a node saves (Plan::saved, iteration 1) exists by the end of that node's forward and is
-//     freed in the backward phase; the only exceptions are the loop's own `out`/`loss` (freed when
+//     freed in the backward phase, by the backward of its last saver to run or later (not by the
+//     end-of-backward cleanup); the only exceptions are the loop's own `out`/`loss` (freed when
 //     the loop rebinds them, phase optimizer, node -1), parameters and the input batch/targets
 // Properties of the allocator replay (core/include/memfit/allocator.hpp), with blocks recorded:
 //  A1 reserved >= allocated at every op; the overall peaks bound every op's value
@@ -33,6 +34,7 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <random>
 #include <sstream>
@@ -411,6 +413,13 @@ void check_plan(const Graph& g, const Plan& p, int n_iter, Problems& pr) {
   }
   int n_loop_held = 0;
   std::vector<bool> seen(nt, false);
+  // Backward runs nodes in reverse order and each releases its saved tensors right after it runs, so
+  // a saved storage dies at the backward of its lowest-numbered saver or later (a lower node), never
+  // in the end-of-graph cleanup (node -1) when every saver was reached.
+  std::vector<int> min_saver(nt, std::numeric_limits<int>::max());
+  for (const auto& s : p.saved)
+    if (static_cast<std::size_t>(s.tensor) < nt)
+      min_saver[static_cast<std::size_t>(s.tensor)] = std::min(min_saver[static_cast<std::size_t>(s.tensor)], s.node);
   for (const auto& s : p.saved) {
     const std::size_t t = static_cast<std::size_t>(s.tensor);
     if (t >= nt) {
@@ -431,7 +440,12 @@ void check_plan(const Graph& g, const Plan& p, int n_iter, Problems& pr) {
     const PlanEvent& f = p.events[static_cast<std::size_t>(free_ev[t])];
     if (free_ev[t] < fwd_end[static_cast<std::size_t>(s.node)]) pr.add(who + " is freed before the node's forward ends");
     if (f.iteration != 1) pr.add(who + " outlives iteration 1");
-    if (f.phase == Phase::backward) continue;
+    if (f.phase == Phase::backward) {
+      if (f.node < 0 || f.node > min_saver[t])
+        pr.add(who + " freed at node " + std::to_string(f.node) + ", not at or after the backward of node " +
+               std::to_string(min_saver[t]));
+      continue;
+    }
     if (f.phase == Phase::optimizer && f.node == -1) {  // the loop's `out` / `loss`
       if (!seen[t]) ++n_loop_held;
       seen[t] = true;
