@@ -81,6 +81,16 @@ TEST_CASE("cuBLAS workspaces: one per thread that runs a matmul, kept by the han
   CHECK(e.peak_phase == Phase::backward);
   CHECK(e.sim.peak_breakdown[static_cast<std::size_t>(Category::workspace)] == 2 * kCublas + kCublasLt);
 
+  // Mixed precision and a stateful optimizer change neither the threads nor the first matmuls.
+  {
+    Options b = o;
+    b.train.precision = DType::bf16;
+    b.train.optimizer = Optimizer::adam;
+    Estimate eb = estimate(m, b);
+    CHECK(workspace_allocs(eb).size() == 3);
+    CHECK(eb.workspace_bytes == 2 * kCublas + kCublasLt);
+  }
+
   // On an H100 (sm_90) the cuBLAS workspace is 4096 KiB x 8.
   o.gpu = parse_gpu("H100 80GB");
   REQUIRE(o.gpu->cc_major == 9);
