@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "memfit/api.hpp"
+#include "memfit/device.hpp"
 #include "memfit/report.hpp"
 #include "test_util.hpp"
 
@@ -274,4 +275,16 @@ TEST_CASE("--events: the plan as text, and replaying it gives memfit's own peaks
   auto j = nlohmann::json::parse(estimate_json(m, o));
   REQUIRE(j["events"].is_array());
   CHECK(j["events"].size() == e.plan.events.size());
+}
+
+TEST_CASE("softmax before the cross-entropy loss is noted, with what removing it changes", "[notes]") {
+  const Model& m = test::keep_model(find_builtin_model("question_cnn")->text, "models/question_cnn.memfit");
+  Estimate e = estimate(m, Options{});
+  std::string all;
+  for (const auto& n : e.notes) all += n + "\n";
+  // softmax over [64, 10] float32 saves its result: 64 x 10 x 4 = 2,560 B
+  CHECK_THAT(all, Catch::Contains("'softmax1' (softmax) feeds the loss"));
+  CHECK_THAT(all, Catch::Contains("it saves 2,560 B for backward"));
+  Estimate plain = estimate(test::keep_model("input 8\nfc 4\n"), Options{});
+  for (const auto& n : plain.notes) CHECK_THAT(n, !Catch::Contains("feeds the loss"));
 }

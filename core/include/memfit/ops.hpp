@@ -131,6 +131,9 @@ struct OpRule {
   const char* source = "";   // citation for the memory behaviour
   OpShape (*shape)(const OpCall&) = nullptr;
   OpMemory (*memory)(const OpCall&, const OpShape&) = nullptr;
+  // Said in the estimate's notes when this op's output goes straight into the loss (softmax before
+  // nn.CrossEntropyLoss applies softmax twice); nullptr: nothing to say.
+  const char* before_loss_note = nullptr;
 };
 
 void register_op(OpRule rule);  // throws std::logic_error on a duplicate kind or alias

@@ -152,7 +152,9 @@ void activation_rules(std::vector<OpRule>& out) {
                  .summary = "saves its result; float32 under autocast",
                  .source = derivs,
                  .shape = softmax_shape,
-                 .memory = save_result_memory});
+                 .memory = save_result_memory,
+                 .before_loss_note = "nn.CrossEntropyLoss applies log_softmax itself, so softmax before it trains on "
+                                     "softmax applied twice (a common bug; gradients shrink). Modelled as written"});
   out.push_back({.kind = "log_softmax",
                  .aliases = {"logsoftmax"},
                  .attrs = {A("dim", VT::integer, "1")},

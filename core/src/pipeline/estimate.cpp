@@ -40,6 +40,43 @@ bool fits_on_gpu(const Model& model, const Options& o, i64 batch) {
   return !run_pipeline(model, p, usable).sim.oom;
 }
 
+// An op whose rule has a note for when it feeds the loss (softmax before cross-entropy): say so,
+// with what removing the layer would change, computed by the same pipeline on the model without it.
+void before_loss_note(const Model& model, const Options& options, Estimate& e) {
+  const Node& loss = e.graph.nodes.back();
+  if (!loss.rule->is_loss || loss.in.empty()) return;
+  const Node& feeder = e.graph.nodes[static_cast<std::size_t>(loss.in[0])];
+  if (!feeder.rule->before_loss_note || feeder.in.size() != 1 || feeder.n_consumers != 1) return;
+  std::string note = "'" + feeder.layer->name + "' (" + feeder.rule->kind + ") feeds the loss: " + feeder.rule->before_loss_note;
+  Model without = model;
+  const std::string& name = feeder.layer->name;
+  const std::string& replacement = e.graph.nodes[static_cast<std::size_t>(feeder.in[0])].layer->name;
+  std::vector<Layer> kept;
+  kept.reserve(without.layers.size());
+  for (auto& l : without.layers) {
+    if (l.name == name) continue;
+    for (auto& in : l.inputs)
+      if (in == name) in = replacement;
+    kept.push_back(std::move(l));
+  }
+  without.layers = std::move(kept);
+  try {
+    Options o = options;
+    o.timeline = false;
+    o.events = false;
+    i64 peak = run_pipeline(without, o).sim.peak_allocated_bytes;
+    i64 saved = 0;
+    for (const auto& r : e.plan.saved)
+      if (r.node == loss.in[0] && r.owner == r.node && !r.is_param && !r.is_input) saved += r.type.bytes();
+    note += "; it saves " + format_bytes_exact(saved) + " for backward, and without it the peak allocated would be " +
+            (peak == e.peak_allocated_bytes ? "the same (" + format_mib(peak) + ")"
+                                            : format_mib(peak) + " instead of " + format_mib(e.peak_allocated_bytes));
+  } catch (const Error&) {
+    // the model without the layer is not valid (e.g. the shapes then differ): say only the first part
+  }
+  e.notes.push_back(note + ".");
+}
+
 // The public rules of thumb memfit compares itself with (their factors, as people state them).
 constexpr i64 kBackwardFactor = 3;     // "multiply by 3 for the backward pass"
 constexpr i64 kParamCopies = 3;        // weights + gradients + one optimizer buffer
@@ -163,6 +200,7 @@ Estimate estimate(const Model& model, const Options& options) {
   if (e.graph.loss_appended)
     e.notes.push_back("the model does not end in a loss: nn.CrossEntropyLoss on '" +
                       nodes[static_cast<std::size_t>(e.graph.model_output)].layer->name + "' is assumed (layer 'loss')");
+  before_loss_note(model, options, e);
   rules_of_thumb(e);
   return e;
 }
