@@ -1,0 +1,12 @@
+import { serve, launch } from './lib.mjs';
+const [,, w, h, hash, sel, out] = process.argv;
+const srv = await serve(); const b = await launch();
+const page = await b.ctx.newPage(); await page.setViewportSize({ width: +w, height: +h });
+page.on('pageerror', (e) => console.log('pageerror', e.message));
+page.on('console', (m) => console.log('console', m.text()));
+await page.goto(srv.url + hash);
+await page.waitForFunction(() => { const c = window.memfitPerf && window.memfitPerf.calls; return c && c.length && c[c.length - 1].kind === 'sweep'; }, null, { timeout: 60000 }).catch(() => console.log('no idle'));
+await page.waitForTimeout(300);
+const loc = page.locator(sel).first();
+await loc.screenshot({ path: out });
+await b.close(); await srv.close();
