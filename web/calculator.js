@@ -8,7 +8,7 @@ import { breakdownChart, timelineChart, sweepChart, dataTable, CATEGORIES } from
 export const DEFAULTS = { preset: 'question_cnn', batch: 64, dtype: 'fp32', optimizer: 'sgd', impl: 'foreach', gpu: 'RTX 3090' };
 const DTYPES = [['fp32', 'fp32 (float32)'], ['fp16', 'fp16 (autocast mixed precision)'], ['bf16', 'bf16 (autocast mixed precision)']];
 const OPTIMIZERS = [['sgd', 'SGD'], ['sgd-momentum', 'SGD with momentum'], ['adam', 'Adam'], ['adamw', 'AdamW'], ['adagrad', 'Adagrad'], ['rmsprop', 'RMSprop']];
-const IMPLS = [['foreach', 'foreach (PyTorch default on CUDA)'], ['fused', 'fused'], ['for-loop', 'for-loop']];
+const IMPLS = [['foreach', 'foreach (default on CUDA)'], ['fused', 'fused'], ['for-loop', 'for-loop']];
 const CUSTOM = '__custom__';
 const MODEL_FILE = 'model';  // the file name the core puts in errors for the editor's text
 const BATCH_MAX = 10_000_000;
@@ -614,7 +614,7 @@ export function mountCalculator(host, opts = {}) {
     ensureDraftOption();
     el.gpu.innerHTML = gpus.map((g) => `<option value="${esc(g.name)}">${esc(gpuLabel(g))}</option>`).join('')
       + `<option value="${CUSTOM}">Custom size…</option>`;
-    if (el.gpuNote) el.gpuNote.textContent = 'Sizes are what CUDA reports for the card (cudaMemGetInfo total), a little below the box’s “24 GB”.';
+    if (el.gpuNote) el.gpuNote.textContent = 'Sizes: what CUDA reports for the card (cudaMemGetInfo total).';
     if (state.text == null) {
       const m = models.find((x) => x.name === state.preset) || models.find((x) => x.name === DEFAULTS.preset) || models[0];
       if (state.preset && m.name !== state.preset) {

@@ -1,7 +1,6 @@
 // Native side of tests/web/bench-module.mjs: times memfit::handle_request on the same JSON requests the
 // WebAssembly module gets (tests/web/bench-requests.json), so the two are measured the same way.
-// Built and run by tools/bench-wasm.sh. Output: one JSON line per request {name, median_ms, min_ms, runs}.
-#include <algorithm>
+// Built and run by tools/bench-wasm.sh. Output: one JSON line per request {name, ms: [every call]}.
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -23,15 +22,15 @@ int main(int argc, char** argv) {
     const std::string name = item["name"];
     const std::string req = item["request"].dump();
     std::size_t sink = 0;
-    for (int i = 0; i < 20; ++i) sink += memfit::handle_request(req).size();  // warm-up
+    for (int i = 0; i < 5; ++i) sink += memfit::handle_request(req).size();  // warm-up (caches)
     std::vector<double> ms;
     for (int i = 0; i < runs; ++i) {
       auto t0 = std::chrono::steady_clock::now();
       sink += memfit::handle_request(req).size();
       ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     }
-    std::sort(ms.begin(), ms.end());
-    std::printf("{\"name\":\"%s\",\"median_ms\":%.4f,\"min_ms\":%.4f,\"runs\":%d,\"bytes\":%zu}\n", name.c_str(),
-                ms[ms.size() / 2], ms[0], runs, sink / (runs + 20));
+    std::printf("{\"name\":\"%s\",\"bytes\":%zu,\"ms\":[", name.c_str(), sink / (runs + 5));
+    for (std::size_t i = 0; i < ms.size(); ++i) std::printf("%s%.5f", i ? "," : "", ms[i]);
+    std::printf("]}\n");
   }
 }

@@ -9,20 +9,25 @@ fs.mkdirSync(out, { recursive: true });
 const srv = await serve();
 const b = await launch();
 const idle = (page) => page.waitForFunction(() => { const c = window.memfitPerf && window.memfitPerf.calls; return c && c.length && c[c.length - 1].kind === 'sweep'; }, null, { timeout: 60000 });
+// [file, viewport, URL hash, what: 'screen' | 'full' | a CSS selector (that element only)]
 const SHOTS = [
-  ['desktop-resnet50', { width: 1440, height: 900 }, '#model=resnet50&batch=64&gpu=RTX%203090', false],
-  ['desktop-full', { width: 1440, height: 900 }, '#model=question_cnn&batch=64&gpu=RTX%203090', true],
-  ['desktop-sweep-100000', { width: 1440, height: 900 }, '#model=question_cnn&batch=100000&gpu=RTX%203060%2012GB', true],
-  ['phone', { width: 390, height: 844 }, '#model=question_cnn&batch=64&gpu=RTX%203090', false],
-  ['phone-full', { width: 390, height: 844 }, '#model=question_cnn&batch=64&gpu=RTX%203090', true],
+  ['desktop', { width: 1440, height: 900 }, '#model=resnet50&batch=64&gpu=RTX%203090', 'screen'],
+  ['desktop-nofit', { width: 1440, height: 900 }, '#model=resnet50&batch=256&optimizer=adam&gpu=T4', 'full'],
+  ['sweep', { width: 1440, height: 900 }, '#model=question_cnn&batch=100000&gpu=RTX%203060%2012GB', 'section.span2'],
+  ['phone', { width: 390, height: 844 }, '#model=question_cnn&batch=64&gpu=RTX%203090', 'screen'],
+  ['phone-verdict', { width: 390, height: 844 }, '#model=question_cnn&batch=64&gpu=RTX%203090', '.col-side'],
+  ['phone-charts', { width: 390, height: 844 }, '#model=question_cnn&batch=100000&gpu=RTX%203060%2012GB', '.charts'],
+  ['phone-full', { width: 390, height: 844 }, '#model=question_cnn&batch=64&gpu=RTX%203090', 'full'],
 ];
-for (const [name, viewport, hash, full] of SHOTS) {
+for (const [name, viewport, hash, what] of SHOTS) {
   const page = await b.ctx.newPage();
   await page.setViewportSize(viewport);
   await page.goto(srv.url + hash);
   await idle(page);
   await page.waitForTimeout(200);
-  await page.screenshot({ path: path.join(out, `${name}.png`), fullPage: full });
+  const file = path.join(out, `${name}.png`);
+  if (what === 'screen' || what === 'full') await page.screenshot({ path: file, fullPage: what === 'full' });
+  else await page.locator(what).first().screenshot({ path: file });
   await page.close();
 }
 await b.close();
