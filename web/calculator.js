@@ -528,8 +528,14 @@ export function mountCalculator(host, opts = {}) {
       const stem = `memfit-${last.model.name}-b${last.settings.batch}`;
       if (b.dataset.export === 'md') {
         const md = markdown();
-        try { await navigator.clipboard.writeText(md); status.textContent = 'Markdown copied.'; } catch { status.textContent = 'The clipboard is blocked: the Markdown is in the box below.'; }
         root.dataset.markdown = md;
+        const box = el.exports.querySelector('[data-r="mdBox"]');
+        try { await navigator.clipboard.writeText(md); status.textContent = 'Markdown copied.'; box.hidden = true; } catch {
+          status.textContent = 'The clipboard is blocked here: select the Markdown below and copy it.';
+          box.value = md;
+          box.hidden = false;
+          box.select();
+        }
       } else if (b.dataset.export === 'csv') download(`${stem}-layers.csv`, 'text/csv', csv());
       else if (b.dataset.export === 'json') download(`${stem}.json`, 'application/json', lastText);
     });
@@ -746,7 +752,8 @@ function template(id, mode, state) {
     </div>
     <section data-r="exports"><h2>Take the results with you</h2>
       <div class="row"><button type="button" data-export="md">Copy as Markdown</button><button type="button" data-export="csv">Download per-layer CSV</button><button type="button" data-export="json">Download the core's JSON</button>
-      <span class="copy-status" data-r="exportStatus" role="status" aria-live="polite"></span></div></section>
+      <span class="copy-status" data-r="exportStatus" role="status" aria-live="polite"></span></div>
+      <label class="visually-hidden" for="${id}-md">The results as Markdown</label><textarea class="code md-box" id="${id}-md" data-r="mdBox" rows="8" readonly hidden></textarea></section>
     <section data-r="gpuTable"><h2>Which GPUs fit this?</h2>
       <p class="hint">Runs this model with these settings on every GPU of the catalog (an estimate and a largest-batch search each).</p>
       <div class="row"><button type="button" data-r="gpuRun">Compare all GPUs</button></div><div data-r="gpuRows"></div></section>

@@ -364,7 +364,13 @@ test('14 embedding: the iframe takes its content\'s height, view=verdict is comp
   });
   assert.ok(cut.text <= cut.room, `label ${cut.text.toFixed(0)} px in ${cut.room.toFixed(0)} px`);
   await page.screenshot({ path: path.join(ARTIFACTS, 'page-example-docs.png'), fullPage: true });
-  await page.close();
+  // the iframe page takes view=verdict too
+  const emb = await open('?model=lenet5&batch=512&gpu=T4&view=verdict', { width: 800, height: 900 }, 'embed-verdict', 'embed.html');
+  await ready(emb);
+  assert.equal(await emb.locator('[data-r="sweep"]').count(), 0);
+  assert.equal(await emb.locator('[data-r="breakdown"] svg').count(), 1);
+  assert.match(await verdict(emb), /lenet5 · batch 512/);
+  await Promise.all([page.close(), emb.close()]);
 });
 
 test('15 chart details are reachable by keyboard and touch (a table per chart)', async () => {
