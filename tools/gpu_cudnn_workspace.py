@@ -65,7 +65,8 @@ class ConvList:
         self.model, self.batch, self.items = model, batch, []
 
     def add(self, name, cin, h, w, cout, k, s=1, p=0, groups=1, bias=False):
-        self.items.append(dict(model=self.model, name=name, N=self.batch, C=cin, H=h, W=w, K=cout,
+        # first=True: the conv reads the network input, so training runs no bwd_data for it
+        self.items.append(dict(model=self.model, name=name, first=not self.items, N=self.batch, C=cin, H=h, W=w, K=cout,
                                k=k, stride=s, pad=p, dilation=1, groups=groups, bias=bias,
                                OH=conv_out(h, k, s, p), OW=conv_out(w, k, s, p)))
         return conv_out(h, k, s, p)
@@ -292,10 +293,12 @@ class Meter:
 
 
 def make_tensors(torch, c, dtype, device):
-    g = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(c["N"], c["C"], c["H"], c["W"], generator=g).to(device=device, dtype=dtype)
-    w = (torch.randn(c["K"], c["C"] // c["groups"], c["k"], c["k"], generator=g) * 0.05).to(device=device, dtype=dtype)
-    b = torch.randn(c["K"], generator=g).to(device=device, dtype=dtype) if c["bias"] else None
+    # random values made on the device (CPU randn of vgg16's 784 MiB inputs would take seconds);
+    # the values do not change which plan cuDNN picks
+    torch.manual_seed(0)
+    x = torch.randn(c["N"], c["C"], c["H"], c["W"], device=device).to(dtype)
+    w = (torch.randn(c["K"], c["C"] // c["groups"], c["k"], c["k"], device=device) * 0.05).to(dtype)
+    b = torch.randn(c["K"], device=device).to(dtype) if c["bias"] else None
     return x, w, b
 
 
@@ -368,7 +371,8 @@ def measure_capped(torch, meter, c, dtype, device, headrooms):
             for hr in headrooms:
                 torch.cuda.empty_cache()
                 torch.cuda.synchronize()
-                allowed = torch.cuda.memory_reserved() + sum(seg_size(n) for n in new[op]) + hr * MiB
+                # + 64 KiB so that float rounding of fraction * total cannot refuse the outputs themselves
+                allowed = torch.cuda.memory_reserved() + sum(seg_size(n) for n in new[op]) + hr * MiB + 64 * 1024
                 torch.cuda.set_per_process_memory_fraction(min(1.0, allowed / float(total)))
                 out, r = meter.run(fns[op])
                 del out
@@ -490,6 +494,30 @@ def summarize(result):
                                             x.get("num_ooms_delta")) for x in recs]
             rows.append(row)
     return rows
+
+
+def per_model(result):
+    """Largest steady (call 2, heuristic) workspace per model and dtype: one workspace is live at a time."""
+    cfg_of = {}
+    for c in result["configs"]:
+        for ln in c["layers"]:
+            cfg_of[ln] = c["id"]
+    first = {"%s:%s" % (it["model"], it["name"]) for it in result["layers"] if it.get("first")}
+    res = result["runs"].get("heuristic", {}).get("results", {})
+    out = {}
+    for ln, cid in cfg_of.items():
+        model = ln.split(":")[0]
+        for dn, r in res.get(cid, {}).items():
+            d = out.setdefault(model, {}).setdefault(dn, {"layers_measured": 0})
+            d["layers_measured"] += 1
+            for op in ("fwd", "bwd_data", "bwd_filter"):
+                if op == "bwd_data" and ln in first:
+                    continue
+                st = [x for x in r["ops"].get(op, []) if x.get("call") == 2 and x.get("ok")]
+                v = st[0].get("transient_bytes") if st else None
+                if v is not None and v > d.get("max_" + op, -1):
+                    d["max_" + op], d["layer_of_max_" + op] = v, ln.split(":", 1)[1]
+    return out
 
 
 def print_plan(configs, layers, args, tv):
@@ -651,13 +679,17 @@ def main():
             m, rc, run["wall_s"], sum(len(v) for v in run.get("results", {}).values()), len(run.get("errors", []))))
     result["wall_s"] = round(time.time() - t_mode, 2)
     result["summary"] = summarize(result)
+    result["per_model"] = per_model(result)
     out = args.out or "cudnn_workspace.json"
     with open(out, "w") as f:
         json.dump(result, f, indent=1)
     print("wrote %s (%d skipped)" % (out, len(result["skipped"])))
-    for row in result["summary"][:12]:
-        print("  %-34s %-4s %-14s fwd %s  bwd_data %s  bwd_filter %s" % (
-            row["id"], row["dtype"], row.get("backend"), row.get("fwd"), row.get("bwd_data"), row.get("bwd_filter")))
+    for model, per_dt in result["per_model"].items():
+        for dn, d in per_dt.items():
+            print("  %-13s %-4s layers %3d  max workspace MiB: fwd %s  bwd_data %s  bwd_filter %s" % (
+                model, dn, d["layers_measured"],
+                *["%.1f (%s)" % (d["max_" + op] / MiB, d["layer_of_max_" + op]) if ("max_" + op) in d else "-"
+                  for op in ("fwd", "bwd_data", "bwd_filter")]))
     return 0
 
 
