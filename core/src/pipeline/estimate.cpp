@@ -200,6 +200,17 @@ Estimate estimate(const Model& model, const Options& options) {
   if (e.graph.loss_appended)
     e.notes.push_back("the model does not end in a loss: nn.CrossEntropyLoss on '" +
                       nodes[static_cast<std::size_t>(e.graph.model_output)].layer->name + "' is assumed (layer 'loss')");
+  // cuDNN's convolution workspace is elastic (docs/cudnn-workspace.md): PyTorch tries plans in
+  // cuDNN's order and takes the first whose workspace it can allocate, so what the step needs is
+  // modelled without it, and a roomy GPU shows more.
+  bool has_cudnn = false;
+  for (const auto& nd : nodes)
+    for (Workspace w : nd.mem.fwd_workspaces) has_cudnn = has_cudnn || w == Workspace::cudnn_conv;
+  if (has_cudnn && effective_train(options).workspaces.cudnn_conv_bytes == 0)
+    e.notes.push_back("cuDNN convolution workspaces are not counted: PyTorch takes the first algorithm whose workspace "
+                      "it can allocate, so training needs no more than this, but on a GPU with spare memory "
+                      "max_memory_allocated is typically higher by about one convolution's workspace "
+                      "(--cudnn-workspace SIZE adds one per call; docs/cudnn-workspace.md)");
   before_loss_note(model, options, e);
   rules_of_thumb(e);
   return e;
