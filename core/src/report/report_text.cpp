@@ -38,8 +38,48 @@ void header(std::ostringstream& o, const Estimate& e) {
   o << "batch " << op.train.batch << ", " << precision_label(op.train.precision) << ", optimizer "
     << optimizer_name(op.train.optimizer) << " (" << optimizer_impl_name(op.train.impl) << "), zero_grad("
     << (op.train.set_to_none ? "set_to_none=True" : "set_to_none=False") << ")";
+  if (op.train.grad_accumulation > 1) o << ", " << op.train.grad_accumulation << " micro-batches per step";
+  auto globs = [](const std::vector<std::string>& g) {
+    std::string t;
+    for (const auto& x : g) t += (t.empty() ? "" : ",") + x;
+    return t;
+  };
+  if (!op.train.freeze.empty()) o << ", frozen: " << globs(op.train.freeze);
+  if (!op.train.train.empty()) o << ", training only: " << globs(op.train.train);
   if (op.gpu) o << ", GPU " << op.gpu->name;
   o << "\n\n";
+}
+
+// Top-level regions (blocks, repeats) with what their layers hold: a long model stays readable.
+void region_summary(std::ostringstream& o, const Estimate& e) {
+  std::vector<std::size_t> top;
+  for (std::size_t k = 0; k < e.graph.regions.size(); ++k)
+    if (e.graph.regions[k].depth == 0) top.push_back(k);
+  if (top.empty()) return;
+  std::vector<int> top_of(e.graph.nodes.size(), -1);  // node -> its top-level region
+  for (std::size_t i = 0; i < e.graph.nodes.size(); ++i) {
+    int r = e.graph.nodes[i].region;
+    while (r >= 0 && e.graph.regions[static_cast<std::size_t>(r)].parent >= 0) r = e.graph.regions[static_cast<std::size_t>(r)].parent;
+    top_of[i] = r;
+  }
+  constexpr std::size_t kShown = 40;
+  o << "by region (top level):\n";
+  o << "  " << pad("region", 24) << pad("layers", 8, true) << pad("params", 14, true) << pad("frozen", 14, true)
+    << pad("saved", 14, true) << "\n";
+  for (std::size_t n = 0; n < top.size() && n < kShown; ++n) {
+    const Region& rg = e.graph.regions[top[n]];
+    i64 params = 0, frozen = 0, saved = 0;
+    for (const auto& row : e.layers)
+      if (top_of[static_cast<std::size_t>(row.node)] == static_cast<int>(top[n])) {
+        params += row.params;
+        frozen += row.frozen_params;
+        saved += row.saved_bytes;
+      }
+    std::string name = rg.name.size() > 22 ? rg.name.substr(0, 21) + "~" : rg.name;
+    o << "  " << pad(name, 24) << pad(std::to_string(rg.n_nodes), 8, true) << pad(format_count(params), 14, true)
+      << pad(format_count(frozen), 14, true) << pad(mib(saved), 14, true) << "\n";
+  }
+  if (top.size() > kShown) o << "  ... and " << top.size() - kShown << " more regions (all in --json \"regions\")\n";
 }
 
 }  // namespace
@@ -70,7 +110,7 @@ std::string render_text(const Model& model, const Estimate& e, bool explain) {
       << (r.node == 0 ? " (the batch, held by the loop)" : "") << "\n";
     for (const auto& p : nd.shape.params) {
       TensorType t{p.shape, p.dtype};
-      o << "    " << (p.trainable ? "param " : "buffer ") << p.name << " " << shape_x(p.shape) << ": "
+      o << "    " << (p.is_buffer ? "buffer " : p.trainable ? "param " : "frozen param ") << p.name << " " << shape_x(p.shape) << ": "
         << format_count(p.numel()) << " x " << dtype_size(p.dtype) << " B = " << format_bytes_exact(t.bytes()) << "\n";
     }
     if (r.grad_bytes) o << "    gradient (.grad, float32, same shapes as the params) = " << format_bytes_exact(r.grad_bytes) << "\n";
@@ -91,6 +131,8 @@ std::string render_text(const Model& model, const Estimate& e, bool explain) {
   o << "\n";
   o << "parameters      " << format_count(e.total_params) << " (" << mib(e.total_param_bytes) << ")";
   if (explain) o << " = " << format_count(e.total_params) << " x 4 B = " << format_bytes_exact(e.total_param_bytes);
+  if (e.graph.n_frozen_params > 0)
+    o << ", of which frozen " << format_count(e.graph.n_frozen_params) << " (no .grad, no optimizer state)";
   o << "\n";
   if (e.total_buffer_bytes) o << "buffers         " << mib(e.total_buffer_bytes) << "\n";
   o << "gradients       " << mib(e.total_grad_bytes) << "\n";
@@ -98,7 +140,9 @@ std::string render_text(const Model& model, const Estimate& e, bool explain) {
   o << "saved for backward (unique storages) " << mib(e.total_saved_bytes);
   if (explain) o << " = " << format_bytes_exact(e.total_saved_bytes) << " (sum of the per-layer 'saved' column)";
   o << "\n";
-  o << "input batch + targets " << mib(e.input_bytes) << "\n\n";
+  o << "input batch + targets " << mib(e.input_bytes) << "\n";
+  region_summary(o, e);
+  o << "\n";
 
   o << "peak (iteration " << e.peak_iteration << ", " << phase_name(e.peak_phase);
   if (e.peak_node >= 0) o << " at '" << e.graph.nodes[static_cast<std::size_t>(e.peak_node)].layer->name << "'";
