@@ -1,7 +1,7 @@
 // The memfit calculator UI: one implementation for the full page (index.html), the embed page
 // (embed.html) and the <memfit-calculator> element. It only builds requests and draws the core's JSON;
 // every number comes from the WebAssembly module (memfit::handle_request).
-import { request, builtinModels, gpuCatalog } from './memfit-client.js';
+import { request, builtinModels, gpuCatalog, opRegistry } from './memfit-client.js';
 import { bytes, int, shape, esc, exactBytes } from './format.js';
 import { breakdownChart, timelineChart, sweepChart, dataTable, CATEGORIES } from './charts.js';
 
@@ -36,6 +36,17 @@ fc1: fc 256
 relu
 fc2: fc 10</pre>
 <p>Tab moves to the next field; indent with spaces. Pick a preset above to see bigger examples.</p>`;
+
+/** The layer kinds, as the core's op registry lists them (the same table as docs/model-format.md). */
+export function opsTableHtml(ops) {
+  const row = (o) => {
+    const names = [o.kind, ...o.aliases].map((n) => `<code>${esc(n)}</code>`).join(', ');
+    const attrs = o.attrs.map((a) => (a.default == null ? `<code>${esc(a.key)}</code> (required)` : `<code>${esc(a.key)}=${esc(a.default)}</code>`)).join(', ');
+    return `<tr><td>${names}</td><td>${attrs || '—'}</td><td><code>${esc(o.pytorch)}</code></td><td>${esc(o.summary)}</td></tr>`;
+  };
+  return `<p>Layer kinds (from the op registry):</p><div class="table-scroll"><table class="ops"><thead><tr><th>kind (aliases)</th>`
+    + `<th>options</th><th>PyTorch</th><th>memory</th></tr></thead><tbody>${ops.map(row).join('')}</tbody></table></div>`;
+}
 
 function opt(list, value) {
   return list.map(([v, l]) => `<option value="${esc(v)}"${v === value ? ' selected' : ''}>${esc(l)}</option>`).join('');
@@ -616,6 +627,10 @@ export function mountCalculator(host, opts = {}) {
   // ---------- start ----------
   const ready = (async () => {
     [models, gpus] = await Promise.all([builtinModels(), gpuCatalog()]);
+    opRegistry().then((ops) => {
+      const box = root.querySelector('[data-r="ops-table"]');
+      if (box) box.innerHTML = opsTableHtml(ops);
+    }).catch(() => {});
     el.preset.innerHTML = '<option value="">(your own model)</option>' + models.map((m) => `<option value="${esc(m.name)}">${esc(m.name)}</option>`).join('');
     ensureDraftOption();
     el.gpu.innerHTML = gpus.map((g) => `<option value="${esc(g.name)}">${esc(gpuLabel(g))}</option>`).join('')
@@ -682,7 +697,7 @@ function template(id, mode, state) {
       </div>
     </div>
     <div class="editor-error" id="${id}-err" data-r="err" role="alert" hidden></div>
-    <details class="help"><summary id="${id}-helpsum">Syntax help</summary>${HELP}</details>`;
+    <details class="help"><summary id="${id}-helpsum">Syntax help</summary>${HELP}<div data-r="ops-table"></div></details>`;
   const settings = `
     <div class="settings">
       <div class="field wide">

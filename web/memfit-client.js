@@ -41,6 +41,12 @@ export function request(req) {
 }
 
 let modelsPromise = null;
+let opsPromise = null;
+/** The op registry (memfit ops --json): [{kind, aliases, family, pytorch, summary, attrs, ...}]. */
+export function opRegistry() {
+  opsPromise ??= request({ command: 'ops' }).then((r) => r.result.ops);
+  return opsPromise;
+}
 let gpusPromise = null;
 /** Builtin models (models/*.memfit): [{name, text}]. */
 export function builtinModels() {

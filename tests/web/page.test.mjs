@@ -391,6 +391,19 @@ test('15 chart details are reachable by keyboard and touch (a table per chart)',
   await page.close();
 });
 
+test('the syntax help lists every layer kind of the core\'s op registry (docs/ops.json)', async () => {
+  const ops = JSON.parse(fs.readFileSync(new URL('../../docs/ops.json', import.meta.url), 'utf8')).ops;
+  const page = await open('#model=question_cnn', undefined, 'ops-help');
+  await ready(page);
+  await page.locator('details.help summary').first().click();
+  const table = page.locator('table.ops').first();
+  await table.waitFor({ timeout: 30000 });
+  const text = await table.innerText();
+  for (const o of ops) assert.ok(text.includes(o.kind), `the help lacks ${o.kind}`);
+  assert.ok(text.includes('mean'), 'a kind added to the registry shows up without editing the page');
+  await page.close();
+});
+
 test('no console errors in these pages', () => {
   assert.deepEqual(consoleErrors, []);
 });
