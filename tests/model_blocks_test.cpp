@@ -2,6 +2,8 @@
 // fed by from=, block calls and repeats as named outputs (Inception-style branches), and their errors.
 // Expected names, inputs and shapes are worked out by hand in the comments.
 #include <catch2/catch.hpp>
+#include <fstream>
+#include <iterator>
 
 #include "memfit/estimate.hpp"
 #include "test_util.hpp"
@@ -185,4 +187,31 @@ TEST_CASE("block feature errors are positioned", "[format][blocks][input]") {
     CHECK_THAT(msg, Catch::Contains(c.must_contain));
     CHECK_THAT(msg, Catch::Contains("Fix: "));
   }
+}
+
+TEST_CASE("the parallel-branch examples of docs/model-format.md parse as documented", "[format][blocks][docs]") {
+  std::ifstream f(std::string(MEMFIT_SOURCE_DIR) + "/docs/model-format.md");
+  REQUIRE(f);
+  std::string doc((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  auto at = doc.find("### Example: parallel branches");
+  REQUIRE(at != std::string::npos);
+  std::vector<std::string> blocks;  // the first two ```text blocks of that section
+  for (int k = 0; k < 2; ++k) {
+    auto open = doc.find("```text\n", at);
+    REQUIRE(open != std::string::npos);
+    auto close = doc.find("```\n", open + 8);
+    REQUIRE(close != std::string::npos);
+    blocks.push_back(doc.substr(open + 8, close - open - 8));
+    at = close + 4;
+  }
+  const Model& m = test::keep_model("input 32x32x3 layout=hwc\n" + blocks[0] + blocks[1] +
+                                    "a: inception 64 48 64 32\ngap\nflatten\nfc 10\n");
+  CHECK(layer(m, "mixed").inputs == std::vector<std::string>{"b1.relu", "b3.relu", "b5.relu"});
+  CHECK(layer(m, "a.branch1.conv").inputs == std::vector<std::string>{"mixed"});
+  Options o;
+  o.train.batch = 1;
+  Estimate e = estimate(m, o);
+  // as the comment in the doc says: 64 + 96 + 32 = 192 channels; the block: 64 + 64 + 32 = 160
+  CHECK(test::row(e, "mixed").out.shape == std::vector<i64>{1, 192, 32, 32});
+  CHECK(test::row(e, "a.cat").out.shape == std::vector<i64>{1, 160, 32, 32});
 }

@@ -227,3 +227,25 @@ TEST_CASE("F12: option reals must be finite decimal numbers", "[input][robust]")
   CHECK(m.layers[1].attrs.at("p").real == 0.25);
   CHECK(m.layers[2].attrs.at("negative_slope").real == 1e-05);
 }
+
+TEST_CASE("floods of tiny words or values are refused before they cost memory", "[input][robust]") {
+  // text: 2 words on line 1, then 2 per line; word 2,000,001 (over kMaxWords) starts line 1,000,001
+  // (lines 1..1,000,000 hold 2 + 2 * 999,999 = 2,000,000 words)
+  std::string words = "input 16\n";
+  for (int i = 0; i < 1000000; ++i) words += "a a\n";
+  CHECK_THAT(error_of(words, "r.memfit"), Catch::Contains("r.memfit:1000001:1: the file has more than 2000000 words"));
+  // JSON values, counted in document order: the root, "layers", the input object, "input", "input",
+  // [16], 16, the fc object, "f", "fc", the out_features list: 11; so value 4,000,001 is zero number
+  // 3,999,990, at column prefix.size() + 2 * 3,999,989 + 1 ("0," per zero)
+  std::string prefix = R"({"layers": [)" + kInput + R"(,{"name":"f","kind":"fc","out_features":[)";
+  std::string values = prefix;
+  for (int i = 0; i < 4000000; ++i) values += "0,";
+  values += "0]}]}";
+  CHECK_THAT(error_of(values),
+             Catch::Contains("r.json:1:" + std::to_string(prefix.size() + 2 * 3999989 + 1) + ": layer 'f': the JSON has more than 4000000 values"));
+  // more than kMaxLayers elements of "layers": refused at element 200,001 (column 13 + 2 * 200,000)
+  std::string many = R"({"layers": [)";
+  for (int i = 0; i < 300000; ++i) many += "0,";
+  many += "0]}";
+  CHECK_THAT(error_of(many), Catch::Contains("r.json:1:" + std::to_string(13 + 2 * 200000) + ": more than 200000 layers"));
+}

@@ -146,6 +146,7 @@ class Reader {
   std::string_view src_;
   const LineIndex& lines_;
   std::vector<Frame> stack_;
+  std::size_t n_values_ = 0;
 
   // The layer being read, for error messages: its name when the name came first.
   std::string current_layer() const {
@@ -190,6 +191,9 @@ class Reader {
         top_keys[f.key].value = begin;
         return !is_object && f.key == "layers" ? Role::layers : Role::other;
       case Role::layers:
+        if (layers.size() >= static_cast<std::size_t>(kMaxLayers))
+          throw Error(lines_.at(begin), "", "more than " + std::to_string(kMaxLayers) + " layers",
+                      "memfit refuses models this large");
         layers.push_back({begin, {}, {}});
         return is_object ? Role::layer : Role::other;
       case Role::layer:
@@ -215,7 +219,15 @@ class Reader {
     return &slot;
   }
 
+  // Before a value is stored: memory stays bounded by kMaxJsonValues, not by how small values can be written.
+  void count(std::size_t begin) {
+    if (++n_values_ > kMaxJsonValues)
+      throw Error(lines_.at(begin), current_layer(), "the JSON has more than " + std::to_string(kMaxJsonValues) + " values",
+                  "memfit refuses models this large");
+  }
+
   bool value(json v, std::size_t begin) {
+    count(begin);
     if (stack_.empty()) {
       root = std::move(v);
       return true;
@@ -227,6 +239,7 @@ class Reader {
 
   bool open(json v, bool is_object) {
     std::size_t begin = consumed - 1;  // the '{' or '[' just read
+    count(begin);
     if (static_cast<int>(stack_.size()) >= kMaxJsonDepth)
       throw Error(lines_.at(begin), current_layer(),
                   "the JSON nests deeper than " + std::to_string(kMaxJsonDepth) + " levels",

@@ -25,6 +25,12 @@ inline constexpr std::size_t kMaxNameBytes = 4096;
 // few tens of MiB; a model that needs more is made of huge tokens, not layers.
 inline constexpr std::size_t kMaxExpandedBytes = 256 * 1024 * 1024;
 
+// What the readers hold before any layer is built, so memory stays a small multiple of the 16 MiB
+// source: a stored word costs ~60 bytes (a 4-byte "a a\n" line ~30x its size), a JSON value 16-100.
+// Both allow 10+ per layer at kMaxLayers; a 16 MiB flood of "a a" or [0,0,...] used ~1 GB without them.
+inline constexpr std::size_t kMaxWords = 2'000'000;       // text: tokens in the file
+inline constexpr std::size_t kMaxJsonValues = 4'000'000;  // JSON: values in the document
+
 // Parses `text` as the attribute `spec` ("3x3", "3", "same", "true", "0.5"). Errors name pos + layer.
 Value parse_attr_text(const AttrSpec& spec, const std::string& text, const SourcePos& pos, const std::string& layer);
 // Adds every attribute the rule declares but the layer does not set; a missing required one is an error.

@@ -103,6 +103,7 @@ class TextParser {
   std::map<std::string, std::string> outputs_;  // full label of a block call or repeat -> its output layer
   std::string previous_;                      // last layer emitted anywhere
   int n_repeat_ = 0;
+  std::size_t n_words_ = 0;                   // tokens stored, against kMaxWords
   std::size_t expanded_ = 0;                  // bytes charged against kMaxExpandedBytes
   std::vector<std::pair<std::string, int>> calls_;  // block calls being expanded: (block, line of the call)
 
@@ -168,6 +169,10 @@ class TextParser {
           throw Error({file_, number, static_cast<int>(start + bad) + 1}, "",
                       "the file is not UTF-8 here (byte 0x" + hex_byte(static_cast<unsigned char>(tok[bad])) + ")",
                       "save the model as UTF-8");
+        if (++n_words_ > kMaxWords)
+          throw Error({file_, number, static_cast<int>(start) + 1}, "",
+                      "the file has more than " + std::to_string(kMaxWords) + " words",
+                      "memfit refuses models this large; use blocks and repeat");
         ln.tokens.push_back({std::string(tok), static_cast<int>(start) + 1});
       }
       if (!ln.tokens.empty()) lines_.push_back(std::move(ln));
