@@ -131,6 +131,9 @@ TEST_CASE("F9: ill-formed UTF-8 is refused with its position, also through the J
   CHECK_THAT(error_of("input 16\nx\xed\xa0\x80: relu\n", "r.memfit"), Catch::Contains("r.memfit:2:2: the file is not UTF-8"));
   // well-formed UTF-8 names are kept: "café" (63 61 66 C3 A9)
   CHECK(error_of("input 16\ncaf\xc3\xa9: relu\n", "r.memfit").empty());
+  // the default model name comes from the file name, which may be in any encoding: 0xFF becomes '?'
+  CHECK(parse_model("input 16\nfc 2\n", "dir/caf\xff.memfit").name == "caf?");
+  CHECK(parse_model("{\"layers\": [" + kInput + "]}", "\xff.json").name == "?.json");
   // JSON: the lexer refuses it inside strings, at the byte: ` {"name": "` is 11 bytes, 0xFF is column 12.
   // The message carries no raw bytes (the API answer must be JSON).
   std::string js = "{\"layers\": [\n " + kInput + ",\n {\"name\": \"\xff\", \"kind\": \"relu\"}]}";

@@ -132,4 +132,19 @@ std::size_t invalid_utf8_at(std::string_view s) {
   return std::string_view::npos;
 }
 
+std::string utf8_or_question_marks(std::string_view s) {
+  std::string out;
+  while (!s.empty()) {
+    std::size_t bad = invalid_utf8_at(s);
+    if (bad == std::string_view::npos) {
+      out += s;
+      break;
+    }
+    out += s.substr(0, bad);
+    out += '?';
+    s.remove_prefix(bad + 1);
+  }
+  return out;
+}
+
 }  // namespace memfit

@@ -317,7 +317,7 @@ Model parse_model_json(std::string_view src, std::string_view file) {
     throw Error(layers_pos, "", "\"layers\" must be an array of layer objects", "write \"layers\": [{...}, ...]");
   if (jlayers.size() > static_cast<std::size_t>(kMaxLayers))
     throw Error(layers_pos, "", "more than " + std::to_string(kMaxLayers) + " layers", "memfit refuses models this large");
-  m.name = std::string(file);
+  m.name = utf8_or_question_marks(file);
   if (doc.contains("name")) {
     if (!doc["name"].is_string())
       throw Error(pos(r.top_keys["name"].value), "", "the model's \"name\" must be a string", "write \"name\": \"my_net\"");

@@ -42,5 +42,8 @@ std::string_view strip_bom(std::string_view src);
 // forms, surrogates and code points over U+10FFFF are ill-formed, as in RFC 3629), or npos. Names
 // and values end up in JSON output, and nlohmann refuses to write ill-formed UTF-8 (type_error 316).
 std::size_t invalid_utf8_at(std::string_view s);
+// The default model name comes from the file name, which the user did not write as model text and
+// may be in any encoding: ill-formed bytes become '?' rather than failing the model (or its JSON).
+std::string utf8_or_question_marks(std::string_view s);
 
 }  // namespace memfit

@@ -79,7 +79,7 @@ class TextParser {
       auto slash = stem.find_last_of("/\\");
       if (slash != std::string::npos) stem = stem.substr(slash + 1);
       auto dot = stem.find('.');
-      m.name = dot == std::string::npos ? stem : stem.substr(0, dot);
+      m.name = utf8_or_question_marks(dot == std::string::npos ? stem : stem.substr(0, dot));
     }
     return m;
   }
