@@ -179,6 +179,7 @@ TEST_CASE("block feature errors are positioned", "[format][blocks][input]") {
       {"label taken by a layer", head + "x: conv 4 1x1\nx: b 4\n", "b.memfit:6:1: layer 'x': a layer or block call with this name"},
       {"layer named like a call", head + "x: b 4\nx: conv 4 1x1\n", "b.memfit:6:1: layer 'x': a layer or block call with this name"},
       {"from as a parameter", "input 8x8x3 layout=hwc\nblock d from\n  relu\nend\n", "b.memfit:2:9: 'from' cannot be a block parameter"},
+      {"keyword as a block name", "input 8x8x3 layout=hwc\nblock repeat c\n  relu\nend\n", "b.memfit:2:7: 'repeat' cannot be a block name"},
       {"parameter given twice", head + "b 4 c=5\n", "b.memfit:5:5: block parameter 'c' given twice"},
   };
   for (const auto& c : cases) {

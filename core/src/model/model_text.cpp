@@ -6,7 +6,6 @@
 #include <charconv>
 #include <cstdlib>
 #include <map>
-#include <optional>
 #include <set>
 #include <span>
 #include <string>
@@ -190,6 +189,9 @@ class TextParser {
     if (b.name.back() == ':') b.name.pop_back();
     b.line = head.number;
     if (find_op(b.name)) error(head, 1, "", "block name '" + b.name + "' is a layer kind", "choose another name");
+    // a call is a line starting with the block's name: these words already start other lines
+    for (const char* w : {"repeat", "end", "block", "model"})
+      if (b.name == w) error(head, 1, "", "'" + b.name + "' cannot be a block name (it is a keyword)", "choose another name");
     if (blocks_.count(b.name)) error(head, 1, "", "block '" + b.name + "' is defined twice", "rename one of them");
     for (std::size_t t = 2; t < head.tokens.size(); ++t) {
       std::string p = head.tokens[t].text;
@@ -425,7 +427,7 @@ class TextParser {
     inner.prefix = full + ".";
     inner.parent = &scope;
     inner.block_input = from.empty() ? current_input(scope) : from;
-    inner.subst = c.name == "repeat" ? nullptr : &c.subst;
+    inner.subst = &c.subst;  // empty for an inline repeat: its words see the caller's parameters
     inner.depth = depth + 1;
     calls_.push_back({c.name, ln.number});
     emit_lines(c.body, inner, depth + 1);
