@@ -6,6 +6,7 @@
 #include <iterator>
 
 #include "memfit/estimate.hpp"
+#include "memfit/report.hpp"
 #include "test_util.hpp"
 
 using namespace memfit;
@@ -128,6 +129,16 @@ fc 10
   CHECK(test::row(e, "mixed.cat").out.shape == std::vector<i64>{2, 22, 32, 32});
   // parameters of mixed.branch3.conv: 12 x 4 x 3 x 3 = 432 (bias=false)
   CHECK(test::row(e, "mixed.branch3.conv").params == 432);
+  // the flat JSON form names the layers the labels stood for, and reads back to the same model
+  std::string j = model_json(m);
+  CHECK_THAT(j, !Catch::Contains("\"b1\""));
+  const Model& back = test::keep_model(j, "inception.json");
+  REQUIRE(back.layers.size() == m.layers.size());
+  for (std::size_t i = 0; i < m.layers.size(); ++i) {
+    CHECK(back.layers[i].name == m.layers[i].name);
+    CHECK(back.layers[i].inputs == m.layers[i].inputs);
+  }
+  CHECK(estimate(back, o).total_params == e.total_params);
 }
 
 TEST_CASE("a repeat with from= starts there; its label names the last repetition", "[format][blocks]") {
