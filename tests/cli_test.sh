@@ -41,6 +41,16 @@ check "bad model" 2 "$BIN" estimate /tmp/memfit_bad.memfit
 grep -q "/tmp/memfit_bad.memfit:3:1: layer 'frobnicate1': unknown layer kind" /tmp/memfit_cli_err || { echo "FAIL: error position"; cat /tmp/memfit_cli_err; fail=$((fail + 1)); }
 head -c 4096 /dev/urandom > /tmp/memfit_garbage.bin
 check "binary garbage" 2 "$BIN" estimate /tmp/memfit_garbage.bin
+# F9: a name that is not UTF-8 was an "internal error" (nlohmann type_error 316) when printed as JSON
+printf 'input 16\n\xff\xfe: relu\n' > /tmp/memfit_utf8.memfit
+check "ill-formed UTF-8" 2 "$BIN" model /tmp/memfit_utf8.memfit --json
+grep -q "/tmp/memfit_utf8.memfit:2:1: the file is not UTF-8 here (byte 0xFF)" /tmp/memfit_cli_err || { echo "FAIL: UTF-8 error"; cat /tmp/memfit_cli_err; fail=$((fail + 1)); }
+grep -q "internal error" /tmp/memfit_cli_err && { echo "FAIL: UTF-8 error is internal"; fail=$((fail + 1)); }
+# a UTF-8 byte-order mark (as some Windows editors write) is skipped, in both forms
+printf '\xef\xbb\xbfinput 16\nfc 4\n' > /tmp/memfit_bom.memfit
+check "BOM text" 0 "$BIN" model /tmp/memfit_bom.memfit --json
+printf '\xef\xbb\xbf{"layers": [{"name": "input", "kind": "input", "shape": [16]}, {"name": "f", "kind": "fc", "out_features": 4}]}' > /tmp/memfit_bom.json
+check "BOM JSON" 0 "$BIN" estimate /tmp/memfit_bom.json
 check "stdin" 0 bash -c "cat '$SRC/models/question_cnn.memfit' | '$BIN' estimate -"
 # The flat JSON of every model, committed for the PyTorch tools, is what memfit prints now.
 for f in "$SRC"/models/*.memfit; do

@@ -1,5 +1,6 @@
 #include <cerrno>
 #include <charconv>
+#include <cmath>
 #include <cstdlib>
 
 #include "model_parse.hpp"
@@ -60,10 +61,14 @@ Value parse_attr_text(const AttrSpec& spec, const std::string& text, const Sourc
     case Value::Type::real: {
       v.type = Value::Type::real;
       v.text = text;
+      // Decimal spellings only: strtod also reads "nan", "inf" and hex floats, and a NaN or infinite
+      // option has no PyTorch meaning (the JSON writer would print it as null and refuse its own output).
+      if (text.empty() || text.find_first_not_of("0123456789+-.eE") != std::string::npos) return bad("a finite number");
       char* end = nullptr;
       errno = 0;
       v.real = std::strtod(text.c_str(), &end);
-      if (text.empty() || end != text.c_str() + text.size() || errno != 0) return bad("a number");
+      if (end != text.c_str() + text.size()) return bad("a number");
+      if (errno == ERANGE || !std::isfinite(v.real)) return bad("a number in the range of a double");
       return v;
     }
     case Value::Type::text:
@@ -89,6 +94,57 @@ void fill_defaults(const OpRule& rule, Layer& layer) {
     }
     layer.attrs[spec.key] = parse_attr_text(spec, spec.default_text, layer.pos, layer.name);
   }
+}
+
+std::string_view strip_bom(std::string_view src) {
+  if (src.size() >= 3 && src.substr(0, 3) == "\xEF\xBB\xBF") src.remove_prefix(3);
+  return src;
+}
+
+std::size_t invalid_utf8_at(std::string_view s) {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    // lead byte: sequence length and the allowed range of the second byte (RFC 3629 table 3-7),
+    // which excludes overlong forms (C0, C1, E0 80..9F, F0 80..8F), surrogates (ED A0..BF) and > U+10FFFF
+    std::size_t n = 0;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) n = 2;
+    else if (c == 0xE0) n = 3, lo = 0xA0;
+    else if (c >= 0xE1 && c <= 0xEC) n = 3;
+    else if (c == 0xED) n = 3, hi = 0x9F;
+    else if (c >= 0xEE && c <= 0xEF) n = 3;
+    else if (c == 0xF0) n = 4, lo = 0x90;
+    else if (c >= 0xF1 && c <= 0xF3) n = 4;
+    else if (c == 0xF4) n = 4, hi = 0x8F;
+    else return i;
+    if (i + n > s.size()) return i;
+    auto c1 = static_cast<unsigned char>(s[i + 1]);
+    if (c1 < lo || c1 > hi) return i;
+    for (std::size_t k = 2; k < n; ++k)
+      if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return i;
+    i += n;
+  }
+  return std::string_view::npos;
+}
+
+std::string utf8_or_question_marks(std::string_view s) {
+  std::string out;
+  while (!s.empty()) {
+    std::size_t bad = invalid_utf8_at(s);
+    if (bad == std::string_view::npos) {
+      out += s;
+      break;
+    }
+    out += s.substr(0, bad);
+    out += '?';
+    s.remove_prefix(bad + 1);
+  }
+  return out;
 }
 
 }  // namespace memfit
