@@ -288,3 +288,9 @@ TEST_CASE("softmax before the cross-entropy loss is noted, with what removing it
   Estimate plain = estimate(test::keep_model("input 8\nfc 4\n"), Options{});
   for (const auto& n : plain.notes) CHECK_THAT(n, !Catch::Contains("feeds the loss"));
 }
+
+TEST_CASE("dropout's p must lie in [0, 1], as F.dropout requires", "[rules]") {
+  CHECK_THROWS_WITH(run("input 8\nfc 8\nd: dropout p=-3\nfc 2\n", opts()), Catch::Contains("is not between 0 and 1"));
+  CHECK_THROWS_WITH(run("input 8\nfc 8\nd: dropout 1.5\nfc 2\n", opts()), Catch::Contains("is not between 0 and 1"));
+  CHECK_NOTHROW(run("input 8\nfc 8\nd: dropout 1\nfc 2\n", opts()));
+}

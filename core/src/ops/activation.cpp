@@ -49,6 +49,14 @@ OpMemory self_or_result_memory(const OpCall& c, const OpShape&) {
 // ---- dropout: on CUDA, native_dropout returns (output, mask) with a bool mask that is saved. The
 // in-place form multiplies by a float noise tensor of the input's dtype that MulBackward saves
 // (aten/src/ATen/native/Dropout.cpp _dropout_impl).
+// F.dropout: "dropout probability has to be between 0 and 1, but got {p}" (torch/nn/functional.py).
+OpShape dropout_shape(const OpCall& c) {
+  double p = attr_real(c.layer, "p");
+  if (!(p >= 0.0 && p <= 1.0))
+    fail(c.layer, "dropout probability p=" + attr(c.layer, "p").text + " is not between 0 and 1 (PyTorch refuses it)",
+         "give p from 0 to 1, e.g. dropout 0.5");
+  return same_shape(c);
+}
 OpMemory dropout_memory(const OpCall& c, const OpShape&) {
   OpMemory m;
   if (inplace_of(c.layer)) {
@@ -141,7 +149,7 @@ void activation_rules(std::vector<OpRule>& out) {
                  .pytorch = "nn.Dropout",
                  .summary = "train mode; saves a bool mask (in place: a float noise tensor)",
                  .source = "aten/src/ATen/native/Dropout.cpp",
-                 .shape = same_shape,
+                 .shape = dropout_shape,
                  .memory = dropout_memory});
   out.push_back({.kind = "softmax",
                  .attrs = {A("dim", VT::integer, "1")},
