@@ -284,7 +284,7 @@ TEST_CASE("softmax before the cross-entropy loss is noted, with what removing it
   for (const auto& n : e.notes) all += n + "\n";
   // softmax over [64, 10] float32 saves its result: 64 x 10 x 4 = 2,560 B
   CHECK_THAT(all, Catch::Contains("'softmax1' (softmax) feeds the loss"));
-  CHECK_THAT(all, Catch::Contains("it saves 2,560 B for backward"));
+  CHECK_THAT(all, Catch::Contains("its output (2,560 B, saved for backward) and its input's gradient (2,560 B)"));
   Estimate plain = estimate(test::keep_model("input 8\nfc 4\n"), Options{});
   for (const auto& n : plain.notes) CHECK_THAT(n, !Catch::Contains("feeds the loss"));
 }

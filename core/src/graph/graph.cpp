@@ -36,25 +36,38 @@ bool selects(const std::string& glob, const std::string& layer, const std::strin
 // Regions: every dotted prefix of a layer name ("layer1.0.conv1" -> "layer1", "layer1.0").
 void build_regions(Graph& g) {
   std::unordered_map<std::string, int> by_name;
+  // Layers of one block are consecutive: the previous layer's chain of regions is checked first, so
+  // the map (and a string per prefix) is needed only where a region starts or is re-entered.
+  std::vector<int> chain;  // the previous layer's regions, outermost first
   for (std::size_t i = 0; i < g.nodes.size(); ++i) {
     const std::string& name = g.nodes[i].layer->name;
     int parent = -1;
-    for (std::size_t dot = name.find('.'); dot != std::string::npos; dot = name.find('.', dot + 1)) {
-      std::string prefix = name.substr(0, dot);
-      auto [it, inserted] = by_name.emplace(prefix, static_cast<int>(g.regions.size()));
-      if (inserted) {
-        Region r;
-        r.name = prefix;
-        r.parent = parent;
-        r.depth = parent < 0 ? 0 : g.regions[static_cast<std::size_t>(parent)].depth + 1;
-        r.first_node = static_cast<int>(i);
-        g.regions.push_back(std::move(r));
+    std::size_t level = 0;
+    for (std::size_t dot = name.find('.'); dot != std::string::npos; dot = name.find('.', dot + 1), ++level) {
+      std::string_view prefix(name.data(), dot);
+      int id = -1;
+      if (level < chain.size() && g.regions[static_cast<std::size_t>(chain[level])].name == prefix) {
+        id = chain[level];
+      } else {
+        chain.resize(level);
+        auto [it, inserted] = by_name.emplace(std::string(prefix), static_cast<int>(g.regions.size()));
+        if (inserted) {
+          Region r;
+          r.name = std::string(prefix);
+          r.parent = parent;
+          r.depth = parent < 0 ? 0 : g.regions[static_cast<std::size_t>(parent)].depth + 1;
+          r.first_node = static_cast<int>(i);
+          g.regions.push_back(std::move(r));
+        }
+        id = it->second;
+        chain.push_back(id);
       }
-      Region& r = g.regions[static_cast<std::size_t>(it->second)];
+      Region& r = g.regions[static_cast<std::size_t>(id)];
       r.last_node = static_cast<int>(i);
       r.n_nodes++;
-      parent = it->second;
+      parent = id;
     }
+    chain.resize(level);
     g.nodes[i].region = parent;
   }
 }
@@ -98,7 +111,9 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
   // storage root of each node's output (in-place and view outputs share their input's), and the
   // node that saved a root for backward
   std::vector<int> root;
-  std::unordered_map<int, int> saved_by;
+  std::vector<int> saved_by(model.layers.size() + 1, -1);  // root node -> first node that saved it
+  g.nodes.reserve(model.layers.size() + 1);
+  root.reserve(model.layers.size() + 1);
   auto add_node = [&](const Layer& layer) {
     const OpRule* rule = find_op(layer.kind);
     if (!rule) throw Error(layer.pos, layer.name, "unknown layer kind '" + layer.kind + "'", "see docs/model-format.md");
@@ -174,9 +189,8 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
     const int self = static_cast<int>(g.nodes.size());
     int my_root = n.mem.output == OpMemory::Output::fresh || n.in.empty() ? self : root[static_cast<std::size_t>(n.in[0])];
     if (n.mem.output == OpMemory::Output::in_place) {
-      auto it = saved_by.find(my_root);
-      if (it != saved_by.end()) {
-        const std::string& saver = g.nodes[static_cast<std::size_t>(it->second)].layer->name;
+      if (saved_by[static_cast<std::size_t>(my_root)] >= 0) {
+        const std::string& saver = g.nodes[static_cast<std::size_t>(saved_by[static_cast<std::size_t>(my_root)])].layer->name;
         throw Error(layer.pos, layer.name,
                     "writes in place into '" + layer.inputs[0] + "', which '" + saver +
                         "' saved for backward: PyTorch fails in loss.backward() with \"one of the variables needed "
@@ -184,9 +198,12 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
                     "drop inplace on '" + layer.name + "' (or on '" + saver + "')");
       }
     }
+    auto mark_saved = [&](int r) {
+      if (saved_by[static_cast<std::size_t>(r)] < 0) saved_by[static_cast<std::size_t>(r)] = self;
+    };
     for (const auto& sv : n.saved) {
-      if (sv.ref.kind == TensorRef::input) saved_by.emplace(root[static_cast<std::size_t>(n.in[static_cast<std::size_t>(sv.ref.index)])], self);
-      if (sv.ref.kind == TensorRef::output) saved_by.emplace(my_root, self);
+      if (sv.ref.kind == TensorRef::input) mark_saved(root[static_cast<std::size_t>(n.in[static_cast<std::size_t>(sv.ref.index)])]);
+      if (sv.ref.kind == TensorRef::output) mark_saved(my_root);
     }
     root.push_back(my_root);
     by_name[layer.name] = self;

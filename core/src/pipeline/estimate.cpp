@@ -41,39 +41,21 @@ bool fits_on_gpu(const Model& model, const Options& o, i64 batch) {
 }
 
 // An op whose rule has a note for when it feeds the loss (softmax before cross-entropy): say so,
-// with what removing the layer would change, computed by the same pipeline on the model without it.
-void before_loss_note(const Model& model, const Options& options, Estimate& e) {
+// with what removing the layer would change.
+void before_loss_note(Estimate& e) {
   const Node& loss = e.graph.nodes.back();
   if (!loss.rule->is_loss || loss.in.empty()) return;
   const Node& feeder = e.graph.nodes[static_cast<std::size_t>(loss.in[0])];
   if (!feeder.rule->before_loss_note || feeder.in.size() != 1 || feeder.n_consumers != 1) return;
   std::string note = "'" + feeder.layer->name + "' (" + feeder.rule->kind + ") feeds the loss: " + feeder.rule->before_loss_note;
-  Model without = model;
-  const std::string& name = feeder.layer->name;
-  const std::string& replacement = e.graph.nodes[static_cast<std::size_t>(feeder.in[0])].layer->name;
-  std::vector<Layer> kept;
-  kept.reserve(without.layers.size());
-  for (auto& l : without.layers) {
-    if (l.name == name) continue;
-    for (auto& in : l.inputs)
-      if (in == name) in = replacement;
-    kept.push_back(std::move(l));
-  }
-  without.layers = std::move(kept);
-  try {
-    Options o = options;
-    o.timeline = false;
-    o.events = false;
-    i64 peak = run_pipeline(without, o).sim.peak_allocated_bytes;
-    i64 saved = 0;
-    for (const auto& r : e.plan.saved)
-      if (r.node == loss.in[0] && r.owner == r.node && !r.is_param && !r.is_input) saved += r.type.bytes();
-    note += "; it saves " + format_bytes_exact(saved) + " for backward, and without it the peak allocated would be " +
-            (peak == e.peak_allocated_bytes ? "the same (" + format_mib(peak) + ")"
-                                            : format_mib(peak) + " instead of " + format_mib(e.peak_allocated_bytes));
-  } catch (const Error&) {
-    // the model without the layer is not valid (e.g. the shapes then differ): say only the first part
-  }
+  // What removing it changes, from the plan: its output (which it saves) and, in backward, the
+  // gradient it hands to its input; the loss then takes the input directly.
+  i64 saved = 0;
+  for (const auto& r : e.plan.saved)
+    if (r.node == loss.in[0] && r.owner == r.node && !r.is_param && !r.is_input) saved += r.type.bytes();
+  note += "; without it, its output (" + format_bytes_exact(feeder.shape.out.bytes()) + ", " +
+          (saved == feeder.shape.out.bytes() ? "saved for backward" : format_bytes_exact(saved) + " saved for backward") +
+          ") and its input's gradient (" + format_bytes_exact(feeder.in_types[0].bytes()) + ") are not allocated";
   e.notes.push_back(note + ".");
 }
 
@@ -211,7 +193,7 @@ Estimate estimate(const Model& model, const Options& options) {
                       "it can allocate, so training needs no more than this, but on a GPU with spare memory "
                       "max_memory_allocated is typically higher by about one convolution's workspace "
                       "(--cudnn-workspace SIZE adds one per call; docs/cudnn-workspace.md)");
-  before_loss_note(model, options, e);
+  before_loss_note(e);
   rules_of_thumb(e);
   return e;
 }
