@@ -294,3 +294,25 @@ TEST_CASE("dropout's p must lie in [0, 1], as F.dropout requires", "[rules]") {
   CHECK_THROWS_WITH(run("input 8\nfc 8\nd: dropout 1.5\nfc 2\n", opts()), Catch::Contains("is not between 0 and 1"));
   CHECK_NOTHROW(run("input 8\nfc 8\nd: dropout 1\nfc 2\n", opts()));
 }
+
+TEST_CASE("a remedy keeps the effective batch with gradient accumulation", "[remedies]") {
+  const Model& m = test::keep_model(find_builtin_model("question_cnn")->text, "models/question_cnn.memfit");
+  Options o;
+  o.train.batch = 20000;
+  o.gpu = parse_gpu("RTX 3060 12GB");
+  MaxBatch mb = max_batch(m, o);
+  REQUIRE(mb.max_batch < 20000);
+  bool found = false;
+  for (const auto& r : remedies(m, o)) {
+    if (r.options.train.grad_accumulation == 1) continue;
+    found = true;
+    // the smallest K dividing 20,000 = 2^5 x 5^4 whose micro-batch fits in the largest batch
+    i64 k = 2;
+    while (20000 % k != 0 || 20000 / k > mb.max_batch) ++k;
+    CHECK(r.options.train.grad_accumulation == k);
+    CHECK(r.options.train.batch * k == 20000);
+    CHECK(r.fits);
+    CHECK(r.change == "--batch " + std::to_string(20000 / k) + " --grad-accum " + std::to_string(k));
+  }
+  CHECK(found);
+}

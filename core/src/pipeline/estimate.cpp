@@ -286,6 +286,20 @@ std::vector<Remedy> remedies(const Model& model, const Options& options) {
     Options o = options;
     o.train.batch = mb.max_batch;
     attempt("--batch " + std::to_string(mb.max_batch), "the largest batch that fits with the other settings unchanged", o);
+    // The same effective batch as K micro-batches: the smallest K dividing the batch whose micro-batch
+    // is at most the largest batch that fits (then checked by the whole pipeline).
+    const i64 b = options.train.batch * options.train.grad_accumulation;
+    for (i64 k = 2; k <= b && k <= 1024; ++k) {
+      if (b % k != 0 || b / k > mb.max_batch) continue;
+      Options g = options;
+      g.train.batch = b / k;
+      g.train.grad_accumulation = static_cast<int>(k);
+      attempt("--batch " + std::to_string(b / k) + " --grad-accum " + std::to_string(k),
+              "the same effective batch (" + std::to_string(b) + ") as " + std::to_string(k) + " micro-batches of " +
+                  std::to_string(b / k) + "; gradients accumulate in .grad",
+              g);
+      break;
+    }
   }
   const Optimizer opt = options.train.optimizer;
   if (opt != Optimizer::sgd && opt != Optimizer::sgd_momentum) {
