@@ -54,9 +54,19 @@ struct Param {
   std::vector<int> state;  // optimizer state storages
 };
 
+// What autograd's engine does that differs between the PyTorch versions memfit follows.
+struct EngineRules {
+  // InputBuffer::accumulate adds a later gradient into the first one in place when that buffer is
+  // dense and the only reference (input_buffer.cpp can_accumulate_inplace, PyTorch 2.x source,
+  // docs/pytorch-behaviour.md section 3). torch 1.13 always summed into a new tensor (measured:
+  // tests/reference/cpu_live_densenet.json, and by data_ptr in docs/pytorch-behaviour.md 4a).
+  bool input_buffer_in_place = true;
+};
+EngineRules engine_rules(TorchRules r) { return {.input_buffer_in_place = r != TorchRules::v1_13}; }
+
 class Planner {
  public:
-  Planner(const Graph& g, const TrainSettings& s, Plan& p) : g_(g), s_(s), p_(p) {}
+  Planner(const Graph& g, const TrainSettings& s, Plan& p) : g_(g), s_(s), p_(p), engine_(engine_rules(s.rules)) {}
 
   void run(const std::vector<Step>& steps) {
     const std::size_t n = g_.nodes.size();
@@ -94,6 +104,7 @@ class Planner {
   const Graph& g_;
   const TrainSettings& s_;
   Plan& p_;
+  const EngineRules engine_;
   std::vector<int> refs_;
   Phase phase_ = Phase::setup;
   std::uint8_t iter_ = 0;
@@ -357,7 +368,8 @@ class Planner {
       grad_slice_[static_cast<std::size_t>(producer)] = slice;
       return;
     }
-    if (refs_[static_cast<std::size_t>(buf)] == 1 && !grad_slice_[static_cast<std::size_t>(producer)]) {
+    if (engine_.input_buffer_in_place && refs_[static_cast<std::size_t>(buf)] == 1 &&
+        !grad_slice_[static_cast<std::size_t>(producer)]) {
       unref(g);
       return;
     }
