@@ -38,6 +38,9 @@ Usage (repository root; build/memfit and build/live_bytes_estimate built):
   /usr/bin/python3 tools/cpu_live_reference.py --memfit build/memfit \
       --estimator build/live_bytes_estimate -o tests/reference/cpu_live_bytes.json
 Options: --runs MODEL:BATCH,...  --configs OPT:IMPL,...  --threads 1  --ops DIR
+  --freeze GLOB[,GLOB...] / --train GLOB[,GLOB...]: freeze layers as memfit's options of the same
+  names do (memfit_torch.apply_freeze), for every run; the optimizer is still built over all
+  parameters (PyTorch skips those whose .grad is None). Each model entry gets a "frozen" object.
 
 Needs only torch (tested with Debian python3-torch 1.13, CPU).
 """
@@ -261,10 +264,11 @@ def release_env_forward(net):
     return forward
 
 
-def measure(m, batch, opt_name, impl, seed, want_ops, release_env=False):
+def measure(m, batch, opt_name, impl, seed, want_ops, release_env=False, freeze=None, train=None):
     torch.manual_seed(seed)
     net = mt.build_module(m)
     net.train()
+    frozen = mt.apply_freeze(net, freeze, train) if (freeze is not None or train is not None) else None
     if release_env:
         net.forward = release_env_forward(net)
     loss_fn = mt.loss_fn_for(net)
@@ -298,7 +302,11 @@ def measure(m, batch, opt_name, impl, seed, want_ops, release_env=False):
         "end_bytes": end_bytes,
         "iterations": its,
     }
-    return res, timeline
+    if frozen is not None:
+        trainable = [p for p in params if p.requires_grad]
+        res["trainable_param_bytes"] = _tensor_bytes(trainable)
+        res["trainable_param_tensors"] = len(trainable)
+    return res, timeline, frozen
 
 
 def memfit_copy(src, tmpdir):
@@ -328,8 +336,13 @@ def main():
     ap.add_argument("--ops", help="directory for per-op timelines (one JSON per run)")
     ap.add_argument("--release-env", action="store_true",
                     help="experiment: forward drops layer outputs after their last use (not memfit_torch's)")
+    ap.add_argument("--freeze", help="GLOB[,GLOB...]: freeze these memfit layers (and the regions they name)")
+    ap.add_argument("--train", help="GLOB[,GLOB...]: freeze every layer these globs do not match")
     ap.add_argument("-o", "--output", help="output JSON (default stdout)")
     args = ap.parse_args()
+    if args.estimator and (args.freeze is not None or args.train is not None):
+        sys.exit("--estimator: tools/live_bytes_estimate.cpp has no --freeze/--train yet; leave it out "
+                 "(tests/frozen_reference_test.cpp computes memfit's side)")
     torch.set_num_threads(args.threads)
     runs = DEFAULT_RUNS
     if args.runs:
@@ -364,7 +377,10 @@ def main():
             entry["memfit_source_changes"] = est_src[src][1]
         for opt_name, impl in configs:
             sys.stderr.write("%s batch %d %s %s\n" % (src, batch, opt_name, impl))
-            res, timeline = measure(m, batch, opt_name, impl, args.seed, bool(args.ops), args.release_env)
+            res, timeline, frozen = measure(m, batch, opt_name, impl, args.seed, bool(args.ops), args.release_env,
+                                            args.freeze, args.train)
+            if frozen is not None:
+                entry["frozen"] = frozen
             spec = "%s:%d:%s:%s" % (est_src[src][0], batch, opt_name, impl)
             if spec in est:
                 e = est[spec]

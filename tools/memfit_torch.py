@@ -26,10 +26,13 @@ Works with torch 1.13 (CPU) and torch 2.x (CUDA).  Standard library + torch only
 """
 
 import contextlib
+import copy
 import inspect
 import json
-import sys
 import math
+import os
+import re
+import sys
 
 import torch
 import torch.nn as nn
@@ -37,12 +40,139 @@ import torch.nn.functional as F
 
 FORMAT = "memfit-model/1"
 
-KINDS = (
+# Kinds this module has a torch builder for (_make_layer). Which kinds exist, their aliases, input
+# counts and attribute defaults come from memfit's op registry (`memfit ops --json`, checked in as
+# docs/ops.json); see load_ops / check_layer.
+TORCH_BUILDERS = frozenset((
     "input", "conv2d", "maxpool2d", "avgpool2d", "adaptive_avgpool2d", "flatten",
     "linear", "relu", "relu6", "leaky_relu", "sigmoid", "tanh", "gelu", "silu",
     "batchnorm2d", "dropout", "softmax", "log_softmax", "cross_entropy", "add",
     "concat",
-)
+))
+
+OPS_FORMAT = "memfit-ops/1"
+_TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
+OPS_JSON = os.path.join(os.path.dirname(_TOOLS_DIR), "docs", "ops.json")
+# Stand-in in the same format until docs/ops.json is committed (written from core/src/ops/*.cpp).
+OPS_SAMPLE_JSON = os.path.join(_TOOLS_DIR, "testdata", "ops_sample.json")
+
+
+class OpRegistry:
+    """memfit's op registry as `memfit ops --json` prints it ("format": "memfit-ops/1")."""
+
+    def __init__(self, doc, path):
+        if doc.get("format") != OPS_FORMAT:
+            raise ValueError("%s: not a %s document (format=%r)" % (path, OPS_FORMAT, doc.get("format")))
+        self.path = path
+        self.ops = {}
+        self.alias = {}
+        for op in doc["ops"]:
+            kind = op["kind"]
+            if kind in self.ops:
+                raise ValueError("%s: kind %r listed twice" % (path, kind))
+            self.ops[kind] = op
+            for name in [kind] + list(op.get("aliases", [])):
+                if name in self.alias and self.alias[name] != kind:
+                    raise ValueError("%s: alias %r names %r and %r" % (path, name, self.alias[name], kind))
+                self.alias[name] = kind
+
+    def canonical(self, kind):
+        return self.alias.get(kind)
+
+    def kinds(self):
+        return tuple(self.ops)
+
+
+_REGISTRY = None
+
+
+def load_ops(path=None):
+    """The op registry: `path`, else $MEMFIT_OPS_JSON, else docs/ops.json, else (until that file is
+    committed) tools/testdata/ops_sample.json with a note on stderr. Cached when no path is given."""
+    global _REGISTRY
+    if path is None and _REGISTRY is not None:
+        return _REGISTRY
+    chosen = path or os.environ.get("MEMFIT_OPS_JSON")
+    if not chosen:
+        if os.path.exists(OPS_JSON):
+            chosen = OPS_JSON
+        else:
+            chosen = OPS_SAMPLE_JSON
+            sys.stderr.write("memfit_torch: %s does not exist; using the sample %s\n" % (OPS_JSON, OPS_SAMPLE_JSON))
+    with open(chosen) as f:
+        reg = OpRegistry(json.load(f), chosen)
+    if path is None:
+        _REGISTRY = reg
+    return reg
+
+
+def _parse_pair_text(text):
+    parts = str(text).lower().split("x")
+    if len(parts) == 1:
+        return [int(parts[0]), int(parts[0])]
+    if len(parts) == 2:
+        return [int(parts[0]), int(parts[1])]
+    raise ValueError("bad size %r" % text)
+
+
+def _default_value(attr, layer):
+    """An attribute's default (the registry's text) as the JSON form spells the value."""
+    t, d = attr["type"], attr["default"]
+    if isinstance(d, str) and d in layer and d != attr["key"]:
+        return layer[d]  # e.g. a pool's stride defaults to its kernel
+    if not isinstance(d, str):
+        return d  # already typed (a registry that writes JSON values)
+    if t == "integer":
+        return int(d)
+    if t == "pair":
+        return _parse_pair_text(d)
+    if t == "boolean":
+        if d.lower() in ("true", "1", "yes"):
+            return True
+        if d.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError("bad boolean default %r for %s" % (d, attr["key"]))
+    if t == "real":
+        return float(d)
+    return d
+
+
+def check_layer(layer, index, registry=None):
+    """Checks one layer against the op registry and returns a copy with its canonical kind and
+    every attribute default filled in. Fails clearly on a kind memfit does not know, a kind with
+    no torch builder here, a wrong number of inputs, an unknown or missing attribute."""
+    reg = registry or load_ops()
+    name = layer.get("name")
+    kind = layer.get("kind")
+    canon = reg.canonical(kind)
+    if canon is None:
+        raise ValueError("layer %d (%s): unknown kind %r (not in memfit's op registry %s; known: %s)"
+                         % (index, name, kind, reg.path, ", ".join(reg.kinds())))
+    if canon not in TORCH_BUILDERS:
+        raise ValueError("layer %d (%s): kind %r is in memfit's op registry but tools/memfit_torch.py has no "
+                         "torch builder for it (add one to _make_layer and TORCH_BUILDERS)" % (index, name, canon))
+    op = reg.ops[canon]
+    out = dict(layer)
+    out["kind"] = canon
+    if canon != "input":
+        n_in = len(layer.get("from") or [])
+        lo, hi = int(op.get("min_inputs", 1)), int(op.get("max_inputs", 1))
+        if n_in < lo or (hi >= 0 and n_in > hi):
+            raise ValueError("layer %r (%s): %d inputs, memfit's registry allows %d..%s"
+                             % (name, canon, n_in, lo, hi if hi >= 0 else "any"))
+    keys = {a["key"] for a in op.get("attrs", [])}
+    for k in layer:
+        if k not in ("name", "kind", "from") and k not in keys:
+            raise ValueError("layer %r (%s): unknown attribute %r (memfit's registry has: %s)"
+                             % (name, canon, k, ", ".join(sorted(keys)) or "none"))
+    for a in op.get("attrs", []):
+        if a["key"] in out:
+            continue
+        if a["default"] is None:
+            raise ValueError("layer %r (%s): missing required attribute %r" % (name, canon, a["key"]))
+        out[a["key"]] = _default_value(a, out)
+    return out
+
 
 LOSS_NAME = "loss"  # memfit's name for the appended CrossEntropyLoss
 
@@ -55,7 +185,9 @@ TRAINING_LOOP = (
 # --------------------------------------------------------------------------
 # loading / validation
 
-def load_model_json(path_or_obj):
+def load_model_json(path_or_obj, registry=None):
+    """Reads and checks a memfit-model/1 document; returns a copy whose layers carry their canonical
+    kind and every attribute default from memfit's op registry (check_layer)."""
     if isinstance(path_or_obj, dict):
         m = path_or_obj
     else:
@@ -63,11 +195,11 @@ def load_model_json(path_or_obj):
             m = json.load(f)
     if m.get("format") != FORMAT:
         raise ValueError("not a %s document (format=%r)" % (FORMAT, m.get("format")))
+    m = copy.deepcopy(m)
     seen = set()
     for i, layer in enumerate(m["layers"]):
-        kind = layer.get("kind")
-        if kind not in KINDS:
-            raise ValueError("layer %d (%s): unknown kind %r" % (i, layer.get("name"), kind))
+        layer = m["layers"][i] = check_layer(layer, i, registry)
+        kind = layer["kind"]
         name = layer.get("name")
         if not name:
             raise ValueError("layer %d has no name" % i)
@@ -328,6 +460,82 @@ class MemfitNet(nn.Module):
                 if self._last_use.get(s) == step and s != self.output_name:
                     del env[s]
         return env[self.output_name]
+
+
+# --------------------------------------------------------------------------
+# frozen layers (memfit's --freeze GLOB[,GLOB...] / --train GLOB[,GLOB...])
+
+def _glob_regex(glob):
+    # memfit's globs: `*` matches any characters, dots included; everything else is literal
+    return re.compile("".join(".*" if c == "*" else re.escape(c) for c in glob) + r"\Z")
+
+
+def _split_globs(text):
+    if text is None:
+        return []
+    globs = [g.strip() for g in text.split(",")]
+    if not globs or any(not g for g in globs):
+        raise ValueError("empty glob in %r" % text)
+    return globs
+
+
+def glob_matches(glob, layer_name):
+    """A glob matches a layer if it matches its name or one of its dotted prefixes (the regions
+    containing it): `layer4` matches `layer4.0.conv1`, as `layer4.*` does; `layer4.0` does not match
+    `layer4.1.conv1`, and `layer` does not match `layer4.0.conv1` (prefixes end at a dot)."""
+    rx = _glob_regex(glob)
+    parts = layer_name.split(".")
+    return any(rx.match(".".join(parts[:k])) for k in range(1, len(parts) + 1))
+
+
+def frozen_layers(layer_names, freeze=None, train=None):
+    """Which memfit layers are frozen: those a --freeze glob matches, and with --train every layer
+    no --train glob matches. Both may be given (frozen = not trained, or matched by --freeze).
+    A glob that matches no layer is an error (like a misspelt name)."""
+    fg, tg = _split_globs(freeze), _split_globs(train)
+    for g in fg + tg:
+        if not any(glob_matches(g, n) for n in layer_names):
+            raise ValueError("glob %r matches no layer" % g)
+    out = []
+    for n in layer_names:
+        frozen = any(glob_matches(g, n) for g in fg)
+        if tg and not any(glob_matches(g, n) for g in tg):
+            frozen = True
+        if frozen:
+            out.append(n)
+    return out
+
+
+def apply_freeze(net, freeze=None, train=None):
+    """Sets requires_grad=False on the parameters of the frozen memfit layers of a MemfitNet
+    (their module's parameters; buffers are untouched and BatchNorm stays in train mode, so its
+    running statistics still update). The optimizer is then built over all net.parameters(), as
+    in transfer-learning code; PyTorch skips parameters whose .grad is None. Returns a summary
+    recorded in the reference documents."""
+    names = [n for n, _ in net.memfit_modules()]
+    frozen = frozen_layers(names, freeze, train) if (freeze is not None or train is not None) else []
+    mods = dict(net.memfit_modules())
+    frozen_params = 0
+    frozen_tensors = 0
+    with_params = []
+    for n in frozen:
+        ps = list(mods[n].parameters())
+        for p in ps:
+            p.requires_grad_(False)
+            frozen_params += p.numel()
+            frozen_tensors += 1
+        if ps:
+            with_params.append(n)
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    return {
+        "freeze": freeze,
+        "train": train,
+        "frozen_layers": with_params,  # frozen layers that have parameters
+        "frozen_params": frozen_params,
+        "frozen_param_tensors": frozen_tensors,
+        "trainable_params": sum(p.numel() for p in trainable),
+        "trainable_param_tensors": len(trainable),
+    }
 
 
 def build_module(model_json):
