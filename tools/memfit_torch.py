@@ -21,6 +21,11 @@ emits.  This module is the single source of truth for how the reference tools
       loss.backward()
       optimizer.step()
 * make_optimizer(name, params, impl)
+* load_ops() -> OpRegistry: memfit's op registry (docs/ops.json, `memfit ops --json`); every layer
+  is checked against it (kind, aliases, input count, attributes; defaults filled in) by
+  load_model_json / check_layer, which fail clearly on a kind without a torch builder here.
+* apply_freeze(net, freeze, train): memfit's --freeze / --train globs -> requires_grad=False on
+  the frozen layers' parameters (frozen_layers / glob_matches give the selection).
 
 Works with torch 1.13 (CPU) and torch 2.x (CUDA).  Standard library + torch only.
 """
@@ -115,9 +120,14 @@ def _parse_pair_text(text):
     raise ValueError("bad size %r" % text)
 
 
+_TYPE_NAMES = {"integer": "integer", "int": "integer", "pair": "pair", "size": "pair", "boolean": "boolean",
+               "bool": "boolean", "real": "real", "float": "real", "double": "real", "text": "text",
+               "string": "text"}
+
+
 def _default_value(attr, layer):
     """An attribute's default (the registry's text) as the JSON form spells the value."""
-    t, d = attr["type"], attr["default"]
+    t, d = _TYPE_NAMES.get(attr.get("type"), attr.get("type")), attr.get("default")
     if isinstance(d, str) and d in layer and d != attr["key"]:
         return layer[d]  # e.g. a pool's stride defaults to its kernel
     if not isinstance(d, str):
@@ -168,7 +178,7 @@ def check_layer(layer, index, registry=None):
     for a in op.get("attrs", []):
         if a["key"] in out:
             continue
-        if a["default"] is None:
+        if a.get("default") is None or a.get("required"):
             raise ValueError("layer %r (%s): missing required attribute %r" % (name, canon, a["key"]))
         out[a["key"]] = _default_value(a, out)
     return out
