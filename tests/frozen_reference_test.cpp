@@ -116,8 +116,10 @@ Expected expected_from_reference(const json& batch, const memfit::Estimate& e) {
 }
 
 // Raw live bytes of the plan (tests/live_bytes_test.cpp): per iteration the start and the peak,
-// relative to the live bytes when iteration 1 starts, overall and per phase; `_cpu` with each live
-// dropout mask at 4 B/element (CPU dropout's float32 noise tensor) instead of CUDA's 1.
+// relative to the live bytes when iteration 1 starts, overall and per phase; `_cpu` with the CPU's
+// extra bytes: each live dropout mask at 4 B/element (CPU dropout's float32 noise tensor) instead of
+// CUDA's 1, and while a batch norm's backward runs a second tensor of its input's size (CPU
+// native_batch_norm_backward's scratch; tests/densenet_reference_test.cpp measures it).
 struct Live {
   std::vector<i64> start, peak, peak_cpu;
   std::vector<std::map<std::string, i64>> phase_peak, phase_peak_cpu;  // phase name -> bytes
@@ -148,13 +150,20 @@ Live relative_live(const memfit::Estimate& e, int n_iterations) {
     if (is_mask[t]) masks += b;
     if (ev.iteration == 0) continue;
     const std::size_t k = static_cast<std::size_t>(ev.iteration);
+    // CPU native_batch_norm_backward holds a second input-sized scratch while it runs (README)
+    i64 bn_scratch = 0;
+    if (ev.phase == memfit::Phase::backward && ev.node >= 0) {
+      const memfit::Node& bn = e.graph.nodes[static_cast<std::size_t>(ev.node)];
+      if (bn.rule->kind == std::string_view("batchnorm2d")) bn_scratch = bn.in_types.at(0).bytes();
+    }
+    const i64 cpu = live + 3 * masks + bn_scratch;
     peak[k] = std::max(peak[k], live);
-    peak_cpu[k] = std::max(peak_cpu[k], live + 3 * masks);
+    peak_cpu[k] = std::max(peak_cpu[k], cpu);
     const std::string pn = memfit::phase_name(ev.phase);
     auto [it, fresh] = ph[k].try_emplace(pn, live);
     if (!fresh) it->second = std::max(it->second, live);
-    auto [jt, fresh_cpu] = ph_cpu[k].try_emplace(pn, live + 3 * masks);
-    if (!fresh_cpu) jt->second = std::max(jt->second, live + 3 * masks);
+    auto [jt, fresh_cpu] = ph_cpu[k].try_emplace(pn, cpu);
+    if (!fresh_cpu) jt->second = std::max(jt->second, cpu);
   }
   Live r;
   for (std::size_t k = 1; k < n; ++k) {
