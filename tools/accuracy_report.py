@@ -126,11 +126,14 @@ def densenet_section(binary, estimator, lines):
               "|---:|---|---:|---:|---:|---:|---|"]
     lm = live["models"][0]
     est = {}
+    why = "n/a (%s not built)" % os.path.relpath(estimator, ROOT) if estimator else "n/a"
     if estimator and os.path.exists(estimator):
         specs = ["%s:%d:%s:%s" % (src, lm["batch"], r["optimizer"], r["optimizer_impl"]) for r in lm["runs"]]
         out = subprocess.run([estimator] + specs, capture_output=True, text=True, cwd=ROOT)
         if out.returncode == 0:
             est = {e["spec"]: e for e in json.loads(out.stdout)}
+        else:
+            why = "n/a (memfit rejects the model)"
     for r in lm["runs"]:
         e = est.get("%s:%d:%s:%s" % (src, lm["batch"], r["optimizer"], r["optimizer_impl"]))
         for it in r["iterations"]:
@@ -140,9 +143,27 @@ def densenet_section(binary, estimator, lines):
                 mine = e["iterations"][it["iteration"] - 1]["peak_bytes"]
                 cols = (format(mine, ","), format(meas - mine, ","))
             else:
-                cols = ("n/a (memfit rejects the model)", "")
+                cols = (why, "")
             lines.append("| %d | %s %s | %d | %s | %s | %s | %s |" % (
                 lm["batch"], r["optimizer"], r["optimizer_impl"], it["iteration"], format(meas, ","), *cols, top))
+    r = lm["runs"][0]
+    cats = [names for names in (l["name"] for l in json.load(open(os.path.join(
+        ROOT, "tests/reference/fixtures/densenet_mini.json")))["layers"] if l["kind"] == "concat")][::-1]
+    nodes = r.get("backward_nodes", [])
+    rows = [(nodes[i], nodes[i + 1][1]) for i in range(len(nodes) - 1) if nodes[i][0] == "CatBackward0"]
+    if rows and len(rows) == len(cats):
+        lines += ["", "Measured live bytes around each concat's backward (`%s %s`, iteration %d, relative to the start "
+                  "of iteration 1; torch runs them in this order). The rise inside the node is the gradients summed "
+                  "into inputs that already hold one (a narrow of a later concat's gradient): new tensors of the "
+                  "inputs' own sizes. memfit's side: `tests/densenet_reference_test.cpp`." % (
+                      r["optimizer"], r["optimizer_impl"], len(r["iterations"])), "",
+                  "| concat (backward order) | inputs | start (B) | max inside (B) | rise (B) | next node starts at (B) |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        n_in = {l["name"]: len(l.get("from", [])) for l in json.load(open(os.path.join(
+            ROOT, "tests/reference/fixtures/densenet_mini.json")))["layers"]}
+        for name, (nd, nxt) in zip(cats, rows):
+            lines.append("| %s | %d | %s | %s | %s | %s |" % (name, n_in[name], format(nd[1], ","), format(nd[2], ","),
+                                                          format(nd[2] - nd[1], ","), format(nxt, ",")))
     lines.append("")
 
 
