@@ -34,7 +34,7 @@ for spec in "resnet18 fc 1,8 8" "resnet18 layer4,fc 1,8 8" "mobilenet_v2 classif
   set -- $spec
   tag=$1_${2//,/_}
   /usr/bin/python3 tools/cpu_reference.py $J/$1.json --train $2 --batches $3 -o $T/saved_$tag.json
-  /usr/bin/python3 tools/cpu_live_reference.py --runs $J/$1.json:$4 --train $2 -o $T/live_$tag.json
+  /usr/bin/python3 tools/cpu_live_reference.py --runs $J/$1.json:$4 --train $2 --nodes -o $T/live_$tag.json
 done
 /usr/bin/python3 tools/merge_reference.py -o tests/reference/cpu_saved_frozen.json \
     $T/saved_resnet18_fc.json $T/saved_resnet18_layer4_fc.json $T/saved_mobilenet_v2_classifier.json \
