@@ -49,6 +49,9 @@ void add_settings(CLI::App* c, memfit::OptionStrings& s) {
   opt("--cudnn-workspace", s.cudnn_workspace, "cuDNN workspace per convolution call (default 0: not modelled)");
   opt("--pytorch", s.pytorch, "follow PyTorch 2 (default) or 1.13 where their autograd/optimizer code differs");
   opt("--iterations", s.iterations, "training iterations simulated (default 3: first + steady state)");
+  opt("--grad-accum", s.grad_accumulation, "micro-batches of --batch per optimizer step (default 1)");
+  opt("--freeze", s.freeze, "freeze these layers/regions (globs, comma-separated): requires_grad=False");
+  opt("--train", s.train, "train only these layers/regions (globs); every other parameter is frozen");
 }
 
 }  // namespace
@@ -58,7 +61,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   memfit::OptionStrings s;
   std::string model_arg;
-  bool json = false, explain = false, timeline = false, probe_max_batch = false;
+  bool json = false, explain = false, timeline = false, events = false, probe_max_batch = false;
 
   auto* est = app.add_subcommand("estimate", "per-layer training memory, the peak and the verdict");
   est->add_option("MODEL", model_arg, "model file, '-' for stdin, or a builtin name (default question_cnn)");
@@ -66,11 +69,17 @@ int main(int argc, char** argv) {
   est->add_flag("--json", json, "print the JSON result");
   est->add_flag("--explain", explain, "show the arithmetic behind every number");
   est->add_flag("--timeline", timeline, "include memory per op in the JSON");
+  est->add_flag("--events", events, "print the planned alloc/free events the allocator replays (docs/json-output.md)");
 
   auto* mb = app.add_subcommand("max-batch", "the largest batch that fits on the GPU");
   mb->add_option("MODEL", model_arg, "model file or builtin name");
   add_settings(mb, s);
   mb->add_flag("--json", json, "print the JSON result");
+
+  auto* ops = app.add_subcommand("ops", "the layer kinds memfit knows (the op registry)");
+  ops->add_flag("--json", json, "print JSON (docs/ops.json is a copy)");
+  bool markdown = false;
+  ops->add_flag("--markdown", markdown, "print the docs' layer table (docs/model-format.md)");
 
   auto* gpus = app.add_subcommand("gpus", "the GPU catalog");
   gpus->add_flag("--json", json, "print JSON");
@@ -99,7 +108,18 @@ int main(int argc, char** argv) {
       std::cout << (json ? memfit::gpus_json() : memfit::render_gpus_text());
       return kExitFits;
     }
+    if (ops->parsed()) {
+      if (json) {
+        std::cout << memfit::ops_json();
+      } else if (markdown) {
+        std::cout << memfit::ops_markdown_table();
+      } else {
+        for (const memfit::OpRule* r : memfit::all_ops()) std::cout << r->kind << "  " << r->summary << "\n";
+      }
+      return kExitFits;
+    }
     s.timeline = timeline;
+    s.events = events && !json;
     memfit::Model m = load_model(model_arg);
     if (model->parsed()) {
       std::cout << memfit::model_json(m);
@@ -113,8 +133,10 @@ int main(int argc, char** argv) {
       else std::cout << memfit::render_max_batch_text(m, options);
       return kExitFits;
     }
+    if (events && json) options.events = true;  // the lines go into the JSON as "events"
     memfit::Estimate e = memfit::estimate(m, options);
-    std::cout << (json ? memfit::estimate_json(m, e) : memfit::render_text(m, e, explain));
+    if (events && !json) std::cout << memfit::events_text(e);
+    else std::cout << (json ? memfit::estimate_json(m, e) : memfit::render_text(m, e, explain));
     if (!e.fits) return kExitFits;  // no GPU given
     return *e.fits ? kExitFits : kExitDoesNotFit;
   } catch (const memfit::Error& e) {

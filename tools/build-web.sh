@@ -4,7 +4,8 @@
 #   web/dist/*.html, *.js, *.css        the page, the embed page, <memfit-calculator>, the example docs page
 # and build-wasm/node/memfit-node.mjs (the same objects in one file, for the Node tests).
 # Installs emscripten / nlohmann-json3-dev with apt-get when missing (Debian 12). Incremental (make).
-# Env: MEMFIT_WASM_OPT (default -O2), JOBS (default: number of CPUs).
+# Env: MEMFIT_WASM_OPT (default -O3), MEMFIT_WASM_EH (wasm: native WebAssembly exceptions, the default; js:
+# Emscripten's JS-based exceptions, slower), JOBS (default: number of CPUs).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -27,7 +28,7 @@ mkdir -p "$B" "$DIST"
 # Builtin models (the page's presets), generated exactly as the native build does.
 cmake -DMODELS_DIR="$ROOT/models" -DOUT="$B/builtin_models.cpp" -P "$ROOT/tools/embed_models.cmake"
 
-make --no-print-directory -C "$ROOT/wasm" -j"$JOBS" ROOT="$ROOT" B="$B" DIST="$DIST" OPT="${MEMFIT_WASM_OPT:--O2}"
+make --no-print-directory -C "$ROOT/wasm" -j"$JOBS" ROOT="$ROOT" B="$B" DIST="$DIST" OPT="${MEMFIT_WASM_OPT:--O3}" EH="${MEMFIT_WASM_EH:-wasm}"
 
 # The page: plain HTML/CSS/JS, no libraries, copied next to the module.
 cp "$ROOT"/web/*.html "$ROOT"/web/*.js "$ROOT"/web/*.css "$DIST"/ 2>/dev/null || true

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The one prepared script for a lent GPU machine (about 10 minutes): PyTorch reference runs of every
+# The one prepared script for a lent GPU machine (about 10.5 minutes): PyTorch reference runs of every
 # model (tools/gpu_reference.py: max_memory_allocated/reserved for iteration 1 and a steady-state
 # iteration, NVML process memory, CUDA context, largest batch under 8 and 16 GiB caps) and the memfit
-# probe (probe/run_gpu_record.sh). Everything goes under $OUT. Run from the repository root:
+# probe (probe/run_gpu_record.sh), and per-convolution cuDNN workspaces (tools/gpu_cudnn_workspace.py).
+# Everything goes under $OUT. Run from the repository root:
 #   OUT=/some/dir bash tools/gpu-session.sh
 # Afterwards, on the development machine:
 #   cp $OUT/gpu_reference_models.json tests/reference/gpu/   (and the fixtures file)
@@ -22,12 +23,16 @@ start=$(date +%s)
 } > "$OUT/environment.txt"
 
 # PyTorch reference: models first (the budget skips what does not fit in time, and says so)
-timeout 460 python3 tools/gpu_reference.py tests/reference/models-json/*.json --budget-s 420 \
+timeout 400 python3 tools/gpu_reference.py tests/reference/models-json/*.json --budget-s 360 \
   -o "$OUT/gpu_reference_models.json" > "$OUT/gpu_reference_models.log" 2>&1
 echo "gpu_reference models: exit $? after $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt"
 timeout 100 python3 tools/gpu_reference.py tests/reference/fixtures/*.json --budget-s 80 --no-maxbatch \
   -o "$OUT/gpu_reference_fixtures.json" > "$OUT/gpu_reference_fixtures.log" 2>&1
 echo "gpu_reference fixtures: exit $? after $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt"
+
+# cuDNN convolution workspaces per conv call (docs/cudnn-workspace.md): heuristics, capped, benchmark
+timeout 100 python3 tools/gpu_cudnn_workspace.py --out "$OUT/cudnn_workspace.json" > "$OUT/cudnn_workspace.log" 2>&1
+echo "cudnn workspaces: exit $? after $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt"
 
 # The probe: replays memfit's plan with cudaMalloc (needs the memfit binary with its CUDA backend)
 OUT="$OUT/probe" timeout 150 bash probe/run_gpu_record.sh > "$OUT/probe.log" 2>&1

@@ -3,12 +3,12 @@
 // every number comes from the WebAssembly module (memfit::handle_request).
 import { request, builtinModels, gpuCatalog } from './memfit-client.js';
 import { bytes, int, shape, esc, exactBytes } from './format.js';
-import { breakdownChart, timelineChart, sweepChart } from './charts.js';
+import { breakdownChart, timelineChart, sweepChart, dataTable, CATEGORIES } from './charts.js';
 
 export const DEFAULTS = { preset: 'question_cnn', batch: 64, dtype: 'fp32', optimizer: 'sgd', impl: 'foreach', gpu: 'RTX 3090' };
 const DTYPES = [['fp32', 'fp32 (float32)'], ['fp16', 'fp16 (autocast mixed precision)'], ['bf16', 'bf16 (autocast mixed precision)']];
 const OPTIMIZERS = [['sgd', 'SGD'], ['sgd-momentum', 'SGD with momentum'], ['adam', 'Adam'], ['adamw', 'AdamW'], ['adagrad', 'Adagrad'], ['rmsprop', 'RMSprop']];
-const IMPLS = [['foreach', 'foreach (PyTorch default on CUDA)'], ['fused', 'fused'], ['for-loop', 'for-loop']];
+const IMPLS = [['foreach', 'foreach (default on CUDA)'], ['fused', 'fused'], ['for-loop', 'for-loop']];
 const CUSTOM = '__custom__';
 const MODEL_FILE = 'model';  // the file name the core puts in errors for the editor's text
 const BATCH_MAX = 10_000_000;
@@ -45,8 +45,43 @@ function opt(list, value) {
 const sliderToBatch = (v) => Math.max(1, Math.round(2 ** (v / 8)));
 const batchToSlider = (b) => Math.round(Math.log2(Math.max(1, b)) * 8);
 
+/** The dropdown shows the size memfit uses: the memory CUDA reports for the card (cudaMemGetInfo's total). */
 function gpuLabel(g) {
-  return `${g.name} — ${bytes(g.memory_bytes)}`;
+  return `${g.name} — ${bytes(g.cuda_total_bytes)}`;
+}
+
+/** Checks the batch field as typed; returns a message, or null when it is a whole number 1..BATCH_MAX. */
+export function checkBatch(raw) {
+  const s = String(raw ?? '').trim();
+  const range = `a whole number from 1 to ${int(BATCH_MAX)}`;
+  if (s === '') return `Enter a batch size: ${range}.`;
+  if (!/^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(s)) return `“${s}” is not a number: enter ${range}.`;
+  const v = Number(s);
+  if (!Number.isInteger(v)) return `The batch size counts samples, so it is a whole number; ${s} is not (${Math.max(1, Math.floor(v))} or ${Math.ceil(v)}?).`;
+  if (v < 1) return `The batch size must be at least 1 (you entered ${s}).`;
+  if (v > BATCH_MAX) return `The calculator takes batch sizes up to ${int(BATCH_MAX)} (you entered ${int(v)}).`;
+  return null;
+}
+
+/** Checks a custom GPU size; a bare number is refused (8 would mean 8 bytes to the core). */
+export function checkGpuSize(raw) {
+  const s = String(raw ?? '').trim();
+  if (s === '') return { msg: 'Enter the GPU’s memory, such as 24GiB, 12GB or 12000MiB.' };
+  if (/^\d+(\.\d+)?$/.test(s)) return { msg: `${s} what? Give the unit: ${s}GiB (${s} × 1024³ bytes) or ${s}GB (${s} × 10⁹ bytes).`, choices: [`${s}GiB`, `${s}GB`] };
+  return null;
+}
+
+const FIELD = { batch: 'the batch size', dtype: 'the precision', optimizer: 'the optimizer', 'optimizer-impl': 'the optimizer implementation', gpu: 'the GPU', 'zero-grad': 'zero_grad', iterations: 'iterations' };
+/** The core's messages are written for the CLI; say the same for the page. */
+export function pageWording(text) {
+  return String(text ?? '')
+    .replace(/run 'memfit gpus' for the catalog, or give a size such as ([^,;]+?) or ([^\s,;]+)/g, 'pick one from the GPU list, or choose “Custom size…” and enter a size such as $1 or $2')
+    .replace(/run 'memfit gpus'( for the catalog)?/g, 'pick one from the GPU list')
+    .replace(/give --gpu NAME or --gpu SIZE \(e\.g\. --gpu ([^)]+)\)/g, 'pick a GPU from the list or enter a size such as $1')
+    .replace(/give e\.g\. --gpu (\S+)/g, 'choose “Custom size…” and enter a size such as $1')
+    .replace(/give --batch N with N >= 1/g, 'enter a batch size of at least 1')
+    .replace(/use --optimizer-impl (\S+) or (\S+)/g, 'choose the optimizer implementation $1 or $2')
+    .replace(/--([a-z][a-z-]+)(?: ([^\s,;]+))?/g, (m, flag, v) => (FIELD[flag] ? `${FIELD[flag]}${v ? ` ${v}` : ''}` : m));
 }
 
 function humanChange(change) {
@@ -57,36 +92,50 @@ function humanChange(change) {
   if (flag === 'dtype') return { text: `Precision ${value} (autocast)`, apply: { dtype: value } };
   if (flag === 'optimizer') return { text: `Optimizer ${(OPTIMIZERS.find(([v]) => v === value) || [0, value])[1]}`, apply: { optimizer: value } };
   if (flag === 'optimizer-impl') return { text: `Optimizer implementation ${value}`, apply: { impl: value } };
-  return { text: change };
+  return { text: pageWording(change) };
+}
+
+const DRAFT_KEY = 'memfit.draft';
+const DRAFT = '__draft__';
+function loadDraft() {
+  try { return localStorage.getItem(DRAFT_KEY); } catch { return null; }
+}
+function saveDraft(text) {
+  try { localStorage.setItem(DRAFT_KEY, text); } catch { /* storage off: the entry still works this session */ }
 }
 
 /**
  * Mounts a calculator into `host` (an element or a shadow root).
- * opts.mode: 'full' (the page) or 'compact' (embedded). opts.state: {preset, text, batch, dtype,
- * optimizer, impl, gpu}. opts.onState(state): called after every change (the page writes the URL).
- * Returns {setState, getState, ready}.
+ * opts.mode: 'full' (the page), 'compact' (embedded) or 'verdict' (embedded: model, settings, verdict and
+ * breakdown only). opts.state: {preset, text, batch, dtype, optimizer, impl, gpu}. opts.onState(state):
+ * called after every change (the page writes the URL). opts.ignored: URL parameters that were not used
+ * (shown once). Returns {setState, getState, ready, root, last}.
  */
 export function mountCalculator(host, opts = {}) {
   const mode = opts.mode || 'full';
   const id = `mf${++uid}`;
   const state = { ...DEFAULTS, text: null, ...(opts.state || {}) };
   const root = document.createElement('div');
-  root.className = `mf ${mode}`;
+  root.className = `mf ${mode === 'full' ? 'full' : `compact${mode === 'verdict' ? ' verdict-only' : ''}`}`;
   root.innerHTML = template(id, mode, state);
   host.appendChild(root);
   const $ = (r) => root.querySelector(`[data-r="${r}"]`);
   const el = {
     preset: $('preset'), text: $('text'), gutter: $('gutter'), hl: $('hl'), err: $('err'), batch: $('batch'), range: $('range'),
+    batchErr: $('batchErr'), gpuErr: $('gpuErr'), gpuNote: $('gpuNote'), urlNote: $('urlNote'),
     dtype: $('dtype'), optimizer: $('optimizer'), impl: $('impl'), gpu: $('gpu'), gpuCustom: $('gpuCustom'), gpuCustomWrap: $('gpuCustomWrap'),
-    settingsErr: $('settingsErr'), verdict: $('verdict'), remedies: $('remedies'), breakdown: $('breakdown'), timeline: $('timeline'),
-    sweep: $('sweep'), layers: $('layers'), rules: $('rules'), notes: $('notes'), timing: $('timing'), copy: $('copy'), copyStatus: $('copyStatus'),
-    full: $('full'),
+    settingsErr: $('settingsErr'), verdict: $('verdict'), remedies: $('remedies'), breakdown: $('breakdown'), breakdownNote: $('breakdownNote'),
+    timeline: $('timeline'), timelineNote: $('timelineNote'), sweep: $('sweep'), layers: $('layers'), rules: $('rules'), notes: $('notes'),
+    timing: $('timing'), copy: $('copy'), copyStatus: $('copyStatus'), full: $('full'), exports: $('exports'), gpuTable: $('gpuTable'),
+    results: $('results'),
   };
   let models = [];
   let gpus = [];
   let seq = 0;
   let last = null;       // last good estimate
+  let lastText = null;   // its JSON text, as the core returned it
   let lastMax = null;    // last good max-batch result (number)
+  let lastSweep = null;  // last sweep points
   let errorLine = 0;
   let timer = 0;
   let notice = null;     // a message for the settings area (e.g. an unknown preset name)
@@ -111,9 +160,9 @@ export function mountCalculator(host, opts = {}) {
     errorLine = e.line > 0 ? e.line : 0;
     el.text.setAttribute('aria-invalid', 'true');
     const where = e.line > 0 ? `Line ${e.line}${e.column > 0 ? `, column ${e.column}` : ''}` : 'Model';
-    el.err.innerHTML = `<span class="where">${esc(where)}:</span> ${esc(e.problem || e.message)}`
+    el.err.innerHTML = `<span class="where">${esc(where)}:</span> ${esc(pageWording(e.problem || e.message))}`
       + (e.layer ? ` <span class="muted">(layer ${esc(e.layer)})</span>` : '')
-      + (e.fix ? `<br><span>Fix: ${esc(e.fix)}</span>` : '')
+      + (e.fix ? `<br><span>Fix: ${esc(pageWording(e.fix))}</span>` : '')
       + (e.line > 0 ? ` <button type="button" data-r="goto">Go to line ${e.line}</button>` : '');
     el.err.hidden = false;
     const go = el.err.querySelector('[data-r="goto"]');
@@ -140,22 +189,74 @@ export function mountCalculator(host, opts = {}) {
     syncScroll();
   }
 
+  // ---------- the last good result, marked stale while the input has an error ----------
+  function markStale(reason) {
+    root.classList.add('has-error');
+    el.verdict.classList.add('stale');
+    const st = $('stale');
+    if (st) {
+      st.hidden = !last;
+      st.textContent = `Last good result, not for the current input: ${reason}`;
+    }
+    if (!last) {
+      el.verdict.className = 'verdict';
+      el.verdict.innerHTML = `<p class="bad big">No result yet: ${esc(reason)}</p>`;
+    }
+  }
+  function markFresh() {
+    root.classList.remove('has-error');
+    el.verdict.classList.remove('stale');
+  }
+
+  // ---------- inline validation of the settings ----------
+  function fieldError(input, box, msg, choices) {
+    if (!box) return;
+    if (msg) {
+      box.innerHTML = esc(msg) + (choices ? ` ${choices.map((c) => `<button type="button" data-choice="${esc(c)}">${esc(c)}</button>`).join(' ')}` : '');
+      box.hidden = false;
+      input.setAttribute('aria-invalid', 'true');
+      box.querySelectorAll('[data-choice]').forEach((b) => { b.onclick = () => { input.value = b.dataset.choice; input.dispatchEvent(new Event('input')); input.focus(); }; });
+    } else {
+      box.hidden = true;
+      box.textContent = '';
+      input.removeAttribute('aria-invalid');
+    }
+  }
+  /** Validates what is typed; returns the first problem (for the stale label) or null. */
+  function validate() {
+    const bmsg = checkBatch(el.batch.value);
+    fieldError(el.batch, el.batchErr, bmsg);
+    let gmsg = null;
+    if (el.gpu.value === CUSTOM) {
+      const g = checkGpuSize(el.gpuCustom.value);
+      gmsg = g && g.msg;
+      fieldError(el.gpuCustom, el.gpuErr, gmsg, g && g.choices);
+    } else fieldError(el.gpuCustom, el.gpuErr, null);
+    return bmsg ? 'the batch size is not valid' : gmsg ? 'the GPU size has no unit' : null;
+  }
+
   // ---------- state <-> controls ----------
   function readControls() {
     state.text = el.text.value;
     const p = models.find((m) => m.name === el.preset.value);
     state.preset = p && p.text === state.text ? p.name : null;
-    if (!state.preset && el.preset.value) el.preset.value = '';
-    const b = Math.floor(Number(el.batch.value));
-    state.batch = Number.isFinite(b) && b >= 1 ? Math.min(b, BATCH_MAX) : state.batch;
+    if (!state.preset && el.preset.value && el.preset.value !== DRAFT) el.preset.value = '';
+    if (!state.preset) { saveDraft(state.text); ensureDraftOption(); if (el.preset.value === '') el.preset.value = DRAFT; }
+    if (!checkBatch(el.batch.value)) state.batch = Number(el.batch.value.trim());
     state.dtype = el.dtype.value;
     state.optimizer = el.optimizer.value;
     state.impl = el.impl ? el.impl.value : state.impl;
-    state.gpu = el.gpu.value === CUSTOM ? el.gpuCustom.value.trim() : el.gpu.value;
+    if (el.gpu.value !== CUSTOM) state.gpu = el.gpu.value;
+    else if (!checkGpuSize(el.gpuCustom.value)) state.gpu = el.gpuCustom.value.trim();
+  }
+  function ensureDraftOption() {
+    if (!el.preset.querySelector(`option[value="${DRAFT}"]`) && loadDraft() != null) {
+      el.preset.insertAdjacentHTML('afterbegin', `<option value="${DRAFT}">Your model (draft, kept in this browser)</option>`);
+    }
   }
   function writeControls() {
     if (el.text.value !== state.text) el.text.value = state.text;
-    el.preset.value = state.preset && models.some((m) => m.name === state.preset) ? state.preset : '';
+    el.preset.value = state.preset && models.some((m) => m.name === state.preset) ? state.preset : (loadDraft() === state.text ? DRAFT : '');
     el.batch.value = String(state.batch);
     el.range.value = String(batchToSlider(state.batch));
     el.dtype.value = state.dtype;
@@ -173,8 +274,10 @@ export function mountCalculator(host, opts = {}) {
   }
   function changed(delay) {
     readControls();
+    const problem = validate();
     if (opts.onState) opts.onState({ ...state });
     clearTimeout(timer);
+    if (problem) { seq++; markStale(problem); return; }
     timer = setTimeout(run, delay);
   }
 
@@ -188,6 +291,15 @@ export function mountCalculator(host, opts = {}) {
     const r = await request(req);
     perf.calls.push({ kind, ms: r.ms, model: req.model && req.model.length, at: performance.now() });
     return r;
+  }
+  /** Sweep ranges so that both the chosen batch and the largest batch are on the chart (merged, log axis). */
+  function sweepRanges(batch, maxB) {
+    const top = Math.max(batch, maxB || 0);
+    const lo = Math.max(1, Math.min(batch, maxB || batch));
+    const first = Math.max(16, Math.min(2 ** 30, Math.ceil(top * 1.3)));
+    const out = [first];
+    for (let u = Math.ceil(first / 8); u >= 16 && u > lo / 2 && out.length < 5; u = Math.ceil(u / 8)) out.push(u);
+    return out;
   }
   async function run() {
     const my = ++seq;
@@ -207,45 +319,86 @@ export function mountCalculator(host, opts = {}) {
       return;
     }
     clearModelError();
+    markFresh();
     if (notice) {
       el.settingsErr.textContent = notice;
       el.settingsErr.hidden = false;
       notice = null;
     } else el.settingsErr.hidden = true;
     last = res;
+    lastText = r.text;
     const timings = { estimate: r.ms };
     renderEstimate(res, null);
     renderTiming(timings);
     if (perf.firstVerdictAt == null) perf.firstVerdictAt = performance.now();
     root.dispatchEvent(new CustomEvent('memfit-result', { bubbles: true, composed: true, detail: { estimate: res, ms: r.ms } }));
-    if (!res.gpu) return;
+    if (!res.gpu) { root.dataset.idle = String(my); return; }
     const mb = await call({ ...base, command: 'max-batch' }, 'max-batch');
     if (my !== seq) return;
     lastMax = mb.result.error ? null : mb.result.max_batch;
     timings.maxBatch = mb.ms;
     renderEstimate(res, lastMax);
     renderTiming(timings);
-    if (!el.sweep) return;
-    const top = Math.max(st.batch, lastMax || 0);
-    const upTo = Math.max(16, Math.min(2 ** 30, Math.ceil(top * 1.5)));
-    const sw = await call({ ...base, command: 'sweep', sweep_up_to: upTo, sweep_points: 24 }, 'sweep');
-    if (my !== seq) return;
-    timings.sweep = sw.ms;
+    if (!el.sweep) { root.dataset.idle = String(my); perf.calls.push({ kind: 'sweep', ms: 0, at: performance.now() }); return; }
+    const pts = new Map();
+    timings.sweep = 0;
+    for (const upTo of sweepRanges(st.batch, lastMax)) {
+      const sw = await call({ ...base, command: 'sweep', sweep_up_to: upTo, sweep_points: upTo === sweepRanges(st.batch, lastMax)[0] ? 24 : 10 }, 'sweep-part');
+      if (my !== seq) return;
+      timings.sweep += sw.ms;
+      if (sw.result.error) { el.sweep.innerHTML = `<p class="muted">${esc(pageWording(sw.result.error.message))}</p>`; return; }
+      for (const p of sw.result.points) pts.set(p.batch, p);
+    }
+    lastSweep = [...pts.values()].sort((a, b) => a.batch - b.batch);
     renderTiming(timings);
-    if (sw.result.error) el.sweep.innerHTML = `<p class="muted">${esc(sw.result.error.message)}</p>`;
-    else el.sweep.innerHTML = sweepChart(sw.result.points, { usable: res.usable_bytes, maxBatch: lastMax || 0, batch: st.batch, wide: mode === 'full' });
+    drawSweep();
+    perf.calls.push({ kind: 'sweep', ms: timings.sweep, at: performance.now() });
+    root.dataset.idle = String(my);
+  }
+  const widthOf = (fig) => Math.max(280, Math.floor((fig && fig.clientWidth) || 640));
+  function drawSweep() {
+    if (!el.sweep || !last || !lastSweep) return;
+    const e = last;
+    el.sweep.innerHTML = sweepChart(lastSweep, { usable: e.usable_bytes, maxBatch: lastMax || 0, batch: e.settings.batch, batchReserved: e.peak.reserved_bytes, width: widthOf(el.sweep) })
+      + dataTable('The numbers in this chart', ['batch', 'reserved', 'allocated', 'on the GPU with the CUDA context'],
+        lastSweep.map((p) => [int(p.batch), bytes(p.reserved_bytes), bytes(p.allocated_bytes), bytes(p.device_bytes)]));
+  }
+  function drawCharts() {
+    if (!last) return;
+    const e = last;
+    el.breakdown.innerHTML = breakdownChart(e, { width: widthOf(el.breakdown) })
+      + dataTable('The numbers in this chart', ['category', 'at the peak', 'bytes'],
+        CATEGORIES.map(([k, l]) => [l, bytes(e.peak.breakdown[k] || 0), int(e.peak.breakdown[k] || 0)])
+          .concat([['Allocator cache (reserved − allocated)', bytes(e.peak.reserved_bytes - e.peak.allocated_bytes), int(e.peak.reserved_bytes - e.peak.allocated_bytes)],
+            ['CUDA context', bytes(e.peak.context_bytes), int(e.peak.context_bytes)]]));
+    if (el.timeline) {
+      el.timeline.innerHTML = timelineChart(e, { width: widthOf(el.timeline) })
+        + dataTable('The numbers in this chart', ['iteration · phase · layer', 'allocated', 'reserved'],
+          (e.timeline || []).map((p) => [`${p.iteration} · ${p.phase} · ${p.layer}`, bytes(p.allocated_bytes), bytes(p.reserved_bytes)]));
+    }
+    drawSweep();
+  }
+  if (typeof ResizeObserver === 'function') {
+    let w = 0, t = 0;
+    new ResizeObserver(() => {
+      const nw = root.clientWidth;
+      if (Math.abs(nw - w) < 8) return;
+      w = nw;
+      clearTimeout(t);
+      t = setTimeout(drawCharts, 60);
+    }).observe(root);
   }
 
   function showError(e) {
-    if (e.file === MODEL_FILE) showModelError(e);
+    let reason;
+    if (e.file === MODEL_FILE) { showModelError(e); reason = `the model has an error${e.line > 0 ? ` at line ${e.line}` : ''}`; }
     else {
       clearModelError();
-      el.settingsErr.textContent = `${e.problem || e.message}${e.fix ? ` — ${e.fix}` : ''}`;
+      el.settingsErr.textContent = `${pageWording(e.problem || e.message)}${e.fix ? ` — ${pageWording(e.fix)}` : ''}`;
       el.settingsErr.hidden = false;
+      reason = 'the settings have an error';
     }
-    const stale = root.querySelector('[data-r="stale"]');
-    if (stale) stale.hidden = !last;
-    if (!last) el.verdict.innerHTML = '<p class="bad big">No result yet: fix the error above.</p>';
+    markStale(reason);
   }
 
   function renderTiming(t) {
@@ -274,35 +427,41 @@ export function mountCalculator(host, opts = {}) {
       // freed and the allocation retried, so this can be below the uncapped peak reserved)
       const used = e.usable_bytes - e.headroom_bytes;
       const pct = Math.min(100, (100 * used) / Math.max(1, e.usable_bytes));
+      const custom = !gpus.some((g) => g.name === e.gpu.name);
       head = `<p class="big" data-r="verdictText">${fits ? '✓ Fits' : '✗ Does not fit'} on ${esc(e.gpu.name)}</p>`
-        + `<p>Peak <b title="${esc(exactBytes(used))}">${esc(bytes(used))}</b> reserved by PyTorch's allocator of `
+        + `<p>Peak <b data-r="peakReserved" title="${esc(exactBytes(used))}">${esc(bytes(used))}</b> reserved by PyTorch's allocator of `
         + `<b title="${esc(exactBytes(e.usable_bytes))}">${esc(bytes(e.usable_bytes))}</b> usable — `
-        + (e.headroom_bytes >= 0 ? `<b>${esc(bytes(e.headroom_bytes))}</b> headroom` : `<b>${esc(bytes(-e.headroom_bytes))}</b> missing`)
+        + (e.headroom_bytes >= 0 ? `<b data-r="headroom">${esc(bytes(e.headroom_bytes))}</b> headroom` : `<b data-r="headroom">${esc(bytes(-e.headroom_bytes))}</b> missing`)
         + `</p><div class="meter" role="img" aria-label="${pct.toFixed(0)}% of usable memory"><span style="width:${pct.toFixed(1)}%"></span></div>`
+        + `<p class="usable" data-r="usableLine">Usable <b>${esc(bytes(e.usable_bytes))}</b> = ${custom ? `${esc(e.gpu.name)} = ${esc(int(e.gpu.cuda_total_bytes))} bytes = ` : `${esc(e.gpu.name)}: `}`
+        + `<b title="${esc(exactBytes(e.gpu.cuda_total_bytes))}">${esc(bytes(e.gpu.cuda_total_bytes))}</b> visible to CUDA − <b title="${esc(exactBytes(e.settings.context_bytes))}">${esc(bytes(e.settings.context_bytes))}</b> CUDA context</p>`
         + (e.fits_only_by_freeing_cache ? `<p class="muted">Fits only because the allocator frees its cached blocks and retries when it reaches the limit (its cache would otherwise grow to ${esc(bytes(e.peak.reserved_bytes))}); steps get slower.</p>` : '');
     }
-    el.verdict.innerHTML = head
-      + `<div class="facts"><span>Parameters <b data-r="params">${int(e.totals.params)}</b></span>`
-      + (e.gpu ? `<span>Largest batch that fits: ${maxText}</span>` : '')
+    el.verdict.innerHTML = '<p class="stale-label" data-r="stale" hidden></p>' + head
+      + `<div class="facts">`
+      + (e.gpu ? `<span class="maxb-fact">Largest batch that fits: ${maxText}</span>` : '')
+      + `<span>Parameters <b data-r="params">${int(e.totals.params)}</b></span>`
       + `<span>On the GPU at the peak (with CUDA context) <b>${esc(bytes(e.peak.device_bytes))}</b></span>`
-      + `<span class="muted">${esc(e.model.name)} · batch ${int(s.batch)} · ${esc(s.dtype)} · ${esc(optName)} · ${where}</span></div>`
-      + (e.gpu ? `<p class="muted" style="font-size:.82rem">Usable = the GPU's CUDA-visible ${esc(bytes(e.gpu.cuda_total_bytes))} − CUDA context ${esc(bytes(e.peak.context_bytes))}.</p>` : '')
-      + '<p class="stale" data-r="stale" hidden>Showing the last good result (the current input has an error).</p>';
+      + `<span class="muted">${esc(e.model.name)} · batch ${int(s.batch)} · ${esc(s.dtype)} · ${esc(optName)} · ${where}</span></div>`;
 
-    // remedies
-    const rem = e.remedies || [];
+    // remedies: the ones that fit first, with Apply; the others are partial (they help, but not enough)
+    const rem = (e.remedies || []).map((r, i) => ({ ...r, i, h: humanChange(r.change) }));
+    rem.sort((a, b) => (b.fits === true) - (a.fits === true) || a.i - b.i);
     if (e.fits === false && rem.length) {
       el.remedies.hidden = false;
-      el.remedies.innerHTML = '<h2>What to change so it fits</h2><ul>' + rem.map((r, i) => {
-        const h = humanChange(r.change);
-        const result = !r.fits ? `<span class="bad">still does not fit</span> (${esc(bytes(r.peak_reserved_bytes))} reserved)`
+      const item = (r) => {
+        const result = !r.fits ? `<span class="bad">still does not fit</span> (${esc(bytes(r.peak_reserved_bytes))} reserved, ${esc(bytes(r.peak_reserved_bytes - e.usable_bytes))} over)`
           : r.peak_reserved_bytes > e.usable_bytes ? '<span class="ok">fits</span> (the allocator frees its cache at the limit)'
             : `<span class="ok">fits</span> (${esc(bytes(r.peak_reserved_bytes))} reserved, ${esc(bytes(e.usable_bytes - r.peak_reserved_bytes))} headroom)`;
-        return `<li><div class="rem-text"><b>${esc(h.text)}</b> → ${result}<br><span class="muted">${esc(r.why)}</span></div>`
-          + (h.apply ? `<button type="button" data-apply="${i}" aria-label="Apply: ${esc(h.text)}">Apply</button>` : `<code>${esc(r.change)}</code>`) + '</li>';
-      }).join('') + '</ul>';
+        return `<li class="${r.fits ? 'rem-fits' : 'rem-partial'}"><div class="rem-text">${r.fits ? '' : '<span class="tag">partial</span> '}<b>${esc(r.h.text)}</b> → ${result}<br><span class="muted">${esc(pageWording(r.why))}</span></div>`
+          + (r.h.apply ? `<button type="button" data-apply="${r.i}" aria-label="Apply${r.fits ? '' : ' (partial)'}: ${esc(r.h.text)}">Apply</button>` : `<code>${esc(pageWording(r.change))}</code>`) + '</li>';
+      };
+      const fit = rem.filter((r) => r.fits), partial = rem.filter((r) => !r.fits);
+      el.remedies.innerHTML = '<h2>What to change so it fits</h2>'
+        + (fit.length ? `<ul>${fit.map(item).join('')}</ul>` : '<p>No single change below makes it fit on its own.</p>')
+        + (partial.length ? `<h3>Partial: each helps, but alone it still does not fit (combine them)</h3><ul>${partial.map(item).join('')}</ul>` : '');
       el.remedies.querySelectorAll('[data-apply]').forEach((b) => {
-        b.onclick = () => setState(humanChange(rem[Number(b.dataset.apply)].change).apply);
+        b.onclick = () => setState(humanChange(e.remedies[Number(b.dataset.apply)].change).apply);
       });
     } else if (e.fits === false) {
       el.remedies.hidden = false;
@@ -312,11 +471,12 @@ export function mountCalculator(host, opts = {}) {
       el.remedies.innerHTML = '';
     }
 
-    el.breakdown.innerHTML = breakdownChart(e);
-    if (el.timeline) el.timeline.innerHTML = timelineChart(e);
+    drawCharts();
+    if (el.breakdownNote) el.breakdownNote.innerHTML = breakdownNote(e);
+    if (el.timelineNote) el.timelineNote.innerHTML = timelineNote(e);
     if (el.layers) el.layers.innerHTML = layersTable(e);
     if (el.rules) el.rules.innerHTML = rulesTable(e);
-    if (el.notes) el.notes.innerHTML = e.notes.length ? `<ul>${e.notes.map((n) => `<li>${esc(n)}</li>`).join('')}</ul>` : '<p class="muted">None.</p>';
+    if (el.notes) el.notes.innerHTML = e.notes.length ? `<ul>${e.notes.map((n) => `<li>${esc(pageWording(n))}</li>`).join('')}</ul>` : '<p class="muted">None.</p>';
     if (el.full) el.full.href = new URL(`index.html${hashFor(state)}`, new URL('.', import.meta.url)).href;
   }
 
@@ -330,16 +490,107 @@ export function mountCalculator(host, opts = {}) {
     changed(0);
   }
 
+  // ---------- exports: Markdown, CSV, JSON ----------
+  function markdown() {
+    const e = last;
+    if (!e) return '';
+    const t = e.totals;
+    const lines = [`## memfit: ${e.model.name}, batch ${e.settings.batch}, ${e.settings.dtype}, ${e.settings.optimizer}${e.gpu ? ` on ${e.gpu.name}` : ''}`, ''];
+    if (e.gpu) {
+      lines.push(`**${e.fits ? 'Fits' : 'Does not fit'}**: peak ${bytes(e.usable_bytes - e.headroom_bytes)} reserved of ${bytes(e.usable_bytes)} usable (${e.headroom_bytes >= 0 ? `${bytes(e.headroom_bytes)} headroom` : `${bytes(-e.headroom_bytes)} missing`}).`);
+      lines.push(`Usable ${bytes(e.usable_bytes)} = ${bytes(e.gpu.cuda_total_bytes)} visible to CUDA − ${bytes(e.settings.context_bytes)} CUDA context.`);
+      if (lastMax != null) lines.push(`Largest batch that fits: ${int(lastMax)}.`);
+    } else lines.push(`Peak ${bytes(e.peak.reserved_bytes)} reserved, ${bytes(e.peak.allocated_bytes)} allocated.`);
+    lines.push('', '| layer | kind | output | params | saved | gradients | optimizer state |', '|---|---|---|---:|---:|---:|---:|');
+    for (const l of e.layers) lines.push(`| ${l.name} | ${l.kind} | ${shape(l.output_shape)} ${l.output_dtype} | ${int(l.params)} | ${bytes(l.saved_bytes)} | ${bytes(l.grad_bytes)} | ${bytes(l.optimizer_bytes)} |`);
+    lines.push(`| **total** | | | ${int(t.params)} | ${bytes(t.saved_activation_bytes)} | ${bytes(t.grad_bytes)} | ${bytes(t.optimizer_bytes)} |`, '', `Computed by memfit ${e.memfit} in the browser.`);
+    return lines.join('\n');
+  }
+  function csv() {
+    const q = (v) => (/[",\n]/.test(String(v)) ? `"${String(v).replace(/"/g, '""')}"` : String(v));
+    const rows = [['layer', 'kind', 'output_shape', 'output_dtype', 'output_bytes', 'params', 'param_bytes', 'saved_bytes', 'grad_bytes', 'optimizer_bytes']];
+    for (const l of last.layers) rows.push([l.name, l.kind, l.output_shape.join('x'), l.output_dtype, l.output_bytes, l.params, l.param_bytes, l.saved_bytes, l.grad_bytes, l.optimizer_bytes]);
+    return rows.map((r) => r.map(q).join(',')).join('\n') + '\n';
+  }
+  function download(name, type, text) {
+    const a = document.createElement('a');
+    a.href = URL.createObjectURL(new Blob([text], { type }));
+    a.download = name;
+    root.appendChild(a);
+    a.click();
+    setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
+  }
+  if (el.exports) {
+    const status = el.exports.querySelector('[data-r="exportStatus"]');
+    el.exports.addEventListener('click', async (ev) => {
+      const b = ev.target.closest('button[data-export]');
+      if (!b || !last) return;
+      const stem = `memfit-${last.model.name}-b${last.settings.batch}`;
+      if (b.dataset.export === 'md') {
+        const md = markdown();
+        root.dataset.markdown = md;
+        const box = el.exports.querySelector('[data-r="mdBox"]');
+        try { await navigator.clipboard.writeText(md); status.textContent = 'Markdown copied.'; box.hidden = true; } catch {
+          status.textContent = 'The clipboard is blocked here: select the Markdown below and copy it.';
+          box.value = md;
+          box.hidden = false;
+          box.select();
+        }
+      } else if (b.dataset.export === 'csv') download(`${stem}-layers.csv`, 'text/csv', csv());
+      else if (b.dataset.export === 'json') download(`${stem}.json`, 'application/json', lastText);
+    });
+  }
+
+  // ---------- which GPUs fit this? ----------
+  async function gpuTable() {
+    const box = el.gpuTable.querySelector('[data-r="gpuRows"]');
+    box.innerHTML = '<p class="muted">computing…</p>';
+    const my = seq;
+    const st = { ...state };
+    const rows = [];
+    for (const g of gpus) {
+      const base = { model: st.text, file: MODEL_FILE, options: { ...options(st), gpu: g.name } };
+      const [est, mb] = [await call({ ...base, command: 'estimate' }, 'gpus-estimate'), await call({ ...base, command: 'max-batch' }, 'gpus-max-batch')];
+      if (est.result.error) { box.innerHTML = `<p class="bad">${esc(pageWording(est.result.error.message))}</p>`; return; }
+      rows.push({ name: g.name, cuda: g.cuda_total_bytes, usable: est.result.usable_bytes, fits: est.result.fits, headroom: est.result.headroom_bytes, max: mb.result.error ? null : mb.result.max_batch });
+      if (my !== seq) { box.innerHTML = '<p class="muted">The input changed: run it again.</p>'; return; }
+    }
+    let key = 'headroom', dir = -1;
+    const draw = () => {
+      const sorted = [...rows].sort((a, b) => dir * ((a[key] > b[key]) - (a[key] < b[key])));
+      const th = (k, label) => `<th scope="col"${k !== 'name' ? ' class="num"' : ''} aria-sort="${key === k ? (dir > 0 ? 'ascending' : 'descending') : 'none'}"><button type="button" data-sort="${k}">${label}${key === k ? (dir > 0 ? ' ▲' : ' ▼') : ''}</button></th>`;
+      box.innerHTML = `<div class="table-wrap"><table><thead><tr>${th('name', 'GPU')}${th('usable', 'Usable')}${th('fits', 'Fits')}${th('headroom', 'Headroom')}${th('max', 'Largest batch')}<th scope="col"><span class="visually-hidden">Select</span></th></tr></thead><tbody>`
+        + sorted.map((r) => `<tr data-gpu="${esc(r.name)}"><td>${esc(r.name)}</td><td class="num">${esc(bytes(r.usable))}</td><td class="num">${r.fits ? '<span class="ok">✓ fits</span>' : '<span class="bad">✗ no</span>'}</td>`
+          + `<td class="num">${r.headroom >= 0 ? esc(bytes(r.headroom)) : `<span class="bad">${esc(bytes(r.headroom))}</span>`}</td><td class="num">${r.max == null ? '–' : int(r.max)}</td>`
+          + `<td><button type="button" data-pick="${esc(r.name)}"${r.name === state.gpu ? ' aria-pressed="true"' : ''}>${r.name === state.gpu ? 'Selected' : 'Select'}</button></td></tr>`).join('')
+        + '</tbody></table></div>';
+      box.querySelectorAll('[data-sort]').forEach((b) => { b.onclick = () => { const k = b.dataset.sort; dir = key === k ? -dir : k === 'name' ? 1 : -1; key = k; draw(); }; });
+      box.querySelectorAll('[data-pick]').forEach((b) => { b.onclick = () => { setState({ gpu: b.dataset.pick }); draw(); }; });
+    };
+    draw();
+  }
+  if (el.gpuTable) el.gpuTable.querySelector('[data-r="gpuRun"]').addEventListener('click', gpuTable);
+
   // ---------- events ----------
   el.text.addEventListener('input', () => { renderGutter(); changed(150); });
   el.text.addEventListener('scroll', syncScroll);
   el.preset.addEventListener('change', () => {
+    if (el.preset.value === DRAFT) {
+      const d = loadDraft();
+      if (d != null) { el.text.value = d; renderGutter(); changed(0); }
+      return;
+    }
     const m = models.find((x) => x.name === el.preset.value);
-    if (m) { el.text.value = m.text; renderGutter(); changed(0); }
+    if (m) {
+      // the user's own text is kept as a draft entry before a preset replaces it
+      if (!models.some((x) => x.text === el.text.value)) { saveDraft(el.text.value); ensureDraftOption(); }
+      el.text.value = m.text;
+      renderGutter();
+      changed(0);
+    }
   });
   el.batch.addEventListener('input', () => {
-    const b = Math.floor(Number(el.batch.value));
-    if (b >= 1) el.range.value = String(batchToSlider(b));
+    if (!checkBatch(el.batch.value)) el.range.value = String(batchToSlider(Number(el.batch.value)));
     changed(120);
   });
   el.range.addEventListener('input', () => { el.batch.value = String(sliderToBatch(Number(el.range.value))); changed(60); });
@@ -366,8 +617,10 @@ export function mountCalculator(host, opts = {}) {
   const ready = (async () => {
     [models, gpus] = await Promise.all([builtinModels(), gpuCatalog()]);
     el.preset.innerHTML = '<option value="">(your own model)</option>' + models.map((m) => `<option value="${esc(m.name)}">${esc(m.name)}</option>`).join('');
+    ensureDraftOption();
     el.gpu.innerHTML = gpus.map((g) => `<option value="${esc(g.name)}">${esc(gpuLabel(g))}</option>`).join('')
       + `<option value="${CUSTOM}">Custom size…</option>`;
+    if (el.gpuNote) el.gpuNote.textContent = 'Sizes: what CUDA reports for the card (cudaMemGetInfo total).';
     if (state.text == null) {
       const m = models.find((x) => x.name === state.preset) || models.find((x) => x.name === DEFAULTS.preset) || models[0];
       if (state.preset && m.name !== state.preset) {
@@ -377,15 +630,43 @@ export function mountCalculator(host, opts = {}) {
       state.text = m.text;
       state.preset = m.name;
     }
+    if (opts.ignored && opts.ignored.length && el.urlNote) {
+      el.urlNote.innerHTML = `The link had settings this calculator cannot use, so it ignored them: ${opts.ignored.map((x) => `<code>${esc(x.param)}</code> (${esc(x.why)})`).join('; ')}.`
+        + ' <button type="button" data-r="urlNoteClose" aria-label="Dismiss this notice">Dismiss</button>';
+      el.urlNote.hidden = false;
+      el.urlNote.querySelector('[data-r="urlNoteClose"]').onclick = () => { el.urlNote.hidden = true; };
+    }
     writeControls();
+    const problem = validate();
+    if (problem) { markStale(problem); return; }
     await run();
   })();
 
-  return { setState, getState: () => ({ ...state }), ready, root };
+  return { setState, getState: () => ({ ...state }), ready, root, last: () => last };
+}
+
+function breakdownNote(e) {
+  const t = e.totals, b = e.peak.breakdown;
+  const items = [];
+  items.push(`<li><b>Parameters ${esc(bytes(b.parameter))}</b> here are the allocator's blocks (each tensor rounded up to a multiple of 512 B); the weights themselves are ${int(t.params)} values = <b>${esc(bytes(t.param_bytes))}</b> (${int(t.param_bytes)} B), as in the per-layer table.</li>`);
+  items.push(`<li><b>Saved activations ${esc(bytes(b.activation))}</b> are the saved tensors still alive at the peak (${esc(e.peak.phase.replace('_', ' '))}${e.peak.layer ? ` at ${esc(e.peak.layer)}` : ''}, iteration ${e.peak.iteration}), in allocator blocks; the per-layer table's total <b>${esc(bytes(t.saved_activation_bytes))}</b> is everything saved over the forward pass, in exact bytes.</li>`);
+  if (t.grad_bytes && b.gradient !== t.grad_bytes) items.push(`<li><b>Gradients ${esc(bytes(b.gradient))}</b>: the .grad blocks alive at the peak; all gradients are ${esc(bytes(t.grad_bytes))}.</li>`);
+  return `<p class="hint">Why these differ from the per-layer table:</p><ul class="hint">${items.join('')}</ul>`;
+}
+
+function timelineNote(e) {
+  const its = (e.iterations || []).map((i) => `iteration ${i.iteration}: ${esc(bytes(i.allocated_bytes))} allocated, ${esc(bytes(i.reserved_bytes))} reserved`);
+  const ra = e.iterations && e.iterations.length ? e.iterations.reduce((a, i) => (i.reserved_bytes > a.reserved_bytes ? i : a)) : null;
+  const aa = e.iterations && e.iterations.length ? e.iterations.reduce((a, i) => (i.allocated_bytes > a.allocated_bytes ? i : a)) : null;
+  let why = '';
+  if (ra && aa && ra.iteration !== aa.iteration) {
+    why = ` Allocated memory peaks in iteration ${aa.iteration}, reserved memory in iteration ${ra.iteration}: the caching allocator keeps the blocks freed in earlier iterations and splits them differently, so what it holds grows after the first step. The verdict uses the highest of all (${esc(bytes(e.peak.reserved_bytes))} reserved).`;
+  }
+  return `Peaks per iteration — ${its.join('; ')}.${why}`;
 }
 
 function template(id, mode, state) {
-  const compact = mode === 'compact';
+  const compact = mode !== 'full';
   const editor = `
     <div class="field">
       <label for="${id}-preset">Model preset</label>
@@ -407,9 +688,10 @@ function template(id, mode, state) {
       <div class="field wide">
         <label for="${id}-batch">Batch size</label>
         <div class="batch-row">
-          <input type="number" id="${id}-batch" data-r="batch" min="1" max="${BATCH_MAX}" step="1" inputmode="numeric">
+          <input type="number" id="${id}-batch" data-r="batch" min="1" max="${BATCH_MAX}" step="1" inputmode="numeric" aria-describedby="${id}-batcherr">
           <input type="range" data-r="range" min="0" max="186" step="1" aria-label="Batch size slider (doubles every 8 steps)">
         </div>
+        <div class="field-error" id="${id}-batcherr" data-r="batchErr" role="alert" hidden></div>
       </div>
       <div class="field">
         <label for="${id}-dtype">Precision</label>
@@ -423,44 +705,58 @@ function template(id, mode, state) {
         <label for="${id}-impl">Optimizer implementation</label>
         <select id="${id}-impl" data-r="impl">${opt(IMPLS, state.impl)}</select>
       </div>`}
-      <div class="field">
-        <label for="${id}-gpu">GPU</label>
-        <select id="${id}-gpu" data-r="gpu"><option>${esc(state.gpu)}</option></select>
+      <div class="field gpu-field">
+        <label for="${id}-gpu">GPU <span class="muted">(memory CUDA sees)</span></label>
+        <select id="${id}-gpu" data-r="gpu" aria-describedby="${id}-gpunote"><option>${esc(state.gpu)}</option></select>
+        <div class="hint" id="${id}-gpunote" data-r="gpuNote"></div>
         <div data-r="gpuCustomWrap" hidden>
           <label for="${id}-gpuc" class="visually-hidden">Custom GPU memory size</label>
-          <input type="text" id="${id}-gpuc" data-r="gpuCustom" placeholder="24GiB" aria-describedby="${id}-gpuchint" style="margin-top:.3rem;width:100%">
-          <div class="hint" id="${id}-gpuchint">A size such as 24GiB, 12GB or 12000MiB.</div>
+          <input type="text" id="${id}-gpuc" data-r="gpuCustom" placeholder="24GiB" aria-describedby="${id}-gpuchint ${id}-gpuerr" style="margin-top:.3rem;width:100%">
+          <div class="hint" id="${id}-gpuchint">A size with its unit: 24GiB (binary), 12GB (decimal, 10⁹ bytes) or 12000MiB.</div>
+          <div class="field-error" id="${id}-gpuerr" data-r="gpuErr" role="alert" hidden></div>
         </div>
       </div>
     </div>
     <p class="settings-error" data-r="settingsErr" role="alert" hidden></p>
     ${compact ? '' : `<div class="row"><button type="button" class="primary" data-r="copy">Copy link to this calculation</button><span class="copy-status" data-r="copyStatus" role="status" aria-live="polite"></span></div>`}`;
+  const verdict = '<section class="verdict" data-r="verdict" role="status" aria-live="polite"><p class="loading">Loading the memfit module…</p></section>';
+  const urlNote = '<p class="url-note" data-r="urlNote" role="status" hidden></p>';
+  const breakdown = `<section><h2>Where the memory goes at the peak</h2><figure data-r="breakdown"></figure>
+        <figcaption>Tensors alive at the peak by category, the allocator's cached free blocks, and the CUDA context.</figcaption><div data-r="breakdownNote"></div></section>`;
   if (compact) {
-    return `
+    return `${urlNote}
       <div class="panel">${settings}
         <details class="model"><summary>Model: edit the layers</summary>${editor}</details>
       </div>
-      <section class="verdict" data-r="verdict" role="status" aria-live="polite"><p class="loading">Loading the memfit module…</p></section>
+      ${verdict}
       <section class="remedies" data-r="remedies" hidden></section>
-      <section><h2>Where the memory goes at the peak</h2><figure data-r="breakdown"></figure></section>
-      <section><h2>Memory against batch size</h2><figure data-r="sweep"></figure></section>
+      ${breakdown}
+      ${mode === 'verdict' ? '' : '<section><h2>Memory against batch size</h2><figure data-r="sweep"></figure></section>'}
       <p class="timing"><a data-r="full" href="index.html" target="_blank" rel="noopener">Open in the full calculator</a> · <span data-r="timing"></span></p>`;
   }
-  return `
-    <div class="inputs">
-      <div class="panel">${editor}</div>
-      <div class="panel"><h2>Training settings</h2>${settings}</div>
+  return `${urlNote}
+    <div class="layout">
+      <div class="panel col-editor">${editor}</div>
+      <div class="col-side">
+        <div class="panel"><h2>Training settings</h2>${settings}</div>
+        ${verdict}
+      </div>
     </div>
-    <section class="verdict" data-r="verdict" role="status" aria-live="polite"><p class="loading">Loading the memfit module…</p></section>
     <section class="remedies" data-r="remedies" hidden></section>
     <div class="charts">
-      <section><h2>Where the memory goes at the peak</h2><figure data-r="breakdown"></figure>
-        <figcaption>Tensors alive at the peak by category, the allocator's cached free blocks, and the CUDA context.</figcaption></section>
-      <section><h2>Memory through one training step</h2><figure data-r="timeline"></figure>
-        <figcaption>Allocated (live tensors) and reserved (PyTorch's caching allocator) after each op of the iteration with the peak.</figcaption></section>
+      ${breakdown}
+      <section><h2>Memory through the training loop</h2><figure data-r="timeline"></figure>
+        <figcaption>Allocated (live tensors) and reserved (PyTorch's caching allocator) after each op, through every simulated iteration. <span data-r="timelineNote"></span></figcaption></section>
       <section class="span2"><h2>Memory against batch size</h2><figure data-r="sweep"><p class="muted">computing…</p></figure>
         <figcaption>Peak memory for each batch size without a limit. Past the GPU's usable line the allocator first frees its cache and retries; the largest batch is where even that runs out.</figcaption></section>
     </div>
+    <section data-r="exports"><h2>Take the results with you</h2>
+      <div class="row"><button type="button" data-export="md">Copy as Markdown</button><button type="button" data-export="csv">Download per-layer CSV</button><button type="button" data-export="json">Download the core's JSON</button>
+      <span class="copy-status" data-r="exportStatus" role="status" aria-live="polite"></span></div>
+      <label class="visually-hidden" for="${id}-md">The results as Markdown</label><textarea class="code md-box" id="${id}-md" data-r="mdBox" rows="8" readonly hidden></textarea></section>
+    <section data-r="gpuTable"><h2>Which GPUs fit this?</h2>
+      <p class="hint">Runs this model with these settings on every GPU of the catalog (an estimate and a largest-batch search each).</p>
+      <div class="row"><button type="button" data-r="gpuRun">Compare all GPUs</button></div><div data-r="gpuRows"></div></section>
     <section><h2>Per layer</h2><div class="table-wrap" data-r="layers"></div>
       <p class="hint">Saved tensors are what autograd keeps for the backward pass; grey ones are counted elsewhere (parameters, the input batch, or an earlier layer).</p></section>
     <section><h2>Rules of thumb compared</h2><div data-r="rules"></div></section>
@@ -542,19 +838,33 @@ export async function decodeState(loc = location) {
   const raw = loc.hash.length > 1 ? loc.hash.slice(1) : loc.search.slice(1);
   const p = new URLSearchParams(raw);
   const st = {};
+  const ignored = [];  // [{param, why}]: shown on the page, never dropped silently
+  const list = (l) => l.map(([v]) => v).join(', ');
   if (p.has('model')) st.preset = p.get('model');
   if (p.has('text')) { st.text = p.get('text'); st.preset = null; }
   if (p.has('z')) {
     try {
       st.text = new TextDecoder().decode(await pipe(unb64url(p.get('z')), new DecompressionStream('deflate-raw')));
       st.preset = null;
-    } catch { /* a damaged link: keep the default model */ }
+    } catch { ignored.push({ param: 'z=…', why: 'the model in the link is damaged; showing the default model' }); }
   }
-  const b = Number(p.get('batch'));
-  if (p.has('batch') && Number.isInteger(b) && b >= 1) st.batch = b;
-  if (p.has('dtype') && DTYPES.some(([v]) => v === p.get('dtype'))) st.dtype = p.get('dtype');
-  if (p.has('optimizer') && OPTIMIZERS.some(([v]) => v === p.get('optimizer'))) st.optimizer = p.get('optimizer');
-  if (p.has('impl') && IMPLS.some(([v]) => v === p.get('impl'))) st.impl = p.get('impl');
+  if (p.has('batch')) {
+    const msg = checkBatch(p.get('batch'));
+    if (msg) ignored.push({ param: `batch=${p.get('batch')}`, why: `${msg} Using ${DEFAULTS.batch}` });
+    else st.batch = Number(p.get('batch'));
+  }
+  const pick = (key, values, what, field) => {
+    if (!p.has(key)) return;
+    if (values.some(([v]) => v === p.get(key))) st[field] = p.get(key);
+    else ignored.push({ param: `${key}=${p.get(key)}`, why: `not ${what}: ${list(values)}; using ${DEFAULTS[field]}` });
+  };
+  pick('dtype', DTYPES, 'a precision', 'dtype');
+  pick('optimizer', OPTIMIZERS, 'an optimizer', 'optimizer');
+  pick('impl', IMPLS, 'an optimizer implementation', 'impl');
   if (p.has('gpu') && p.get('gpu')) st.gpu = p.get('gpu');
+  const known = new Set(['model', 'text', 'z', 'batch', 'dtype', 'optimizer', 'impl', 'gpu', 'view']);
+  for (const k of new Set(p.keys())) if (!known.has(k)) ignored.push({ param: `${k}=${p.get(k)}`, why: `unknown key; the keys are ${[...known].join(', ')}` });
+  Object.defineProperty(st, 'ignored', { value: ignored, enumerable: false });
+  if (p.has('view')) Object.defineProperty(st, 'view', { value: p.get('view'), enumerable: false });
   return st;
 }

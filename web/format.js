@@ -46,3 +46,12 @@ export function shape(s) {
 export function esc(s) {
   return String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
 }
+
+/** Short axis labels: 950, 1.5k, 10k, 150k, 1.2M. */
+export function compactInt(n) {
+  const a = Math.abs(n);
+  const f = (v, u) => `${+v.toFixed(v < 10 ? 1 : 0)}${u}`;
+  if (a >= 1e6) return f(n / 1e6, 'M');
+  if (a >= 1e3) return f(n / 1e3, 'k');
+  return String(Math.round(n));
+}

@@ -1,7 +1,7 @@
 // <memfit-calculator> — the calculator as a custom element for documentation pages:
 //   <script type="module" src="memfit-calculator.js"></script>
 //   <memfit-calculator model="resnet18" batch="32" gpu="RTX 3090"></memfit-calculator>
-// Attributes: model (a builtin model name), batch, dtype (fp32|fp16|bf16), optimizer (sgd, sgd-momentum,
+// Attributes: view="verdict" (model, settings, verdict and breakdown only), model (a builtin model name), batch, dtype (fp32|fp16|bf16), optimizer (sgd, sgd-momentum,
 // adam, adamw, adagrad, rmsprop), gpu (a catalog name or a size like 24GiB). Your own model text instead of
 // a builtin one: put it in a child <script type="text/memfit">...</script>. The element fills its
 // container's width; its styles live in a shadow root, so the host page's CSS does not leak in.
@@ -10,7 +10,7 @@ import { mountCalculator, DEFAULTS } from './calculator.js';
 const cssUrl = new URL('memfit.css', import.meta.url).href;
 
 class MemfitCalculator extends HTMLElement {
-  static get observedAttributes() { return ['model', 'batch', 'dtype', 'optimizer', 'gpu']; }
+  static get observedAttributes() { return ['model', 'batch', 'dtype', 'optimizer', 'gpu']; }  // view: read once
 
   stateFromAttributes() {
     const st = {};
@@ -30,7 +30,7 @@ class MemfitCalculator extends HTMLElement {
     if (this.calc) return;
     const shadow = this.attachShadow({ mode: 'open' });
     shadow.innerHTML = `<style>:host{display:block;width:100%;max-width:100%}</style><link rel="stylesheet" href="${cssUrl}">`;
-    this.calc = mountCalculator(shadow, { mode: 'compact', state: { ...DEFAULTS, ...this.stateFromAttributes() } });
+    this.calc = mountCalculator(shadow, { mode: this.getAttribute('view') === 'verdict' ? 'verdict' : 'compact', state: { ...DEFAULTS, ...this.stateFromAttributes() } });
   }
 
   attributeChangedCallback(name, oldValue, value) {

@@ -8,7 +8,8 @@ import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-export const DIST = path.join(ROOT, 'web', 'dist');
+// MEMFIT_WEB_DIST: serve another build of the page (e.g. an older one, to see that a test fails there).
+export const DIST = process.env.MEMFIT_WEB_DIST ? path.resolve(process.env.MEMFIT_WEB_DIST) : path.join(ROOT, 'web', 'dist');
 export const ARTIFACTS = path.join(ROOT, 'test-artifacts');
 
 const TYPES = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.mjs': 'text/javascript', '.css': 'text/css', '.wasm': 'application/wasm', '.svg': 'image/svg+xml', '.png': 'image/png' };

@@ -2,7 +2,8 @@
 # memfit web tests: builds what they need, then
 #   1. tests/web/module.test.mjs   the WebAssembly module against the native CLI (byte-identical JSON on every
 #                                  models/*.memfit), errors as values, the module usable after an error;
-#   2. tests/web/browser.test.mjs  the page in headless Chromium (/usr/bin/chromium via playwright-core).
+#   2. tests/web/browser.test.mjs  the page in headless Chromium (/usr/bin/chromium via playwright-core);
+#      tests/web/page.test.mjs     layout, numbers, inputs, remedies, comparisons, exports, embedding (the web issue).
 # Screenshots: test-artifacts/. Env: MEMFIT_CLI (a built `memfit`; default: build/memfit, built here),
 # SKIP_BROWSER=1 (module tests only), CHROMIUM (default /usr/bin/chromium).
 set -euo pipefail
@@ -35,5 +36,5 @@ node --test tests/web/module.test.mjs
 if [ "${SKIP_BROWSER:-0}" != 1 ]; then
   [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || apt_install chromium
   echo "== browser tests (screenshots in test-artifacts/)"
-  node --test --test-concurrency=1 tests/web/browser.test.mjs
+  node --test --test-concurrency=1 tests/web/browser.test.mjs tests/web/page.test.mjs
 fi

@@ -22,8 +22,8 @@ inline constexpr const char* kDefaultModel = "question_cnn";
 // Settings as the user typed them; unset fields keep memfit's defaults.
 struct OptionStrings {
   std::optional<std::string> batch, dtype, optimizer, optimizer_impl, zero_grad, gpu, context, cublas_workspace,
-      cudnn_workspace, iterations, pytorch;
-  bool timeline = false;
+      cudnn_workspace, iterations, pytorch, grad_accumulation, freeze, train;
+  bool timeline = false, events = false;
 };
 Options make_options(const OptionStrings& s);
 
@@ -33,12 +33,13 @@ Optimizer parse_optimizer(std::string_view s);
 OptimizerImpl parse_optimizer_impl(std::string_view s);
 
 
-// Request: {"command": "estimate" | "max-batch" | "model" | "gpus" | "sweep" | "models",
+// Request: {"command": "estimate" | "max-batch" | "model" | "gpus" | "sweep" | "models" | "ops",
 //           "model": "<text or JSON source>", "file": "name for errors",
 //           "options": {"batch": "64", "dtype": "fp32", "optimizer": "sgd", "optimizer_impl": "foreach",
 //                       "zero_grad": "set_to_none", "gpu": "RTX 3090", "context": "426MiB",
 //                       "cublas_workspace": "...", "cudnn_workspace": "...", "iterations": "3",
-//                       "timeline": true},
+//                       "grad_accumulation": "1", "freeze": "features.*", "train": "fc,layer4",
+//                       "timeline": true, "events": true},
 //           "sweep_up_to": 256, "sweep_points": 24}
 // Result: the command's JSON (as `memfit <command> --json` prints it), or {"error": {...}}.
 std::string handle_request(std::string_view request_json);

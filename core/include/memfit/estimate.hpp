@@ -1,7 +1,8 @@
 // The pipeline every front end calls: model -> graph -> plan -> allocator model -> estimate.
-// Searches (largest batch, remedies) call the whole pipeline again with changed settings.
+// Searches (largest batch, remedies, sweeps) call run_pipeline again with changed settings.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -20,13 +21,14 @@ struct Options {
   std::optional<Workspaces> workspaces;          // unset: default_workspaces(gpu)
   AllocatorConfig allocator;                     // capacity is set from the GPU by estimate()
   bool timeline = false;                         // record memory per op (for charts)
+  bool events = false;                           // include the planned alloc/free events in the output
 };
 
 struct LayerRow {
   int node = 0;
   TensorType out;
   const char* output_storage = "new";  // "new", "in-place" (shares its input), "view"
-  i64 params = 0, param_bytes = 0, buffer_bytes = 0;
+  i64 params = 0, frozen_params = 0, param_bytes = 0, buffer_bytes = 0;
   i64 grad_bytes = 0, optimizer_bytes = 0, output_bytes = 0;
   i64 saved_bytes = 0;  // storages this layer is the first to save (params and the loop's batch excluded)
   std::vector<SavedRecord> saved;
@@ -60,13 +62,40 @@ struct Estimate {
   std::vector<std::string> notes;
 };
 
+// The one pipeline every command, search and front end runs: graph -> schedule -> plan -> allocator
+// model. `capacity_bytes` > 0 replays with the GPU's usable memory as the cudaMalloc limit (the
+// release-and-retry path included), 0 without a limit (what max_memory_* report on a roomy GPU).
+struct Pipeline {
+  Graph graph;
+  Plan plan;
+  SimResult sim;
+};
+Pipeline run_pipeline(const Model& model, const Options& options, i64 capacity_bytes = 0);
+
+// The settings the planner runs with (workspaces resolved for the GPU).
+TrainSettings effective_train(const Options& options);
+i64 usable_bytes(const Options& options);  // the GPU's CUDA-visible total minus the context; 0 without a GPU
+
 Estimate estimate(const Model& model, const Options& options);
+
+// Largest n in [1, limit] with fits(n), for a fits() that is monotone (true up to some n, then
+// false): doubling from `start`, then bisection. Shared by max-batch here and the probe's search
+// by real allocation. fits() returning nullopt stops the search (interrupted, device error).
+struct LargestSearch {
+  i64 largest = 0;        // 0: even 1 does not fit
+  bool capped = false;    // everything up to `limit` fits: `largest` is the limit, not a boundary
+  bool stopped = false;   // fits() asked to stop
+  int n_probes = 0;
+};
+LargestSearch search_largest(const std::function<std::optional<bool>(i64)>& fits, i64 start, i64 limit);
+inline constexpr i64 kBatchSearchLimit = i64{1} << 40;  // beyond any GPU: stops the doubling
 
 // Largest batch for which the allocator model does not run out of the GPU's usable memory.
 // 0 when even batch 1 does not fit. Requires options.gpu.
 struct MaxBatch {
   i64 max_batch = 0;
   int n_probes = 0;
+  bool capped = false;  // every batch up to kBatchSearchLimit fits: max_batch is the search cap
 };
 MaxBatch max_batch(const Model& model, const Options& options);
 

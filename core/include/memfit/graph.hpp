@@ -1,8 +1,10 @@
-// The model with every tensor's shape and dtype inferred for one batch size and precision, and each
-// node's memory behaviour fetched from its op rule. Built once per estimate; read-only afterwards.
+// The model with every tensor's shape and dtype inferred for one batch size and precision, each
+// node's memory behaviour fetched from its op rule and resolved against what requires grad, and the
+// regions (the block/repeat nesting) over the flat list. Built once per estimate; read-only after.
 #pragma once
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "memfit/model.hpp"
@@ -10,30 +12,61 @@
 
 namespace memfit {
 
+// What the graph depends on besides the model. freeze / train are globs over layer and region
+// names (`*` any characters, `?` one; a region name stands for everything inside it; `layer.param`
+// names one parameter): frozen parameters get requires_grad=False, as `p.requires_grad_(False)`.
+struct GraphSettings {
+  i64 batch = 64;
+  DType compute = DType::f32;  // f32, or the autocast dtype (f16 / bf16)
+  TorchRules rules = TorchRules::v2;
+  std::vector<std::string> freeze;  // these parameters are frozen
+  std::vector<std::string> train;   // only these parameters train (the rest are frozen)
+};
+
 struct Node {
   const Layer* layer = nullptr;
   const OpRule* rule = nullptr;
-  std::vector<int> in;          // producer node indices
+  std::vector<int> in;               // producer node indices
   std::vector<TensorType> in_types;  // as the op consumes them (after autocast casts)
-  OpShape shape;                // output type, parameters, resolved attributes
-  OpMemory mem;                 // what forward/backward allocate and save
-  std::vector<bool> param_cast;  // per param: autocast makes a low-precision copy (lower-list ops)
-  bool requires_grad = false;   // does the output require grad (so autograd records the op)
+  OpShape shape;                     // output type, parameters (trainable flags resolved), attributes
+  OpMemory mem;                      // what forward/backward allocate, as the rule says
+  std::vector<SavedSpec> saved;      // mem.saved whose condition holds (empty if !requires_grad)
+  // Per parameter: autocast runs the op on a low-precision copy (a lower-list op under autocast,
+  // floating parameter); cached: the copy lives in autocast's weight cache until autocast exits,
+  // which it does only for leaves that require grad (autocast_mode.cpp cached_cast), else it is
+  // made per call.
+  std::vector<bool> param_cast, param_cached;
+  bool requires_grad = false;  // does the output require grad (so autograd records the op)
   int n_consumers = 0;
+  int region = -1;  // innermost region holding this layer; -1 at the top level
+};
+
+// A block or repeat instance, known by the dotted prefix its layers share ("layer1", "layer1.0").
+struct Region {
+  std::string name;
+  int parent = -1;
+  int depth = 0;
+  int first_node = 0, last_node = 0;  // in graph order
+  int n_nodes = 0;
 };
 
 struct Graph {
   std::string model_name;
   i64 batch = 0;
-  DType compute = DType::f32;  // f32, or the autocast dtype (f16 / bf16)
+  DType compute = DType::f32;
   std::vector<Node> nodes;     // nodes[0] is the input; the last node is the loss
+  std::vector<Region> regions;  // parents before children
   bool loss_appended = false;  // the model did not end in a loss: nn.CrossEntropyLoss was added
   TensorType target;           // int64 [N] class indices
   std::unique_ptr<Layer> appended_loss;
-  int model_output = -1;       // node whose output the training loop holds as `out`
+  int model_output = -1;  // node whose output the training loop holds as `out`
+  i64 n_frozen_params = 0;  // parameter elements with requires_grad=False
 };
 
 // Throws Error naming the layer for any shape problem.
-Graph build_graph(const Model& model, i64 batch, DType compute, TorchRules rules = TorchRules::v2);
+Graph build_graph(const Model& model, const GraphSettings& settings);
+
+// `*` and `?` glob over names (exposed for tests).
+bool glob_match(std::string_view pattern, std::string_view name);
 
 }  // namespace memfit

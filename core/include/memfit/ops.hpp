@@ -1,4 +1,4 @@
-// The op registry: the only place that knows a layer kind. Each rule is a pure function of shapes:
+// The op registry: the only place that knows a layer kind. Each rule is a pure function of its inputs:
 // its attributes, output shape and parameters, and what its forward and backward do to memory
 // (what autograd saves, what is allocated). Adding a layer kind = one rule in ops.cpp + one test.
 // Registering a kind or alias twice is an error (as in torch/utils/flop_counter.py's registry).
@@ -25,7 +25,12 @@ struct ParamSpec {
   std::string name;  // PyTorch's attribute name: weight, bias, running_mean, ...
   std::vector<i64> shape;
   DType dtype = DType::f32;
-  bool trainable = true;  // false: a buffer (no gradient, no optimizer state)
+  // A module buffer (BatchNorm's running stats): never a gradient, never optimizer state. Frozen
+  // parameters (requires_grad=False) are parameters with trainable=false, not buffers.
+  bool is_buffer = false;
+  // requires_grad: set by the graph from --freeze/--train after the shape rule ran; always false
+  // for buffers. Only trainable parameters get a .grad, optimizer state and autocast's weight cache.
+  bool trainable = true;
   i64 numel() const;
 };
 
@@ -37,20 +42,38 @@ enum class Autocast : std::uint8_t {
   promote,  // cast inputs to the widest input dtype (add, cat)
 };
 
+// A tensor an op touches: one of its inputs, its output, an op-internal tensor (`extras`), one of its
+// parameters (as the op sees it: autocast's low-precision copy where there is one), or the loop's
+// targets.
 struct TensorRef {
   enum Kind : std::uint8_t { input, output, extra, param, target } kind = input;
   int index = 0;
 };
 
+// When autograd keeps a saved tensor. Codegen saves some tensors only when the gradient that needs
+// them will be computed (derivatives.yaml + gen_autograd_functions.py `should_compute_output`):
+// addmm keeps mat1 only if mat2 requires grad and mat2 only if mat1 does.
+struct SaveIf {
+  enum Kind : std::uint8_t { always, input_needs_grad, param_needs_grad } kind = always;
+  int index = 0;  // which input / parameter
+};
+
 struct SavedSpec {
   TensorRef ref;
-  const char* role;  // derivatives.yaml name: "self", "result", "indices", "mask", ...
+  const char* role = "";  // derivatives.yaml name: "self", "result", "indices", "mask", ...
+  SaveIf when = {};
 };
 
 struct ExtraSpec {
   const char* name;  // e.g. "indices": allocated with the output, kept only if saved
   TensorType type;
 };
+
+// Library workspaces an op's kernels take through the caching allocator. cuBLAS and cuBLASLt
+// workspaces belong to the calling thread's handle and are kept once created; a cuDNN convolution
+// workspace is allocated for the call and freed after it (sizes: device.hpp, Workspaces).
+enum class Workspace : std::uint8_t { cublas, cublaslt, cudnn_conv };
+const char* workspace_name(Workspace w);
 
 struct OpMemory {
   // fresh: a new storage; in_place: writes into input 0 (relu_); view: shares input 0 (flatten).
@@ -59,10 +82,12 @@ struct OpMemory {
   std::vector<TensorType> fwd_temps;
   std::vector<SavedSpec> saved;  // only recorded when the output requires grad
   // Per input: fresh = backward allocates a gradient of the input's size; pass = hands the incoming
-  // gradient on unchanged (add); view = hands on a view of it (flatten, cat's narrow).
-  enum class GradIn : std::uint8_t { fresh, pass, view };
+  // gradient on unchanged (add); view = hands on a view of the whole of it (flatten); slice = hands
+  // on a narrow() of it (cat): not dense, so input_buffer.cpp never accumulates into it in place.
+  enum class GradIn : std::uint8_t { fresh, pass, view, slice };
   std::vector<GradIn> grad_in;
   std::vector<TensorType> bwd_temps;  // live while the node's backward runs
+  std::vector<Workspace> fwd_workspaces, bwd_workspaces;
 };
 
 struct OpShape {
@@ -71,11 +96,14 @@ struct OpShape {
   std::map<std::string, Value> attrs;  // attributes resolved (e.g. padding "same" -> (1, 1))
 };
 
+// What a rule sees: a pure function of these. Version and backend differences are inputs here
+// (`rules`), never ifs in the planner.
 struct OpCall {
   const Layer& layer;
   std::vector<TensorType> in;  // after autocast casts
   std::vector<bool> in_requires_grad;
-  i64 batch;
+  std::vector<bool> param_requires_grad;  // per OpShape::params; empty while the shape rule runs
+  i64 batch = 0;
   TorchRules rules = TorchRules::v2;
 };
 
@@ -85,23 +113,36 @@ struct AttrSpec {
   const char* default_text;  // nullptr: required
 };
 
+// Rule families: the files of core/src/ops/ (and the sections of the docs' layer table).
+enum class OpFamily : std::uint8_t { shape, conv_pool, norm, activation, loss };
+const char* op_family_name(OpFamily f);
+
 struct OpRule {
   const char* kind;
-  std::vector<const char*> aliases;
-  std::vector<AttrSpec> attrs;
-  std::vector<const char*> positional;  // attribute keys that may be given by position, in order
-  int min_inputs = 1, max_inputs = 1;   // max -1: any number
+  std::vector<const char*> aliases = {};
+  std::vector<AttrSpec> attrs = {};
+  std::vector<const char*> positional = {};  // attribute keys that may be given by position, in order
+  int min_inputs = 1, max_inputs = 1;        // max -1: any number
   Autocast autocast = Autocast::keep;
   bool is_loss = false;
-  const char* source;  // citation for the memory behaviour
-  OpShape (*shape)(const OpCall&);
-  OpMemory (*memory)(const OpCall&, const OpShape&);
+  OpFamily family = OpFamily::shape;
+  const char* pytorch = "";  // the PyTorch module or function it stands for, e.g. "nn.Conv2d"
+  const char* summary = "";  // one line for the docs table and the web page's help
+  const char* source = "";   // citation for the memory behaviour
+  OpShape (*shape)(const OpCall&) = nullptr;
+  OpMemory (*memory)(const OpCall&, const OpShape&) = nullptr;
+  // Said in the estimate's notes when this op's output goes straight into the loss (softmax before
+  // nn.CrossEntropyLoss applies softmax twice); nullptr: nothing to say.
+  const char* before_loss_note = nullptr;
 };
 
 void register_op(OpRule rule);  // throws std::logic_error on a duplicate kind or alias
 const OpRule* find_op(std::string_view kind_or_alias);  // nullptr if unknown
 const std::vector<const OpRule*>& all_ops();
 std::string known_kinds();  // "input, conv2d, ..." for error messages
+// The registry as JSON (`memfit ops --json`, docs/ops.json): what docs, the web help and tools read.
+std::string ops_json();
+std::string ops_markdown_table();  // docs/model-format.md's layer table
 
 // Attribute readers for rules; errors name the layer's file, line and column.
 i64 attr_int(const Layer& l, const char* key);

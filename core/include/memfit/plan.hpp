@@ -3,6 +3,8 @@
 // tensors, gradient buffers). The allocator model only replays these events.
 #pragma once
 
+#include <cstdint>
+#include <string>
 #include <vector>
 
 #include "memfit/graph.hpp"
@@ -22,7 +24,8 @@ struct Workspaces {
 };
 
 struct TrainSettings {
-  i64 batch = 64;
+  i64 batch = 64;                // samples per forward/backward (the micro-batch with accumulation)
+  int grad_accumulation = 1;     // micro-batches per optimizer step (gradients accumulate in .grad)
   DType precision = DType::f32;  // f32, or torch.autocast with f16 / bf16 (parameters stay f32)
   Optimizer optimizer = Optimizer::sgd;
   OptimizerImpl impl = OptimizerImpl::foreach;
@@ -30,7 +33,31 @@ struct TrainSettings {
   int n_iterations = 3;     // iteration 1 creates optimizer state; the last one is the steady state
   TorchRules rules = TorchRules::v2;
   Workspaces workspaces;
+  std::vector<std::string> freeze, train;  // parameter globs (GraphSettings)
 };
+GraphSettings graph_settings(const TrainSettings& s);
+
+// The training step as a schedule of steps over the graph; the planner executes it. The steady-state
+// loop, the first iteration and gradient accumulation are different schedules of the same steps
+// (activation checkpointing will add recompute steps).
+struct Step {
+  enum class Kind : std::uint8_t {
+    setup,           // model.cuda(), the optimizer's __init__ state, the batch on the device
+    zero_grad,       // optimizer.zero_grad()
+    begin_forward,   // out = model(x) starts (under autocast when mixed precision)
+    forward,         // one node's forward (the loss node's is the loss phase)
+    end_forward,     // autocast exits: its weight-cast cache is cleared; the loop holds out, loss
+    begin_backward,  // loss.backward(): the ones_like seed
+    backward,        // one node's backward
+    end_backward,    // the graph is freed: anything not reached is released
+    end_micro_batch, // the loop rebinds out and loss
+    optimizer,       // optimizer.step()
+  } kind;
+  std::int32_t node = -1;
+  std::uint8_t iteration = 0;
+};
+std::vector<Step> build_schedule(const Graph& g, const TrainSettings& s);
+const char* step_kind_name(Step::Kind k);
 
 struct PlanTensor {
   i64 bytes = 0;
@@ -66,6 +93,6 @@ struct Plan {
   std::vector<i64> node_optimizer_bytes;  // per node: persistent optimizer state bytes
 };
 
-Plan plan_training(const Graph& g, const TrainSettings& s);
+Plan plan_training(const Graph& g, const TrainSettings& s);  // executes build_schedule(g, s)
 
 }  // namespace memfit

@@ -20,6 +20,10 @@ std::string estimate_json(const Model& model, const Estimate& e);  // e = estima
 std::string max_batch_json(const Model& model, const Options& options);
 // The model as the flat JSON form (docs/model-format.md#json), attributes resolved.
 std::string model_json(const Model& model);
+// The plan the allocator model replays, one line per event (docs/json-output.md "Events"):
+//   alloc ID BYTES CATEGORY LAYER PHASE ITERATION   (LAYER "-" for none)
+//   free ID
+std::string events_text(const Estimate& e);
 std::string gpus_json();
 // Peak memory for each batch size in [1, up to] (for the memory-vs-batch chart), n_points samples.
 std::string batch_sweep_json(const Model& model, const Options& options, i64 up_to, int n_points);

@@ -24,6 +24,7 @@ std::string handle_request(std::string_view request_json) {
     }
     std::string command = req.value("command", std::string("estimate"));
     if (command == "gpus") return gpus_json();
+    if (command == "ops") return ops_json();
     if (command == "models") {
       json arr = json::array();
       for (const auto& m : builtin_models()) arr.push_back({{"name", m.name}, {"text", m.text}});
@@ -32,8 +33,8 @@ std::string handle_request(std::string_view request_json) {
     OptionStrings s;
     if (req.contains("options") && req["options"].is_object()) {
       for (const auto& [k, v] : req["options"].items()) {
-        if (k == "timeline") {
-          s.timeline = v.is_boolean() && v.get<bool>();
+        if (k == "timeline" || k == "events") {
+          (k == "timeline" ? s.timeline : s.events) = v.is_boolean() && v.get<bool>();
           continue;
         }
         std::string text = v.is_string() ? v.get<std::string>() : v.dump();
@@ -48,6 +49,9 @@ std::string handle_request(std::string_view request_json) {
         else if (k == "cudnn_workspace") s.cudnn_workspace = text;
         else if (k == "iterations") s.iterations = text;
         else if (k == "pytorch") s.pytorch = text;
+        else if (k == "grad_accumulation") s.grad_accumulation = text;
+        else if (k == "freeze") s.freeze = text;
+        else if (k == "train") s.train = text;
         else throw Error({}, "", "unknown option '" + k + "'", "see core/include/memfit/api.hpp");
       }
     }
@@ -71,7 +75,7 @@ std::string handle_request(std::string_view request_json) {
         throw Error({}, "", "sweep_up_to must be 1..2^30 and sweep_points 2..200", "use smaller numbers");
       return batch_sweep_json(model, options, up_to, n);
     }
-    throw Error({}, "", "unknown command '" + command + "'", "use estimate, max-batch, model, sweep, gpus or models");
+    throw Error({}, "", "unknown command '" + command + "'", "use estimate, max-batch, model, sweep, gpus, models or ops");
   } catch (const Error& e) {
     return error_json(e);
   } catch (const std::exception& e) {

@@ -8,14 +8,37 @@
 namespace memfit {
 
 namespace {
+
 i64 parse_positive(const std::string& s, const char* what, i64 max) {
   i64 v = 0;
   auto r = std::from_chars(s.data(), s.data() + s.size(), v);
   if (r.ec != std::errc() || r.ptr != s.data() + s.size() || v < 1 || v > max)
     throw Error({}, "", std::string(what) + " '" + s + "' is not a whole number from 1 to " + std::to_string(max),
-                std::string("give e.g. ") + (std::string(what) == "batch" ? "--batch 64" : "--iterations 3"));
+                std::string("give e.g. ") + (std::string(what) == "batch"       ? "--batch 64"
+                                             : std::string(what) == "iterations" ? "--iterations 3"
+                                                                                 : "--grad-accum 4"));
   return v;
 }
+
+// "features.*,classifier.0" -> globs; empty items are refused (a stray comma is a typo).
+std::vector<std::string> parse_globs(const std::string& text, const char* flag) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (true) {
+    std::size_t comma = text.find(',', start);
+    std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    while (!item.empty() && item.front() == ' ') item.erase(item.begin());
+    while (!item.empty() && item.back() == ' ') item.pop_back();
+    if (item.empty())
+      throw Error({}, "", std::string(flag) + " '" + text + "' has an empty name",
+                  "give layer or region names separated by commas, e.g. " + std::string(flag) + " layer4,fc");
+    out.push_back(std::move(item));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
 }  // namespace
 
 Options make_options(const OptionStrings& s) {
@@ -44,7 +67,14 @@ Options make_options(const OptionStrings& s) {
     if (s.cudnn_workspace) w.cudnn_conv_bytes = parse_size(*s.cudnn_workspace, "the cuDNN workspace size");
     o.workspaces = w;
   }
+  if (s.grad_accumulation)
+    o.train.grad_accumulation = static_cast<int>(parse_positive(*s.grad_accumulation, "grad_accumulation", 1024));
+  if (s.freeze) o.train.freeze = parse_globs(*s.freeze, "--freeze");
+  if (s.train) o.train.train = parse_globs(*s.train, "--train");
+  if (!o.train.freeze.empty() && !o.train.train.empty())
+    throw Error({}, "", "both --freeze and --train are given", "give one: --freeze what stays fixed, or --train what learns");
   o.timeline = s.timeline;
+  o.events = s.events;
   return o;
 }
 

@@ -1,6 +1,11 @@
+// Shape inference over the flat layer list, in order: each node asks its rule for the output type
+// and parameters, the settings decide which parameters train, and then the rule says what the op
+// allocates and saves given what requires grad. Also: regions from the dotted names, and the
+// checks PyTorch would only fail at backward (an in-place write into a saved tensor).
 #include "memfit/graph.hpp"
 
 #include <map>
+#include <unordered_map>
 
 namespace memfit {
 
@@ -20,17 +25,80 @@ DType autocast_dtype(Autocast policy, DType compute, DType in, DType widest) {
   return in;
 }
 
+// Does a glob select this parameter: the layer itself, any region holding it, or `layer.param`.
+bool selects(const std::string& glob, const std::string& layer, const std::string& param) {
+  if (glob_match(glob, layer) || glob_match(glob, layer + "." + param)) return true;
+  for (std::size_t dot = layer.find('.'); dot != std::string::npos; dot = layer.find('.', dot + 1))
+    if (glob_match(glob, std::string_view(layer).substr(0, dot))) return true;
+  return false;
+}
+
+// Regions: every dotted prefix of a layer name ("layer1.0.conv1" -> "layer1", "layer1.0").
+void build_regions(Graph& g) {
+  std::unordered_map<std::string, int> by_name;
+  for (std::size_t i = 0; i < g.nodes.size(); ++i) {
+    const std::string& name = g.nodes[i].layer->name;
+    int parent = -1;
+    for (std::size_t dot = name.find('.'); dot != std::string::npos; dot = name.find('.', dot + 1)) {
+      std::string prefix = name.substr(0, dot);
+      auto [it, inserted] = by_name.emplace(prefix, static_cast<int>(g.regions.size()));
+      if (inserted) {
+        Region r;
+        r.name = prefix;
+        r.parent = parent;
+        r.depth = parent < 0 ? 0 : g.regions[static_cast<std::size_t>(parent)].depth + 1;
+        r.first_node = static_cast<int>(i);
+        g.regions.push_back(std::move(r));
+      }
+      Region& r = g.regions[static_cast<std::size_t>(it->second)];
+      r.last_node = static_cast<int>(i);
+      r.n_nodes++;
+      parent = it->second;
+    }
+    g.nodes[i].region = parent;
+  }
+}
+
 }  // namespace
 
-Graph build_graph(const Model& model, i64 batch, DType compute, TorchRules rules) {
+bool glob_match(std::string_view p, std::string_view s) {
+  // Iterative wildcard match: linear in |p| * |s| at worst, no recursion.
+  std::size_t pi = 0, si = 0, star = std::string_view::npos, mark = 0;
+  while (si < s.size()) {
+    if (pi < p.size() && (p[pi] == '?' || p[pi] == s[si])) {
+      ++pi;
+      ++si;
+    } else if (pi < p.size() && p[pi] == '*') {
+      star = pi++;
+      mark = si;
+    } else if (star != std::string_view::npos) {
+      pi = star + 1;
+      si = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (pi < p.size() && p[pi] == '*') ++pi;
+  return pi == p.size();
+}
+
+Graph build_graph(const Model& model, const GraphSettings& gs) {
   if (model.layers.empty()) throw Error({model.file, 0, 0}, "", "the model has no layers", "add an input layer");
-  if (batch < 1) throw Error({}, "", "batch size must be at least 1", "give --batch N with N >= 1");
+  if (gs.batch < 1) throw Error({}, "", "batch size must be at least 1", "give --batch N with N >= 1");
+  if (!gs.freeze.empty() && !gs.train.empty())
+    throw Error({}, "", "both --freeze and --train are given", "give one: --freeze what stays fixed, or --train what learns");
   Graph g;
   g.model_name = model.name;
-  g.batch = batch;
-  g.compute = compute;
-  g.target = {{batch}, DType::i64};
+  g.batch = gs.batch;
+  g.compute = gs.compute;
+  g.target = {{gs.batch}, DType::i64};
+  const auto& globs = gs.freeze.empty() ? gs.train : gs.freeze;
+  std::vector<bool> glob_used(globs.size(), false);
   std::map<std::string, int, std::less<>> by_name;
+  // storage root of each node's output (in-place and view outputs share their input's), and the
+  // node that saved a root for backward
+  std::vector<int> root;
+  std::unordered_map<int, int> saved_by;
   auto add_node = [&](const Layer& layer) {
     const OpRule* rule = find_op(layer.kind);
     if (!rule) throw Error(layer.pos, layer.name, "unknown layer kind '" + layer.kind + "'", "see docs/model-format.md");
@@ -45,32 +113,83 @@ Graph build_graph(const Model& model, i64 batch, DType compute, TorchRules rules
     }
     DType widest = DType::f16;
     for (int p : n.in) {
-      DType t = g.nodes[p].shape.out.dtype;
+      DType t = g.nodes[static_cast<std::size_t>(p)].shape.out.dtype;
       if (t == DType::f32 || (t == DType::bf16 && widest == DType::f16)) widest = t;
     }
     bool any_rg = false;
-    for (int p : n.in) {
-      TensorType t = g.nodes[p].shape.out;
-      t.dtype = autocast_dtype(rule->autocast, compute, t.dtype, widest);
-      n.in_types.push_back(std::move(t));
-      any_rg = any_rg || g.nodes[p].requires_grad;
-      g.nodes[p].n_consumers++;
-    }
     std::vector<bool> in_rg;
-    for (int p : n.in) in_rg.push_back(g.nodes[p].requires_grad);
-    OpCall call{layer, n.in_types, in_rg, batch, rules};
-    n.shape = rule->shape(call);
-    n.shape.out.numel();  // checks the element count fits 64 bits
-    n.shape.out.bytes();
+    for (int p : n.in) {
+      Node& prod = g.nodes[static_cast<std::size_t>(p)];
+      TensorType t = prod.shape.out;
+      t.dtype = autocast_dtype(rule->autocast, gs.compute, t.dtype, widest);
+      n.in_types.push_back(std::move(t));
+      any_rg = any_rg || prod.requires_grad;
+      in_rg.push_back(prod.requires_grad);
+      prod.n_consumers++;
+    }
+    OpCall call{.layer = layer, .in = n.in_types, .in_requires_grad = in_rg, .batch = gs.batch, .rules = gs.rules};
+    try {
+      n.shape = rule->shape(call);
+      n.shape.out.bytes();  // checks the element count and bytes fit 64 bits
+    } catch (const Error& e) {
+      // Overflow errors from the checked helpers know no position: give them the layer's.
+      if (!e.pos().file.empty() || !e.layer().empty()) throw;
+      throw Error(layer.pos, layer.name, e.problem(), e.fix().empty() ? "use smaller sizes" : e.fix());
+    }
     bool has_trainable = false;
-    for (const auto& p : n.shape.params) {
+    for (auto& p : n.shape.params) {
+      try {
+        checked_mul(p.numel(), dtype_size(p.dtype), "parameter bytes");
+      } catch (const Error& e) {
+        throw Error(layer.pos, layer.name, e.problem(), "use smaller sizes");
+      }
+      if (p.is_buffer) {
+        p.trainable = false;
+      } else if (!globs.empty()) {
+        bool hit = false;
+        for (std::size_t k = 0; k < globs.size(); ++k)
+          if (selects(globs[k], layer.name, p.name)) {
+            hit = true;
+            glob_used[k] = true;
+          }
+        p.trainable = gs.freeze.empty() ? hit : !hit;
+      }
+      if (!p.is_buffer && !p.trainable) g.n_frozen_params = checked_add(g.n_frozen_params, p.numel(), "parameter count");
       has_trainable = has_trainable || p.trainable;
-      checked_mul(p.numel(), dtype_size(p.dtype), "parameter bytes");
-      n.param_cast.push_back(p.trainable && rule->autocast == Autocast::lower && compute != DType::f32);
+      bool cast = !p.is_buffer && is_float(p.dtype) && rule->autocast == Autocast::lower && gs.compute != DType::f32;
+      n.param_cast.push_back(cast);
+      n.param_cached.push_back(cast && p.trainable);
+      call.param_requires_grad.push_back(p.trainable);
     }
     n.requires_grad = any_rg || has_trainable;
     n.mem = rule->memory(call, n.shape);
-    by_name[layer.name] = static_cast<int>(g.nodes.size());
+    if (n.requires_grad)
+      for (const auto& sv : n.mem.saved) {
+        bool keep = sv.when.kind == SaveIf::always ||
+                    (sv.when.kind == SaveIf::input_needs_grad && in_rg[static_cast<std::size_t>(sv.when.index)]) ||
+                    (sv.when.kind == SaveIf::param_needs_grad &&
+                     call.param_requires_grad[static_cast<std::size_t>(sv.when.index)]);
+        if (keep) n.saved.push_back(sv);
+      }
+    const int self = static_cast<int>(g.nodes.size());
+    int my_root = n.mem.output == OpMemory::Output::fresh || n.in.empty() ? self : root[static_cast<std::size_t>(n.in[0])];
+    if (n.mem.output == OpMemory::Output::in_place) {
+      auto it = saved_by.find(my_root);
+      if (it != saved_by.end()) {
+        const std::string& saver = g.nodes[static_cast<std::size_t>(it->second)].layer->name;
+        throw Error(layer.pos, layer.name,
+                    "writes in place into '" + layer.inputs[0] + "', which '" + saver +
+                        "' saved for backward: PyTorch fails in loss.backward() with \"one of the variables needed "
+                        "for gradient computation has been modified by an inplace operation\"",
+                    "drop inplace on '" + layer.name + "' (or on '" + saver + "')");
+      }
+    }
+    for (const auto& sv : n.saved) {
+      if (sv.ref.kind == TensorRef::input) saved_by.emplace(root[static_cast<std::size_t>(n.in[static_cast<std::size_t>(sv.ref.index)])], self);
+      if (sv.ref.kind == TensorRef::output) saved_by.emplace(my_root, self);
+    }
+    root.push_back(my_root);
+    by_name[layer.name] = self;
     g.nodes.push_back(std::move(n));
   };
   for (const auto& layer : model.layers) {
@@ -79,6 +198,12 @@ Graph build_graph(const Model& model, i64 batch, DType compute, TorchRules rules
     add_node(layer);
   }
   if (g.nodes.size() < 2) throw Error(model.layers[0].pos, model.layers[0].name, "the model has only an input", "add layers");
+  for (std::size_t k = 0; k < globs.size(); ++k)
+    if (!glob_used[k])
+      throw Error({}, "", std::string(gs.freeze.empty() ? "--train" : "--freeze") + " '" + globs[k] +
+                              "' matches no parameter of the model",
+                  "name layers or regions as the model does (e.g. 'layer4', 'fc', 'features.*'); "
+                  "'memfit model MODEL --json' lists the layer names");
   if (!g.nodes.back().rule->is_loss) {
     // Training needs a loss: nn.CrossEntropyLoss on the last output (docs/model-format.md).
     const Layer& last = *g.nodes.back().layer;
@@ -92,9 +217,12 @@ Graph build_graph(const Model& model, i64 batch, DType compute, TorchRules rules
     g.loss_appended = true;
     add_node(l);
   }
+  if (!g.nodes.back().requires_grad)
+    throw Error({}, "", "nothing trains: every parameter is frozen", "leave at least one layer trainable (--train NAME)");
   // The loop holds the loss's input as `out` until the step ends, whether memfit appended the loss
   // or the model has its own (tools/memfit_torch.py training_step: out = model(x); loss_fn(out, y)).
   g.model_output = g.nodes.back().in.empty() ? -1 : g.nodes.back().in[0];
+  build_regions(g);
   return g;
 }
 

@@ -78,25 +78,94 @@ OpShape softmax_shape(const OpCall& c) {
 
 void activation_rules(std::vector<OpRule>& out) {
   const char* derivs = "tools/autograd/derivatives.yaml";
-  (void)derivs;
-  out.push_back({"relu", {}, {A("inplace", VT::boolean, "false")}, {}, 1, 1, Autocast::keep, false, derivs, same_shape,
-               save_result_memory});
-  out.push_back({"relu6", {}, {A("inplace", VT::boolean, "false")}, {}, 1, 1, Autocast::keep, false, derivs,
-               same_shape, clone_self_when_inplace_memory});
-  out.push_back({"leaky_relu", {"leakyrelu"},
-               {A("negative_slope", VT::real, "0.01"), A("inplace", VT::boolean, "false")}, {"negative_slope"}, 1, 1,
-               Autocast::keep, false, derivs, same_shape, self_or_result_memory});
-  out.push_back({"sigmoid", {}, {}, {}, 1, 1, Autocast::keep, false, derivs, same_shape, save_result_memory});
-  out.push_back({"tanh", {}, {}, {}, 1, 1, Autocast::keep, false, derivs, same_shape, save_result_memory});
-  out.push_back({"gelu", {}, {}, {}, 1, 1, Autocast::keep, false, derivs, same_shape, save_self_memory});
-  out.push_back({"silu", {"swish"}, {A("inplace", VT::boolean, "false")}, {}, 1, 1, Autocast::keep, false, derivs,
-               same_shape, clone_self_when_inplace_memory});
-  out.push_back({"dropout", {}, {A("p", VT::real, "0.5"), A("inplace", VT::boolean, "false")}, {"p"}, 1, 1,
-               Autocast::keep, false, "aten/src/ATen/native/Dropout.cpp", same_shape, dropout_memory});
-  out.push_back({"softmax", {}, {A("dim", VT::integer, "1")}, {"dim"}, 1, 1, Autocast::fp32, false, derivs,
-               softmax_shape, save_result_memory});
-  out.push_back({"log_softmax", {"logsoftmax"}, {A("dim", VT::integer, "1")}, {"dim"}, 1, 1, Autocast::fp32, false,
-               derivs, softmax_shape, save_result_memory});
+  out.push_back({.kind = "relu",
+                 .attrs = {A("inplace", VT::boolean, "false")},
+                 .family = OpFamily::activation,
+                 .pytorch = "nn.ReLU",
+                 .summary = "saves its result (in place too)",
+                 .source = derivs,
+                 .shape = same_shape,
+                 .memory = save_result_memory});
+  out.push_back({.kind = "relu6",
+                 .attrs = {A("inplace", VT::boolean, "false")},
+                 .family = OpFamily::activation,
+                 .pytorch = "nn.ReLU6",
+                 .summary = "hardtanh(0, 6); saves its input (in place: a copy of it)",
+                 .source = derivs,
+                 .shape = same_shape,
+                 .memory = clone_self_when_inplace_memory});
+  out.push_back({.kind = "leaky_relu",
+                 .aliases = {"leakyrelu"},
+                 .attrs = {A("negative_slope", VT::real, "0.01"), A("inplace", VT::boolean, "false")},
+                 .positional = {"negative_slope"},
+                 .family = OpFamily::activation,
+                 .pytorch = "nn.LeakyReLU",
+                 .summary = "saves its input (in place: its result)",
+                 .source = derivs,
+                 .shape = same_shape,
+                 .memory = self_or_result_memory});
+  out.push_back({.kind = "sigmoid",
+                 .family = OpFamily::activation,
+                 .pytorch = "nn.Sigmoid",
+                 .summary = "saves its result",
+                 .source = derivs,
+                 .shape = same_shape,
+                 .memory = save_result_memory});
+  out.push_back({.kind = "tanh",
+                 .family = OpFamily::activation,
+                 .pytorch = "nn.Tanh",
+                 .summary = "saves its result",
+                 .source = derivs,
+                 .shape = same_shape,
+                 .memory = save_result_memory});
+  out.push_back({.kind = "gelu",
+                 .family = OpFamily::activation,
+                 .pytorch = "nn.GELU",
+                 .summary = "saves its input",
+                 .source = derivs,
+                 .shape = same_shape,
+                 .memory = save_self_memory});
+  out.push_back({.kind = "silu",
+                 .aliases = {"swish"},
+                 .attrs = {A("inplace", VT::boolean, "false")},
+                 .family = OpFamily::activation,
+                 .pytorch = "nn.SiLU",
+                 .summary = "saves its input (in place: a copy of it)",
+                 .source = derivs,
+                 .shape = same_shape,
+                 .memory = clone_self_when_inplace_memory});
+  out.push_back({.kind = "dropout",
+                 .attrs = {A("p", VT::real, "0.5"), A("inplace", VT::boolean, "false")},
+                 .positional = {"p"},
+                 .family = OpFamily::activation,
+                 .pytorch = "nn.Dropout",
+                 .summary = "train mode; saves a bool mask (in place: a float noise tensor)",
+                 .source = "aten/src/ATen/native/Dropout.cpp",
+                 .shape = same_shape,
+                 .memory = dropout_memory});
+  out.push_back({.kind = "softmax",
+                 .attrs = {A("dim", VT::integer, "1")},
+                 .positional = {"dim"},
+                 .autocast = Autocast::fp32,
+                 .family = OpFamily::activation,
+                 .pytorch = "nn.Softmax",
+                 .summary = "saves its result; float32 under autocast",
+                 .source = derivs,
+                 .shape = softmax_shape,
+                 .memory = save_result_memory,
+                 .before_loss_note = "nn.CrossEntropyLoss applies log_softmax itself, so softmax before it trains on "
+                                     "softmax applied twice (a common bug; gradients shrink). Modelled as written"});
+  out.push_back({.kind = "log_softmax",
+                 .aliases = {"logsoftmax"},
+                 .attrs = {A("dim", VT::integer, "1")},
+                 .positional = {"dim"},
+                 .autocast = Autocast::fp32,
+                 .family = OpFamily::activation,
+                 .pytorch = "nn.LogSoftmax",
+                 .summary = "saves its result; float32 under autocast",
+                 .source = derivs,
+                 .shape = softmax_shape,
+                 .memory = save_result_memory});
 }
 
 }  // namespace memfit::rules

@@ -73,11 +73,14 @@ OpShape conv2d_shape(const OpCall& c) {
   if (attr_bool(c.layer, "bias")) s.params.push_back({"bias", {out_c}});
   return s;
 }
-OpMemory conv2d_memory(const OpCall& c, const OpShape&) {
+OpMemory conv2d_memory(const OpCall&, const OpShape&) {
   OpMemory m;
-  m.saved = {{{TensorRef::input, 0}, "input"}, {{TensorRef::param, 0}, "weight"}};
+  m.saved = {{.ref = {TensorRef::input, 0}, .role = "input"}, {.ref = {TensorRef::param, 0}, .role = "weight"}};
   m.grad_in = {GradIn::fresh};
-  (void)c;
+  // cudnn_convolution_forward / _backward_input / _backward_weight take a workspace per call
+  // (aten/src/ATen/native/cudnn/Conv_v8.cpp); its size is elastic (docs/pytorch-behaviour.md).
+  m.fwd_workspaces = {Workspace::cudnn_conv};
+  m.bwd_workspaces = {Workspace::cudnn_conv};
   return m;
 }
 
@@ -116,7 +119,7 @@ OpShape avgpool_shape(const OpCall& c) { return pool_shape_common(c, false); }
 OpMemory maxpool_memory(const OpCall&, const OpShape& s) {
   OpMemory m;
   m.extras = {{"indices", {s.out.shape, DType::i64}}};
-  m.saved = {{{TensorRef::input, 0}, "self"}, {{TensorRef::extra, 0}, "indices"}};
+  m.saved = {{.ref = {TensorRef::input, 0}, .role = "self"}, {.ref = {TensorRef::extra, 0}, .role = "indices"}};
   m.grad_in = {GradIn::fresh};
   return m;
 }
@@ -151,11 +154,18 @@ OpShape linear_shape(const OpCall& c) {
   if (attr_bool(c.layer, "bias")) s.params.push_back({"bias", {out}});
   return s;
 }
-OpMemory linear_memory(const OpCall& c, const OpShape&) {
+// The workspaces: the first matmul on a thread creates its cuBLAS handle's workspace; addmm with a
+// bias goes through cublasLt in forward (aten/src/ATen/cuda/CublasHandlePool.cpp, Blas.cpp
+// addmm_out_cuda_impl's useLtInterface); backward's mm calls are plain cuBLAS on autograd's thread.
+OpMemory linear_memory(const OpCall& c, const OpShape& s) {
   OpMemory m;
-  m.saved = {{{TensorRef::input, 0}, "mat1 (input)"}};
-  if (c.in_requires_grad[0]) m.saved.push_back({{TensorRef::param, 0}, "mat2 (weight.t())"});
+  m.saved = {{.ref = {TensorRef::input, 0}, .role = "mat1 (input)", .when = {SaveIf::param_needs_grad, 0}},
+             {.ref = {TensorRef::param, 0}, .role = "mat2 (weight.t())", .when = {SaveIf::input_needs_grad, 0}}};
   m.grad_in = {GradIn::fresh};
+  m.fwd_workspaces = {Workspace::cublas};
+  if (s.params.size() > 1) m.fwd_workspaces.push_back(Workspace::cublaslt);
+  m.bwd_workspaces = {Workspace::cublas};
+  (void)c;
   return m;
 }
 
@@ -164,25 +174,62 @@ OpMemory linear_memory(const OpCall& c, const OpShape&) {
 
 void conv_pool_rules(std::vector<OpRule>& out) {
   const char* derivs = "tools/autograd/derivatives.yaml";
-  (void)derivs;
-  out.push_back({"conv2d", {"conv"},
-               {A("out_channels", VT::integer, nullptr), A("kernel", VT::pair, nullptr), A("stride", VT::pair, "1"),
-                A("padding", VT::pair, "0"), A("dilation", VT::pair, "1"), A("groups", VT::integer, "1"),
-                A("bias", VT::boolean, "true")},
-               {"out_channels", "kernel"}, 1, 1, Autocast::lower, false, derivs, conv2d_shape, conv2d_memory});
-  out.push_back({"maxpool2d", {"maxpool", "max_pool2d"},
-               {A("kernel", VT::pair, nullptr), A("stride", VT::pair, "kernel"), A("padding", VT::pair, "0"),
-                A("dilation", VT::pair, "1"), A("ceil_mode", VT::boolean, "false")},
-               {"kernel"}, 1, 1, Autocast::keep, false, derivs, maxpool_shape, maxpool_memory});
-  out.push_back({"avgpool2d", {"avgpool", "avg_pool2d"},
-               {A("kernel", VT::pair, nullptr), A("stride", VT::pair, "kernel"), A("padding", VT::pair, "0"),
-                A("ceil_mode", VT::boolean, "false"), A("count_include_pad", VT::boolean, "true")},
-               {"kernel"}, 1, 1, Autocast::keep, false, derivs, avgpool_shape, save_self_memory});
-  out.push_back({"adaptive_avgpool2d", {"adaptive_avgpool", "gap", "global_avgpool"},
-               {A("output_size", VT::pair, "1")}, {"output_size"}, 1, 1, Autocast::keep, false, derivs,
-               adaptive_shape, adaptive_memory});
-  out.push_back({"linear", {"fc", "dense"}, {A("out_features", VT::integer, nullptr), A("bias", VT::boolean, "true")},
-               {"out_features"}, 1, 1, Autocast::lower, false, derivs, linear_shape, linear_memory});
+  out.push_back({.kind = "conv2d",
+                 .aliases = {"conv"},
+                 .attrs = {A("out_channels", VT::integer, nullptr), A("kernel", VT::pair, nullptr),
+                           A("stride", VT::pair, "1"), A("padding", VT::pair, "0"), A("dilation", VT::pair, "1"),
+                           A("groups", VT::integer, "1"), A("bias", VT::boolean, "true")},
+                 .positional = {"out_channels", "kernel"},
+                 .autocast = Autocast::lower,
+                 .family = OpFamily::conv_pool,
+                 .pytorch = "nn.Conv2d",
+                 .summary = "2-d convolution; saves its input and weight",
+                 .source = derivs,
+                 .shape = conv2d_shape,
+                 .memory = conv2d_memory});
+  out.push_back({.kind = "maxpool2d",
+                 .aliases = {"maxpool", "max_pool2d"},
+                 .attrs = {A("kernel", VT::pair, nullptr), A("stride", VT::pair, "kernel"), A("padding", VT::pair, "0"),
+                           A("dilation", VT::pair, "1"), A("ceil_mode", VT::boolean, "false")},
+                 .positional = {"kernel"},
+                 .family = OpFamily::conv_pool,
+                 .pytorch = "nn.MaxPool2d",
+                 .summary = "max pooling; saves its input and int64 indices of the output's shape",
+                 .source = derivs,
+                 .shape = maxpool_shape,
+                 .memory = maxpool_memory});
+  out.push_back({.kind = "avgpool2d",
+                 .aliases = {"avgpool", "avg_pool2d"},
+                 .attrs = {A("kernel", VT::pair, nullptr), A("stride", VT::pair, "kernel"), A("padding", VT::pair, "0"),
+                           A("ceil_mode", VT::boolean, "false"), A("count_include_pad", VT::boolean, "true")},
+                 .positional = {"kernel"},
+                 .family = OpFamily::conv_pool,
+                 .pytorch = "nn.AvgPool2d",
+                 .summary = "average pooling; saves its input",
+                 .source = derivs,
+                 .shape = avgpool_shape,
+                 .memory = save_self_memory});
+  out.push_back({.kind = "adaptive_avgpool2d",
+                 .aliases = {"adaptive_avgpool", "gap", "global_avgpool"},
+                 .attrs = {A("output_size", VT::pair, "1")},
+                 .positional = {"output_size"},
+                 .family = OpFamily::conv_pool,
+                 .pytorch = "nn.AdaptiveAvgPool2d",
+                 .summary = "adaptive average pooling; to 1x1 it is a mean that saves no input in PyTorch 2",
+                 .source = derivs,
+                 .shape = adaptive_shape,
+                 .memory = adaptive_memory});
+  out.push_back({.kind = "linear",
+                 .aliases = {"fc", "dense"},
+                 .attrs = {A("out_features", VT::integer, nullptr), A("bias", VT::boolean, "true")},
+                 .positional = {"out_features"},
+                 .autocast = Autocast::lower,
+                 .family = OpFamily::conv_pool,
+                 .pytorch = "nn.Linear",
+                 .summary = "fully connected (addmm); saves its input if the weight trains, the weight if the input needs grad",
+                 .source = derivs,
+                 .shape = linear_shape,
+                 .memory = linear_memory});
 }
 
 }  // namespace memfit::rules

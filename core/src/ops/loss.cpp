@@ -28,10 +28,16 @@ OpMemory cross_entropy_memory(const OpCall& c, const OpShape&) {
 }  // namespace
 
 void loss_rules(std::vector<OpRule>& out) {
-  const char* derivs = "tools/autograd/derivatives.yaml";
-  (void)derivs;
-  out.push_back({"cross_entropy", {"crossentropy", "cross_entropy_loss"}, {}, {}, 1, 1, Autocast::fp32, true, derivs,
-               cross_entropy_shape, cross_entropy_memory});
+  out.push_back({.kind = "cross_entropy",
+                 .aliases = {"crossentropy", "cross_entropy_loss"},
+                 .autocast = Autocast::fp32,
+                 .is_loss = true,
+                 .family = OpFamily::loss,
+                 .pytorch = "nn.CrossEntropyLoss",
+                 .summary = "log_softmax + nll_loss; saves the log-probabilities and the targets",
+                 .source = "tools/autograd/derivatives.yaml",
+                 .shape = cross_entropy_shape,
+                 .memory = cross_entropy_memory});
 }
 
 }  // namespace memfit::rules

@@ -17,9 +17,9 @@ OpShape batchnorm_shape(const OpCall& c) {
     s.params.push_back({"bias", {ch}});
   }
   if (attr_bool(c.layer, "track_running_stats")) {
-    s.params.push_back({"running_mean", {ch}, DType::f32, false});
-    s.params.push_back({"running_var", {ch}, DType::f32, false});
-    s.params.push_back({"num_batches_tracked", {}, DType::i64, false});
+    s.params.push_back({.name = "running_mean", .shape = {ch}, .is_buffer = true, .trainable = false});
+    s.params.push_back({.name = "running_var", .shape = {ch}, .is_buffer = true, .trainable = false});
+    s.params.push_back({.name = "num_batches_tracked", .shape = {}, .dtype = DType::i64, .is_buffer = true, .trainable = false});
   }
   return s;
 }
@@ -27,9 +27,9 @@ OpMemory batchnorm_memory(const OpCall& c, const OpShape&) {
   i64 ch = c.in[0].shape[1];
   OpMemory m;
   m.extras = {{"save_mean", {{ch}, DType::f32}}, {"save_invstd", {{ch}, DType::f32}}};
-  m.saved = {{{TensorRef::input, 0}, "input"},
-             {{TensorRef::extra, 0}, "save_mean"},
-             {{TensorRef::extra, 1}, "save_invstd"}};
+  m.saved = {{.ref = {TensorRef::input, 0}, .role = "input"},
+             {.ref = {TensorRef::extra, 0}, .role = "save_mean"},
+             {.ref = {TensorRef::extra, 1}, .role = "save_invstd"}};
   m.grad_in = {GradIn::fresh};
   return m;
 }
@@ -38,12 +38,16 @@ OpMemory batchnorm_memory(const OpCall& c, const OpShape&) {
 }  // namespace
 
 void norm_rules(std::vector<OpRule>& out) {
-  const char* derivs = "tools/autograd/derivatives.yaml";
-  (void)derivs;
-  out.push_back({"batchnorm2d", {"bn", "batchnorm"},
-               {A("eps", VT::real, "1e-05"), A("momentum", VT::real, "0.1"), A("affine", VT::boolean, "true"),
-                A("track_running_stats", VT::boolean, "true")},
-               {}, 1, 1, Autocast::keep, false, derivs, batchnorm_shape, batchnorm_memory});
+  out.push_back({.kind = "batchnorm2d",
+                 .aliases = {"bn", "batchnorm"},
+                 .attrs = {A("eps", VT::real, "1e-05"), A("momentum", VT::real, "0.1"), A("affine", VT::boolean, "true"),
+                           A("track_running_stats", VT::boolean, "true")},
+                 .family = OpFamily::norm,
+                 .pytorch = "nn.BatchNorm2d",
+                 .summary = "batch norm in train mode; saves its input and per-channel mean/invstd; running stats are buffers",
+                 .source = "tools/autograd/derivatives.yaml",
+                 .shape = batchnorm_shape,
+                 .memory = batchnorm_memory});
 }
 
 }  // namespace memfit::rules

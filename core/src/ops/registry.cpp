@@ -6,6 +6,8 @@
 #include "memfit/ops.hpp"
 #include "rules.hpp"
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cmath>
 #include <memory>
@@ -67,6 +69,10 @@ void add_rule(Registry& r, OpRule rule) {
   for (const char* a : owned->aliases) names.emplace_back(a);
   for (const auto& n : names)
     if (r.by_name.count(n)) throw std::logic_error("op kind or alias registered twice: " + n);
+  // Everything that lists kinds (docs, web help, tools) reads these fields: a rule without them is
+  // a programming error, caught when the registry is built.
+  if (!owned->shape || !owned->memory || !owned->summary[0] || !owned->pytorch[0] || !owned->source[0])
+    throw std::logic_error(std::string("op rule '") + owned->kind + "' lacks shape/memory/summary/pytorch/source");
   for (const auto& n : names) r.by_name.emplace(n, owned.get());
   r.list.push_back(owned.get());
   r.rules.push_back(std::move(owned));
@@ -102,6 +108,108 @@ const OpRule* find_op(std::string_view name) {
 }
 
 const std::vector<const OpRule*>& all_ops() { return registry().list; }
+
+const char* op_family_name(OpFamily f) {
+  switch (f) {
+    case OpFamily::shape: return "shape";
+    case OpFamily::conv_pool: return "conv_pool";
+    case OpFamily::norm: return "norm";
+    case OpFamily::activation: return "activation";
+    case OpFamily::loss: return "loss";
+  }
+  return "?";
+}
+
+const char* workspace_name(Workspace w) {
+  switch (w) {
+    case Workspace::cublas: return "cublas";
+    case Workspace::cublaslt: return "cublaslt";
+    case Workspace::cudnn_conv: return "cudnn_conv";
+  }
+  return "?";
+}
+
+namespace {
+const char* value_type_name(Value::Type t) {
+  switch (t) {
+    case Value::Type::integer: return "integer";
+    case Value::Type::pair: return "pair";
+    case Value::Type::boolean: return "boolean";
+    case Value::Type::real: return "real";
+    case Value::Type::text: return "text";
+  }
+  return "?";
+}
+const char* autocast_name(Autocast a) {
+  switch (a) {
+    case Autocast::keep: return "keep";
+    case Autocast::lower: return "lower";
+    case Autocast::fp32: return "fp32";
+    case Autocast::promote: return "promote";
+  }
+  return "?";
+}
+}  // namespace
+
+// Only what is static about a rule: its memory behaviour depends on shapes and settings, so it is
+// documented by `summary` and `source`, and computed by the estimate.
+std::string ops_json() {
+  nlohmann::ordered_json ops = nlohmann::ordered_json::array();
+  for (const OpRule* r : all_ops()) {
+    nlohmann::ordered_json attrs = nlohmann::ordered_json::array();
+    for (const auto& a : r->attrs)
+      attrs.push_back({{"key", a.key},
+                       {"type", value_type_name(a.type)},
+                       {"default", a.default_text ? nlohmann::ordered_json(a.default_text) : nlohmann::ordered_json(nullptr)}});
+    nlohmann::ordered_json j;
+    j["kind"] = r->kind;
+    j["aliases"] = r->aliases;
+    j["family"] = op_family_name(r->family);
+    j["pytorch"] = r->pytorch;
+    j["summary"] = r->summary;
+    j["attrs"] = std::move(attrs);
+    j["positional"] = r->positional;
+    j["min_inputs"] = r->min_inputs;
+    j["max_inputs"] = r->max_inputs;
+    j["autocast"] = autocast_name(r->autocast);
+    j["is_loss"] = r->is_loss;
+    j["source"] = r->source;
+    ops.push_back(std::move(j));
+  }
+  nlohmann::ordered_json out;
+  out["format"] = "memfit-ops/1";
+  out["ops"] = std::move(ops);
+  return out.dump(2) + "\n";
+}
+
+// The docs' layer table (docs/model-format.md between the ops-table markers), from the registry.
+std::string ops_markdown_table() {
+  std::string o = "| kind (aliases) | family | by position | options and defaults | inputs | PyTorch | memory |\n"
+                  "|---|---|---|---|---|---|---|\n";
+  auto code = [](const std::string& t) { return "`" + t + "`"; };
+  for (const OpRule* r : all_ops()) {
+    std::string kind = code(r->kind);
+    if (!r->aliases.empty()) {
+      kind += " (";
+      for (std::size_t i = 0; i < r->aliases.size(); ++i) kind += (i ? ", " : "") + code(r->aliases[i]);
+      kind += ")";
+    }
+    std::string pos;
+    for (std::size_t i = 0; i < r->positional.size(); ++i) pos += (i ? ", " : "") + std::string(r->positional[i]);
+    std::string opts;
+    for (std::size_t i = 0; i < r->attrs.size(); ++i) {
+      const AttrSpec& a = r->attrs[i];
+      opts += (i ? ", " : "") + (a.default_text ? code(std::string(a.key) + "=" + a.default_text)
+                                                : std::string(a.key) + " *required*");
+    }
+    std::string inputs = r->max_inputs < 0 ? std::to_string(r->min_inputs) + " or more"
+                         : r->min_inputs == r->max_inputs ? std::to_string(r->min_inputs)
+                                                          : std::to_string(r->min_inputs) + "-" + std::to_string(r->max_inputs);
+    o += "| " + kind + " | " + op_family_name(r->family) + " | " + (pos.empty() ? "—" : pos) + " | " +
+         (opts.empty() ? "—" : opts) + " | " + inputs + " | " + code(r->pytorch) + " | " + r->summary + " |\n";
+  }
+  return o;
+}
 
 std::string known_kinds() {
   std::string kinds;

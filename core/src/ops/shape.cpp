@@ -1,5 +1,7 @@
 // The input, views and element-wise combination of several inputs (add, concat).
 // Citations are to pytorch/pytorch; docs/pytorch-behaviour.md collects the evidence.
+#include <charconv>
+
 #include "rules.hpp"
 
 namespace memfit::rules {
@@ -80,9 +82,61 @@ OpShape concat_shape(const OpCall& c) {
   }
   return {with_shape(c.in[0], out), {}, c.layer.attrs};
 }
+// cat always copies into a new tensor (one input too: DenseNet's torch.cat([x], 1)). Its backward
+// hands each input a narrow() of the gradient: a slice that is not dense, except with one input,
+// where the narrow spans the whole gradient.
 OpMemory concat_memory(const OpCall& c, const OpShape&) {
   OpMemory m;
-  m.grad_in.assign(c.in.size(), GradIn::view);  // cat backward: narrow() views of the gradient
+  m.grad_in.assign(c.in.size(), c.in.size() == 1 ? GradIn::view : GradIn::slice);
+  return m;
+}
+
+// ---- mean over dims (x.mean([2, 3]), MNASNet's head). PyTorch 2's mean.dim backward uses only the
+// input's sizes and numel (derivatives.yaml `mean.dim`: `mean_backward(grad, self.sym_sizes(), dim,
+// self.sym_numel(), keepdim)`), so nothing is saved; torch 1.13's MeanBackward1 kept self (measured:
+// tests/reference/cpu_saved_models.json, the global average pool). Backward divides an expanded
+// gradient: a new tensor of the input's size.
+std::vector<i64> mean_dims(const OpCall& c) {
+  const Value& v = attr(c.layer, "dims");
+  i64 rank = static_cast<i64>(c.in[0].shape.size());
+  std::vector<i64> dims;
+  std::size_t start = 0;
+  const std::string& t = v.text;
+  while (start <= t.size()) {
+    std::size_t comma = t.find(',', start);
+    std::string part = t.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    i64 d = 0;
+    auto r = std::from_chars(part.data(), part.data() + part.size(), d);
+    if (part.empty() || r.ec != std::errc() || r.ptr != part.data() + part.size())
+      fail(c.layer, "dims='" + t + "' is not a list of dimensions", "write e.g. dims=2,3 (x.mean([2, 3]))");
+    if (d < 0) d += rank;
+    if (d <= 0 || d >= rank)
+      fail(c.layer, "dims: " + part + " is not a non-batch dimension of a " + std::to_string(rank) + "-d input",
+           "use dimensions 1.." + std::to_string(rank - 1) + " (or negative ones)");
+    if (std::find(dims.begin(), dims.end(), d) != dims.end())
+      fail(c.layer, "dims names dimension " + std::to_string(d) + " twice", "list each dimension once");
+    dims.push_back(d);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return dims;
+}
+OpShape mean_shape(const OpCall& c) {
+  std::vector<i64> dims = mean_dims(c);
+  bool keepdim = attr_bool(c.layer, "keepdim");
+  std::vector<i64> out;
+  const auto& in = c.in[0].shape;
+  for (std::size_t k = 0; k < in.size(); ++k) {
+    bool reduced = std::find(dims.begin(), dims.end(), static_cast<i64>(k)) != dims.end();
+    if (!reduced) out.push_back(in[k]);
+    else if (keepdim) out.push_back(1);
+  }
+  return {with_shape(c.in[0], out), {}, c.layer.attrs};
+}
+OpMemory mean_memory(const OpCall& c, const OpShape& s) {
+  if (c.rules == TorchRules::v1_13) return save_self_memory(c, s);
+  OpMemory m;
+  m.grad_in = {GradIn::fresh};
   return m;
 }
 
@@ -91,14 +145,57 @@ OpMemory concat_memory(const OpCall& c, const OpShape&) {
 
 void shape_rules(std::vector<OpRule>& out) {
   const char* derivs = "tools/autograd/derivatives.yaml";
-  (void)derivs;
-  out.push_back({"input", {}, {A("shape", VT::text, nullptr)}, {"shape"}, 0, 0, Autocast::keep, false,
-               "the batch held by the training loop", input_shape, no_memory});
-  out.push_back({"flatten", {}, {}, {}, 1, 1, Autocast::keep, false, "torch.flatten: a view", flatten_shape,
-               view_memory});
-  out.push_back({"add", {}, {A("inplace", VT::boolean, "false")}, {}, 2, -1, Autocast::promote, false, derivs, add_shape, add_memory});
-  out.push_back({"concat", {"cat"}, {A("dim", VT::integer, "1")}, {"dim"}, 2, -1, Autocast::promote, false, derivs,
-               concat_shape, concat_memory});
+  out.push_back({.kind = "input",
+                 .attrs = {A("shape", VT::text, nullptr)},
+                 .positional = {"shape"},
+                 .min_inputs = 0,
+                 .max_inputs = 0,
+                 .family = OpFamily::shape,
+                 .pytorch = "the batch",
+                 .summary = "the batch the training loop holds (per-sample shape; N is --batch)",
+                 .source = "the batch held by the training loop",
+                 .shape = input_shape,
+                 .memory = no_memory});
+  out.push_back({.kind = "flatten",
+                 .family = OpFamily::shape,
+                 .pytorch = "torch.flatten(x, 1)",
+                 .summary = "a view: no memory",
+                 .source = "torch.flatten of a contiguous tensor: a view",
+                 .shape = flatten_shape,
+                 .memory = view_memory});
+  out.push_back({.kind = "add",
+                 .attrs = {A("inplace", VT::boolean, "false")},
+                 .min_inputs = 2,
+                 .max_inputs = -1,
+                 .autocast = Autocast::promote,
+                 .family = OpFamily::shape,
+                 .pytorch = "a + b (out += b in place)",
+                 .summary = "element-wise sum; saves nothing, passes its gradient on to every input",
+                 .source = derivs,
+                 .shape = add_shape,
+                 .memory = add_memory});
+  out.push_back({.kind = "concat",
+                 .aliases = {"cat"},
+                 .attrs = {A("dim", VT::integer, "1")},
+                 .positional = {"dim"},
+                 .min_inputs = 1,
+                 .max_inputs = -1,
+                 .autocast = Autocast::promote,
+                 .family = OpFamily::shape,
+                 .pytorch = "torch.cat",
+                 .summary = "concatenation; saves nothing, each input gets a slice of its gradient",
+                 .source = derivs,
+                 .shape = concat_shape,
+                 .memory = concat_memory});
+  out.push_back({.kind = "mean",
+                 .attrs = {A("dims", VT::text, nullptr), A("keepdim", VT::boolean, "false")},
+                 .positional = {"dims"},
+                 .family = OpFamily::shape,
+                 .pytorch = "x.mean([2, 3])",
+                 .summary = "mean over the given dims; saves nothing in PyTorch 2 (its input in 1.13)",
+                 .source = derivs,
+                 .shape = mean_shape,
+                 .memory = mean_memory});
 }
 
 }  // namespace memfit::rules

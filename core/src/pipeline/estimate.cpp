@@ -4,31 +4,77 @@
 
 namespace memfit {
 
-namespace {
-
-Workspaces workspaces_for(const Options& o) { return o.workspaces ? *o.workspaces : default_workspaces(o.gpu); }
-
 TrainSettings effective_train(const Options& o) {
   TrainSettings t = o.train;
-  t.workspaces = workspaces_for(o);
+  t.workspaces = o.workspaces ? *o.workspaces : default_workspaces(o.gpu);
   return t;
 }
 
-i64 usable_of(const Options& o) {
+i64 usable_bytes(const Options& o) {
   if (!o.gpu) return 0;
   return o.gpu->cuda_total_bytes - o.context_bytes;
 }
 
-// Runs plan + allocator model with the GPU's usable memory as the cudaMalloc limit.
+Pipeline run_pipeline(const Model& model, const Options& options, i64 capacity_bytes) {
+  Pipeline p;
+  TrainSettings train = effective_train(options);
+  p.graph = build_graph(model, graph_settings(train));
+  p.plan = plan_training(p.graph, train);
+  AllocatorConfig cfg = options.allocator;
+  cfg.capacity_bytes = capacity_bytes;
+  SimOptions so;
+  so.record_timeline = options.timeline && capacity_bytes == 0;
+  p.sim = simulate(p.plan, cfg, so);
+  return p;
+}
+
+namespace {
+
+// Does this batch train within the GPU's usable memory (the allocator model with its limit)?
 bool fits_on_gpu(const Model& model, const Options& o, i64 batch) {
   Options p = o;
   p.train.batch = batch;
-  Graph g = build_graph(model, batch, p.train.precision, p.train.rules);
-  Plan plan = plan_training(g, effective_train(p));
-  AllocatorConfig cfg = p.allocator;
-  cfg.capacity_bytes = usable_of(p);
-  if (cfg.capacity_bytes <= 0) return false;
-  return !simulate(plan, cfg).oom;
+  p.timeline = false;
+  i64 usable = usable_bytes(p);
+  if (usable <= 0) return false;
+  return !run_pipeline(model, p, usable).sim.oom;
+}
+
+// An op whose rule has a note for when it feeds the loss (softmax before cross-entropy): say so,
+// with what removing the layer would change, computed by the same pipeline on the model without it.
+void before_loss_note(const Model& model, const Options& options, Estimate& e) {
+  const Node& loss = e.graph.nodes.back();
+  if (!loss.rule->is_loss || loss.in.empty()) return;
+  const Node& feeder = e.graph.nodes[static_cast<std::size_t>(loss.in[0])];
+  if (!feeder.rule->before_loss_note || feeder.in.size() != 1 || feeder.n_consumers != 1) return;
+  std::string note = "'" + feeder.layer->name + "' (" + feeder.rule->kind + ") feeds the loss: " + feeder.rule->before_loss_note;
+  Model without = model;
+  const std::string& name = feeder.layer->name;
+  const std::string& replacement = e.graph.nodes[static_cast<std::size_t>(feeder.in[0])].layer->name;
+  std::vector<Layer> kept;
+  kept.reserve(without.layers.size());
+  for (auto& l : without.layers) {
+    if (l.name == name) continue;
+    for (auto& in : l.inputs)
+      if (in == name) in = replacement;
+    kept.push_back(std::move(l));
+  }
+  without.layers = std::move(kept);
+  try {
+    Options o = options;
+    o.timeline = false;
+    o.events = false;
+    i64 peak = run_pipeline(without, o).sim.peak_allocated_bytes;
+    i64 saved = 0;
+    for (const auto& r : e.plan.saved)
+      if (r.node == loss.in[0] && r.owner == r.node && !r.is_param && !r.is_input) saved += r.type.bytes();
+    note += "; it saves " + format_bytes_exact(saved) + " for backward, and without it the peak allocated would be " +
+            (peak == e.peak_allocated_bytes ? "the same (" + format_mib(peak) + ")"
+                                            : format_mib(peak) + " instead of " + format_mib(e.peak_allocated_bytes));
+  } catch (const Error&) {
+    // the model without the layer is not valid (e.g. the shapes then differ): say only the first part
+  }
+  e.notes.push_back(note + ".");
 }
 
 // The public rules of thumb memfit compares itself with (their factors, as people state them).
@@ -69,12 +115,10 @@ Estimate estimate(const Model& model, const Options& options) {
   e.options = options;
   e.model_name = model.name;
   e.model_file = model.file;
-  e.graph = build_graph(model, options.train.batch, options.train.precision, options.train.rules);
-  TrainSettings train = effective_train(options);
-  e.plan = plan_training(e.graph, train);
-  SimOptions so;
-  so.record_timeline = options.timeline;
-  e.sim = simulate(e.plan, options.allocator, so);
+  Pipeline p = run_pipeline(model, options);
+  e.graph = std::move(p.graph);
+  e.plan = std::move(p.plan);
+  e.sim = std::move(p.sim);
 
   // per-layer rows
   const auto& nodes = e.graph.nodes;
@@ -91,8 +135,9 @@ Estimate estimate(const Model& model, const Options& options) {
                                                                      : "new";
     for (const auto& p : nd.shape.params) {
       i64 b = checked_mul(p.numel(), dtype_size(p.dtype), "parameter bytes");
-      if (p.trainable) {
+      if (!p.is_buffer) {
         r.params = checked_add(r.params, p.numel(), "parameter count");
+        if (!p.trainable) r.frozen_params = checked_add(r.frozen_params, p.numel(), "parameter count");
         r.param_bytes = checked_add(r.param_bytes, b, "parameter bytes");
       } else {
         r.buffer_bytes = checked_add(r.buffer_bytes, b, "buffer bytes");
@@ -133,7 +178,7 @@ Estimate estimate(const Model& model, const Options& options) {
   e.device_bytes = checked_add(e.peak_reserved_bytes, options.context_bytes, "device bytes");
 
   if (options.gpu) {
-    e.usable_bytes = usable_of(options);
+    e.usable_bytes = usable_bytes(options);
     AllocatorConfig cfg = options.allocator;
     cfg.capacity_bytes = e.usable_bytes;
     bool ok = e.usable_bytes > 0;
@@ -155,16 +200,83 @@ Estimate estimate(const Model& model, const Options& options) {
   if (e.graph.loss_appended)
     e.notes.push_back("the model does not end in a loss: nn.CrossEntropyLoss on '" +
                       nodes[static_cast<std::size_t>(e.graph.model_output)].layer->name + "' is assumed (layer 'loss')");
+  // cuDNN's convolution workspace is elastic (docs/cudnn-workspace.md): PyTorch tries plans in
+  // cuDNN's order and takes the first whose workspace it can allocate, so what the step needs is
+  // modelled without it, and a roomy GPU shows more.
+  bool has_cudnn = false;
+  for (const auto& nd : nodes)
+    for (Workspace w : nd.mem.fwd_workspaces) has_cudnn = has_cudnn || w == Workspace::cudnn_conv;
+  if (has_cudnn && effective_train(options).workspaces.cudnn_conv_bytes == 0)
+    e.notes.push_back("cuDNN convolution workspaces are not counted: PyTorch takes the first algorithm whose workspace "
+                      "it can allocate, so training needs no more than this, but on a GPU with spare memory "
+                      "max_memory_allocated is typically higher by about one convolution's workspace "
+                      "(--cudnn-workspace SIZE adds one per call; docs/cudnn-workspace.md)");
+  before_loss_note(model, options, e);
   rules_of_thumb(e);
   return e;
+}
+
+LargestSearch search_largest(const std::function<std::optional<bool>(i64)>& fits, i64 start, i64 limit) {
+  LargestSearch r;
+  auto probe = [&](i64 n) {
+    ++r.n_probes;
+    std::optional<bool> f = fits(n);
+    if (!f) r.stopped = true;
+    return f;
+  };
+  i64 lo = 0, hi = 0;  // invariant once set: lo fits (or 0), hi does not (or 0 = unknown)
+  start = std::clamp<i64>(start, 1, limit);
+  auto f = probe(start);
+  if (!f) return r;
+  if (*f) {
+    lo = start;
+    while (true) {  // doubling up from a fitting start
+      if (lo >= limit) {
+        r.largest = limit;
+        r.capped = true;
+        return r;
+      }
+      i64 next = lo > limit / 2 ? limit : lo * 2;
+      auto g = probe(next);
+      if (!g) {
+        r.largest = lo;
+        return r;
+      }
+      if (!*g) {
+        hi = next;
+        break;
+      }
+      lo = next;
+    }
+  } else {
+    hi = start;  // halving down from a start that does not fit
+    while (hi > 1) {
+      i64 next = hi / 2;
+      auto g = probe(next);
+      if (!g) return r;
+      if (*g) {
+        lo = next;
+        break;
+      }
+      hi = next;
+    }
+    if (lo == 0) return r;  // even 1 does not fit
+  }
+  while (hi - lo > 1) {
+    i64 mid = lo + (hi - lo) / 2;
+    auto g = probe(mid);
+    if (!g) break;
+    if (*g) lo = mid;
+    else hi = mid;
+  }
+  r.largest = lo;
+  return r;
 }
 
 MaxBatch max_batch(const Model& model, const Options& options) {
   if (!options.gpu)
     throw Error({}, "", "max-batch needs a GPU", "give --gpu NAME or --gpu SIZE (e.g. --gpu 24GiB)");
-  MaxBatch r;
-  auto fits = [&](i64 b) {
-    ++r.n_probes;
+  auto fits = [&](i64 b) -> std::optional<bool> {
     try {
       return fits_on_gpu(model, options, b);
     } catch (const Error& e) {
@@ -174,25 +286,10 @@ MaxBatch max_batch(const Model& model, const Options& options) {
       throw;
     }
   };
-  if (!fits(1)) return r;
-  i64 lo = 1, hi = 2;
-  constexpr i64 kBatchLimit = i64{1} << 40;  // beyond any GPU; stops the doubling
-  while (hi <= kBatchLimit && fits(hi)) {
-    lo = hi;
-    hi *= 2;
-  }
-  if (hi > kBatchLimit) {
-    r.max_batch = lo;
-    return r;
-  }
-  // invariant: lo fits, hi does not
-  while (hi - lo > 1) {
-    i64 mid = lo + (hi - lo) / 2;
-    if (fits(mid)) lo = mid;
-    else hi = mid;
-  }
-  r.max_batch = lo;
-  return r;
+  // Start at 1: the search then costs ~2 log2(answer) pipelines, and a model whose batch 1 does not
+  // fit is answered by one.
+  LargestSearch s = search_largest(fits, 1, kBatchSearchLimit);
+  return {.max_batch = s.largest, .n_probes = s.n_probes, .capped = s.capped};
 }
 
 std::vector<Remedy> remedies(const Model& model, const Options& options) {

@@ -8,7 +8,8 @@
 //     loss.backward()                      (backward, nodes in reverse creation order)
 //     opt.step()                           (optimizer; state created on the first step)
 //
-// Every storage carries a reference count; the holders are the loop's variables, autograd's saved
+// build_schedule() writes that loop as steps over the graph (with gradient accumulation, K forward/
+// backward passes per optimizer step); Planner executes the steps. Every storage carries a reference count; the holders are the loop's variables, autograd's saved
 // tensors, the engine's gradient buffers and .grad. A storage is freed when its count reaches zero.
 // Facts relied on, with citations: docs/pytorch-behaviour.md sections 2 (optimizers) and 3 (engine).
 #include "memfit/plan.hpp"
@@ -57,25 +58,35 @@ class Planner {
  public:
   Planner(const Graph& g, const TrainSettings& s, Plan& p) : g_(g), s_(s), p_(p) {}
 
-  void run() {
+  void run(const std::vector<Step>& steps) {
     const std::size_t n = g_.nodes.size();
     p_.node_grad_bytes.assign(n, 0);
     p_.node_optimizer_bytes.assign(n, 0);
     value_.assign(n, -1);
     grad_.assign(n, -1);
+    grad_slice_.assign(n, false);
     uses_.assign(n, 0);
     saved_.assign(n, {});
-    setup();
-    for (int it = 1; it <= s_.n_iterations; ++it) {
-      iter_ = static_cast<std::uint8_t>(it);
-      zero_grad();
-      forward();
-      backward();
-      optimizer_step();
-      phase_ = Phase::optimizer;
-      node_ = -1;
-      for (int t : loop_held_) unref(t);  // `out`, `loss` rebound next iteration
-      loop_held_.clear();
+    for (const Step& st : steps) {
+      iter_ = st.iteration;
+      switch (st.kind) {
+        case Step::Kind::setup: setup(); break;
+        case Step::Kind::zero_grad: zero_grad(); break;
+        case Step::Kind::begin_forward: begin_forward(); break;
+        case Step::Kind::forward: forward_node(static_cast<std::size_t>(st.node)); break;
+        case Step::Kind::end_forward: end_forward(); break;
+        case Step::Kind::begin_backward: begin_backward(); break;
+        case Step::Kind::backward: backward_node(static_cast<std::size_t>(st.node)); break;
+        case Step::Kind::end_backward: end_backward(); break;
+        case Step::Kind::end_micro_batch:
+          node_ = -1;
+          for (int t : loop_held_) unref(t);  // `out`, `loss` rebound by the next forward
+          loop_held_.clear();
+          break;
+        case Step::Kind::optimizer:
+          optimizer_step();
+          break;
+      }
     }
   }
 
@@ -91,10 +102,15 @@ class Planner {
   std::vector<std::vector<int>> node_params_;  // node -> index into params_ (trainable), -1 for buffers
   int x_ = -1, y_ = -1;
   std::vector<int> value_, grad_, uses_;
+  std::vector<bool> grad_slice_;  // the buffered gradient is a slice of a bigger one (cat backward)
+  std::vector<std::vector<int>> param_storage_;  // node -> storage of each parameter and buffer
+  std::unordered_map<int, int> weight_cache_;    // autocast's cached casts: param index -> storage
+  std::vector<int> casts_in_order_;
   std::vector<std::vector<int>> saved_;
   std::vector<int> loop_held_;
-  bool fwd_blas_ready_ = false, bwd_blas_ready_ = false;
-  std::unordered_map<int, int> first_saver_;  // storage -> node that saved it first (iteration 1)
+  bool fwd_blas_ready_ = false, bwd_blas_ready_ = false, fwd_lt_ready_ = false, bwd_lt_ready_ = false;
+  std::unordered_map<int, int> first_saver_;
+  bool recorded_ = false;  // the first micro-batch of iteration 1 has been recorded  // storage -> node that saved it first (iteration 1)
 
   int alloc(i64 bytes, Category c) {
     int id = static_cast<int>(p_.tensors.size());
@@ -111,13 +127,15 @@ class Planner {
   void setup() {
     phase_ = Phase::setup;
     node_params_.resize(g_.nodes.size());
+    param_storage_.resize(g_.nodes.size());
     // model.cuda(): each parameter and buffer is moved one by one, in registration order.
     for (std::size_t i = 0; i < g_.nodes.size(); ++i) {
       node_ = static_cast<int>(i);
       const auto& ps = g_.nodes[i].shape.params;
       for (std::size_t k = 0; k < ps.size(); ++k) {
         i64 bytes = checked_mul(ps[k].numel(), dtype_size(ps[k].dtype), "parameter bytes");
-        int t = alloc(bytes, ps[k].trainable ? Category::parameter : Category::buffer);
+        int t = alloc(bytes, ps[k].is_buffer ? Category::buffer : Category::parameter);
+        param_storage_[i].push_back(t);
         if (ps[k].trainable) {
           node_params_[i].push_back(static_cast<int>(params_.size()));
           params_.push_back({static_cast<int>(i), static_cast<int>(k), bytes, t, -1, {}});
@@ -156,10 +174,30 @@ class Planner {
   // (aten/src/ATen/cuda/CublasHandlePool.cpp; docs/pytorch-behaviour.md section 5).
   void blas_workspaces(bool backward_thread, bool uses_lt) {
     bool& ready = backward_thread ? bwd_blas_ready_ : fwd_blas_ready_;
-    if (ready) return;
-    ready = true;
-    if (s_.workspaces.cublas_bytes > 0) alloc(s_.workspaces.cublas_bytes, Category::workspace);
-    if (uses_lt && s_.workspaces.cublaslt_bytes > 0) alloc(s_.workspaces.cublaslt_bytes, Category::workspace);
+    bool& lt_ready = backward_thread ? bwd_lt_ready_ : fwd_lt_ready_;
+    if (!ready) {
+      ready = true;
+      if (s_.workspaces.cublas_bytes > 0) alloc(s_.workspaces.cublas_bytes, Category::workspace);
+    }
+    if (uses_lt && !lt_ready) {
+      lt_ready = true;
+      if (s_.workspaces.cublaslt_bytes > 0) alloc(s_.workspaces.cublaslt_bytes, Category::workspace);
+    }
+  }
+
+  // The op's library workspaces (rule data): handle workspaces once per thread, cuDNN's per call
+  // (returned, to be freed when the call ends).
+  std::vector<int> workspaces(const std::vector<Workspace>& ws, bool backward_thread) {
+    std::vector<int> per_call;
+    bool cublas = false, lt = false;
+    for (Workspace w : ws) {
+      if (w == Workspace::cublas) cublas = true;
+      if (w == Workspace::cublaslt) lt = true;
+      if (w == Workspace::cudnn_conv && s_.workspaces.cudnn_conv_bytes > 0)
+        per_call.push_back(alloc(s_.workspaces.cudnn_conv_bytes, Category::workspace));
+    }
+    if (cublas || lt) blas_workspaces(backward_thread, lt);
+    return per_call;
   }
 
   int resolve(const Node& nd, const TensorRef& r, const std::vector<int>& in_st, int out, const std::vector<int>& extras,
@@ -175,90 +213,95 @@ class Planner {
     return out;
   }
 
-  void forward() {
+  void begin_forward() {
+    phase_ = Phase::forward;
     const std::size_t n = g_.nodes.size();
     std::fill(value_.begin(), value_.end(), -1);
     for (std::size_t i = 0; i < n; ++i) uses_[i] = g_.nodes[i].n_consumers;
     if (g_.model_output >= 0) uses_[static_cast<std::size_t>(g_.model_output)]++;  // `out` held by the loop
     value_[0] = x_;
     ref(x_);  // the forward's reference; the loop keeps its own
-    // autocast's cached_casts: param index -> cast storage; casts in creation order, so frees are
-    // replayed in the same order on every platform (unordered_map iteration order is not portable)
-    std::unordered_map<int, int> weight_cache;
-    std::vector<int> casts_in_order;
-    for (std::size_t i = 1; i < n; ++i) {
-      const Node& nd = g_.nodes[i];
-      node_ = static_cast<int>(i);
-      phase_ = nd.rule->is_loss ? Phase::loss : Phase::forward;
-      if (nd.rule->kind == std::string_view("linear")) blas_workspaces(false, nd.shape.params.size() > 1);
-      // autocast casts of inputs: a new storage when the dtype changes, held for the call
-      std::vector<int> in_st, call_held;
-      for (std::size_t j = 0; j < nd.in.size(); ++j) {
-        int src = value_[static_cast<std::size_t>(nd.in[j])];
-        if (nd.in_types[j].dtype != g_.nodes[static_cast<std::size_t>(nd.in[j])].shape.out.dtype) {
-          int c = alloc(nd.in_types[j].bytes(), Category::activation);
-          call_held.push_back(c);
-          src = c;
-        }
-        in_st.push_back(src);
+    weight_cache_.clear();
+    casts_in_order_.clear();
+  }
+
+  void forward_node(std::size_t i) {
+    const Node& nd = g_.nodes[i];
+    node_ = static_cast<int>(i);
+    phase_ = nd.rule->is_loss ? Phase::loss : Phase::forward;
+    std::vector<int> temps = workspaces(nd.mem.fwd_workspaces, false);
+    // autocast casts of inputs: a new storage when the dtype changes, held for the call
+    std::vector<int> in_st, call_held;
+    for (std::size_t j = 0; j < nd.in.size(); ++j) {
+      int src = value_[static_cast<std::size_t>(nd.in[j])];
+      if (nd.in_types[j].dtype != g_.nodes[static_cast<std::size_t>(nd.in[j])].shape.out.dtype) {
+        int c = alloc(nd.in_types[j].bytes(), Category::activation);
+        call_held.push_back(c);
+        src = c;
       }
-      // parameters as the op sees them: the f32 storage, or autocast's cached low-precision copy
-      std::vector<int> param_st;
-      for (std::size_t k = 0; k < nd.shape.params.size(); ++k) {
-        int pi = node_params_[i][k];
-        if (pi < 0) {
-          param_st.push_back(-1);
-          continue;
-        }
-        if (!nd.param_cast[k]) {
-          param_st.push_back(params_[static_cast<std::size_t>(pi)].storage);
-          continue;
-        }
-        auto cached = weight_cache.find(pi);
-        int cast;
-        if (cached != weight_cache.end()) {
-          cast = cached->second;
-        } else {
-          cast = alloc(params_[static_cast<std::size_t>(pi)].bytes / dtype_size(DType::f32) * dtype_size(g_.compute),
-                       Category::temporary);
-          weight_cache.emplace(pi, cast);
-          casts_in_order.push_back(cast);
-        }
-        param_st.push_back(cast);
-      }
-      std::vector<int> temps;
-      for (const auto& t : nd.mem.fwd_temps) temps.push_back(alloc(t.bytes(), Category::temporary));
-      if (s_.workspaces.cudnn_conv_bytes > 0 && nd.rule->kind == std::string_view("conv2d"))
-        temps.push_back(alloc(s_.workspaces.cudnn_conv_bytes, Category::workspace));
-      int out;
-      if (nd.mem.output == OpMemory::Output::fresh) {
-        out = alloc(nd.shape.out.bytes(), Category::activation);
-      } else {
-        out = in_st[0];
-        ref(out);
-      }
-      std::vector<int> extras;
-      for (const auto& e : nd.mem.extras) extras.push_back(alloc(e.type.bytes(), Category::activation));
-      if (nd.requires_grad) {
-        for (const auto& sv : nd.mem.saved) {
-          int t = resolve(nd, sv.ref, in_st, out, extras, param_st);
-          if (t < 0) continue;
-          ref(t);
-          saved_[i].push_back(t);
-          if (iter_ == 1) record_saved(i, sv, t, in_st, out, extras);
-        }
-      }
-      for (int t : temps) unref(t);
-      for (int t : extras) unref(t);
-      for (int t : call_held) unref(t);
-      value_[i] = out;
-      for (int p : nd.in) {
-        if (--uses_[static_cast<std::size_t>(p)] == 0) unref(value_[static_cast<std::size_t>(p)]);
-      }
+      in_st.push_back(src);
     }
+    // parameters as the op sees them: the storage itself, autocast's cached low-precision copy
+    // (trainable weights), or a copy made for this call (frozen weights: not cached)
+    std::vector<int> param_st;
+    for (std::size_t k = 0; k < nd.shape.params.size(); ++k) {
+      int own = param_storage_[i][k];
+      if (!nd.param_cast[k]) {
+        param_st.push_back(own);
+        continue;
+      }
+      i64 cast_bytes = nd.shape.params[k].numel() * dtype_size(g_.compute);
+      if (!nd.param_cached[k]) {
+        int c = alloc(cast_bytes, Category::temporary);
+        call_held.push_back(c);
+        param_st.push_back(c);
+        continue;
+      }
+      int pi = node_params_[i][k];
+      auto cached = weight_cache_.find(pi);
+      int cast;
+      if (cached != weight_cache_.end()) {
+        cast = cached->second;
+      } else {
+        cast = alloc(cast_bytes, Category::temporary);
+        weight_cache_.emplace(pi, cast);
+        casts_in_order_.push_back(cast);  // freed in creation order on every platform
+      }
+      param_st.push_back(cast);
+    }
+    for (const auto& t : nd.mem.fwd_temps) temps.push_back(alloc(t.bytes(), Category::temporary));
+    int out;
+    if (nd.mem.output == OpMemory::Output::fresh) {
+      out = alloc(nd.shape.out.bytes(), Category::activation);
+    } else {
+      out = in_st[0];
+      ref(out);
+    }
+    std::vector<int> extras;
+    for (const auto& e : nd.mem.extras) extras.push_back(alloc(e.type.bytes(), Category::activation));
+    for (const auto& sv : nd.saved) {  // already filtered by requires_grad and each save condition
+      int t = resolve(nd, sv.ref, in_st, out, extras, param_st);
+      if (t < 0) continue;
+      ref(t);
+      saved_[i].push_back(t);
+      if (iter_ == 1 && !recorded_) record_saved(i, sv, t, in_st, out, extras);
+    }
+    for (int t : temps) unref(t);
+    for (int t : extras) unref(t);
+    for (int t : call_held) unref(t);
+    value_[i] = out;
+    for (int p : nd.in) {
+      if (--uses_[static_cast<std::size_t>(p)] == 0) unref(value_[static_cast<std::size_t>(p)]);
+    }
+  }
+
+  void end_forward() {
     // autocast exits: its weight-cast cache is cleared (saved copies live on until their backward)
-    for (int c : casts_in_order) unref(c);
-    const std::size_t last = n - 1;
+    node_ = -1;
+    for (int c : casts_in_order_) unref(c);
+    casts_in_order_.clear();
+    weight_cache_.clear();
+    const std::size_t last = g_.nodes.size() - 1;
     if (g_.model_output >= 0) loop_held_.push_back(value_[static_cast<std::size_t>(g_.model_output)]);
     loop_held_.push_back(value_[last]);  // `loss`
   }
@@ -304,96 +347,109 @@ class Planner {
   }
 
   // Hands a gradient to a producer's input buffer (torch/csrc/autograd/input_buffer.cpp): the first
-  // one is kept; later ones are added in place when the buffer holds the only reference, else summed
-  // into a new tensor.
-  void deliver(int producer, int g) {
+  // one is kept; a later one is added in place when the buffer holds the only reference and is
+  // dense (can_accumulate_inplace), else both are summed into a new tensor of the producer's size
+  // (not of the storage: a slice of cat's gradient shares a bigger one).
+  void deliver(int producer, int g, bool slice) {
     int& buf = grad_[static_cast<std::size_t>(producer)];
     if (buf < 0) {
       buf = g;
+      grad_slice_[static_cast<std::size_t>(producer)] = slice;
       return;
     }
-    if (refs_[buf] == 1) {
+    if (refs_[static_cast<std::size_t>(buf)] == 1 && !grad_slice_[static_cast<std::size_t>(producer)]) {
       unref(g);
       return;
     }
-    int sum = alloc(p_.tensors[static_cast<std::size_t>(buf)].bytes, Category::activation_grad);
+    int sum = alloc(g_.nodes[static_cast<std::size_t>(producer)].shape.out.bytes(), Category::activation_grad);
     unref(buf);
     unref(g);
     buf = sum;
+    grad_slice_[static_cast<std::size_t>(producer)] = false;
   }
 
-  void backward() {
+  void begin_backward() {
     phase_ = Phase::backward;
     const std::size_t n = g_.nodes.size();
     std::fill(grad_.begin(), grad_.end(), -1);
+    std::fill(grad_slice_.begin(), grad_slice_.end(), false);
     node_ = static_cast<int>(n - 1);
     // loss.backward(): torch.ones_like(loss)
     grad_[n - 1] = alloc(g_.nodes[n - 1].shape.out.bytes(), Category::activation_grad);
-    for (std::size_t i = n - 1; i >= 1; --i) {
-      const Node& nd = g_.nodes[i];
-      node_ = static_cast<int>(i);
-      if (grad_[i] < 0 || !nd.requires_grad) continue;
-      if (nd.rule->kind == std::string_view("linear")) blas_workspaces(true, false);
-      std::vector<int> temps;
-      for (const auto& t : nd.mem.bwd_temps) temps.push_back(alloc(t.bytes(), Category::temporary));
-      if (s_.workspaces.cudnn_conv_bytes > 0 && nd.rule->kind == std::string_view("conv2d"))
-        temps.push_back(alloc(s_.workspaces.cudnn_conv_bytes, Category::workspace));
-      std::vector<std::pair<int, int>> pending;  // (producer, gradient storage)
-      for (std::size_t j = 0; j < nd.in.size(); ++j) {
-        std::size_t prod = static_cast<std::size_t>(nd.in[j]);
-        if (!g_.nodes[prod].requires_grad) continue;
-        int gi;
-        if (nd.mem.grad_in[j] == OpMemory::GradIn::fresh) {
-          gi = alloc(nd.in_types[j].bytes(), Category::activation_grad);
-        } else {
-          gi = grad_[i];
-          ref(gi);
-        }
-        if (nd.in_types[j].dtype != g_.nodes[prod].shape.out.dtype) {  // ToCopyBackward of an autocast cast
-          int up = alloc(g_.nodes[prod].shape.out.bytes(), Category::activation_grad);
-          unref(gi);
-          gi = up;
-        }
-        pending.push_back({static_cast<int>(prod), gi});
+  }
+
+  void backward_node(std::size_t i) {
+    const Node& nd = g_.nodes[i];
+    node_ = static_cast<int>(i);
+    if (grad_[i] < 0 || !nd.requires_grad) return;
+    std::vector<int> temps = workspaces(nd.mem.bwd_workspaces, true);
+    for (const auto& t : nd.mem.bwd_temps) temps.push_back(alloc(t.bytes(), Category::temporary));
+    struct Pending {
+      int producer, grad;
+      bool slice;
+    };
+    std::vector<Pending> pending;
+    for (std::size_t j = 0; j < nd.in.size(); ++j) {
+      std::size_t prod = static_cast<std::size_t>(nd.in[j]);
+      if (!g_.nodes[prod].requires_grad) continue;
+      int gi;
+      bool slice = false;
+      if (nd.mem.grad_in[j] == OpMemory::GradIn::fresh) {
+        gi = alloc(nd.in_types[j].bytes(), Category::activation_grad);
+      } else {
+        gi = grad_[i];
+        ref(gi);
+        slice = nd.mem.grad_in[j] == OpMemory::GradIn::slice || (grad_slice_[i] && nd.mem.grad_in[j] != OpMemory::GradIn::fresh);
       }
-      for (std::size_t k = 0; k < nd.shape.params.size(); ++k) {
-        int pi = node_params_[i][k];
-        if (pi < 0) continue;
-        Param& pr = params_[static_cast<std::size_t>(pi)];
-        int gw;
-        if (nd.param_cast[k]) {  // grad of the low-precision copy, then ToCopyBackward to float32
-          int low = alloc(pr.bytes / dtype_size(DType::f32) * dtype_size(g_.compute), Category::temporary);
-          gw = alloc(pr.bytes, Category::gradient);
-          unref(low);
-        } else {
-          gw = alloc(pr.bytes, Category::gradient);
-        }
-        // AccumulateGrad steals a fresh gradient as .grad; an existing .grad gets an in-place add
-        // (torch/csrc/autograd/functions/accumulate_grad.h).
-        if (pr.grad < 0) {
-          pr.grad = gw;
-        } else {
-          p_.tensors[static_cast<std::size_t>(gw)].category = Category::temporary;
-          unref(gw);
-        }
-        if (iter_ == 1) p_.node_grad_bytes[i] += pr.bytes;
+      if (nd.in_types[j].dtype != g_.nodes[prod].shape.out.dtype) {  // ToCopyBackward of an autocast cast
+        int up = alloc(g_.nodes[prod].shape.out.bytes(), Category::activation_grad);
+        unref(gi);
+        gi = up;
+        slice = false;
       }
-      for (int t : temps) unref(t);
-      // Engine: saved variables are released right after the node runs (release_variables).
-      for (int t : saved_[i]) unref(t);
-      saved_[i].clear();
-      unref(grad_[i]);
-      grad_[i] = -1;
-      for (auto& [prod, gi] : pending) deliver(prod, gi);
+      pending.push_back({static_cast<int>(prod), gi, slice});
     }
+    for (std::size_t k = 0; k < nd.shape.params.size(); ++k) {
+      int pi = node_params_[i][k];
+      if (pi < 0) continue;  // a buffer or a frozen parameter: no gradient
+      Param& pr = params_[static_cast<std::size_t>(pi)];
+      int gw;
+      if (nd.param_cast[k]) {  // grad of the low-precision copy, then ToCopyBackward to float32
+        int low = alloc(pr.bytes / dtype_size(DType::f32) * dtype_size(g_.compute), Category::temporary);
+        gw = alloc(pr.bytes, Category::gradient);
+        unref(low);
+      } else {
+        gw = alloc(pr.bytes, Category::gradient);
+      }
+      // AccumulateGrad steals a fresh gradient as .grad; an existing .grad gets an in-place add
+      // (torch/csrc/autograd/functions/accumulate_grad.h).
+      if (pr.grad < 0) {
+        pr.grad = gw;
+      } else {
+        p_.tensors[static_cast<std::size_t>(gw)].category = Category::temporary;
+        unref(gw);
+      }
+      if (iter_ == 1 && !recorded_) p_.node_grad_bytes[i] += pr.bytes;
+    }
+    for (int t : temps) unref(t);
+    // Engine: saved variables are released right after the node runs (release_variables).
+    for (int t : saved_[i]) unref(t);
+    saved_[i].clear();
+    unref(grad_[i]);
+    grad_[i] = -1;
+    for (const auto& pd : pending) deliver(pd.producer, pd.grad, pd.slice);
+  }
+
+  void end_backward() {
     // The graph is freed when backward returns: anything not reached is released now.
     node_ = -1;
-    for (std::size_t i = 0; i < n; ++i) {
+    for (std::size_t i = 0; i < g_.nodes.size(); ++i) {
       for (int t : saved_[i]) unref(t);
       saved_[i].clear();
       if (grad_[i] >= 0) unref(grad_[i]);
       grad_[i] = -1;
     }
+    if (iter_ == 1) recorded_ = true;  // the per-layer report reads the first micro-batch only
   }
 
   void add_state(Param& pr, i64 bytes) {
@@ -488,15 +544,78 @@ class Planner {
 
 }  // namespace
 
+GraphSettings graph_settings(const TrainSettings& s) {
+  return {.batch = s.batch, .compute = s.precision, .rules = s.rules, .freeze = s.freeze, .train = s.train};
+}
+
+const char* step_kind_name(Step::Kind k) {
+  switch (k) {
+    case Step::Kind::setup: return "setup";
+    case Step::Kind::zero_grad: return "zero_grad";
+    case Step::Kind::begin_forward: return "begin_forward";
+    case Step::Kind::forward: return "forward";
+    case Step::Kind::end_forward: return "end_forward";
+    case Step::Kind::begin_backward: return "begin_backward";
+    case Step::Kind::backward: return "backward";
+    case Step::Kind::end_backward: return "end_backward";
+    case Step::Kind::end_micro_batch: return "end_micro_batch";
+    case Step::Kind::optimizer: return "optimizer";
+  }
+  return "?";
+}
+
+// for it in 1..n: zero_grad; K x (forward nodes in order, backward nodes in reverse); step.
+std::vector<Step> build_schedule(const Graph& g, const TrainSettings& s) {
+  const int n_nodes = static_cast<int>(g.nodes.size());
+  std::vector<Step> steps;
+  steps.reserve(static_cast<std::size_t>(s.n_iterations) * static_cast<std::size_t>(s.grad_accumulation) *
+                    (2 * static_cast<std::size_t>(n_nodes) + 6) + 1);
+  steps.push_back({Step::Kind::setup, -1, 0});
+  for (int it = 1; it <= s.n_iterations; ++it) {
+    auto iter = static_cast<std::uint8_t>(it);
+    steps.push_back({Step::Kind::zero_grad, -1, iter});
+    for (int micro = 0; micro < s.grad_accumulation; ++micro) {
+      steps.push_back({Step::Kind::begin_forward, -1, iter});
+      for (int i = 1; i < n_nodes; ++i) steps.push_back({Step::Kind::forward, i, iter});
+      steps.push_back({Step::Kind::end_forward, -1, iter});
+      steps.push_back({Step::Kind::begin_backward, -1, iter});
+      for (int i = n_nodes - 1; i >= 1; --i) steps.push_back({Step::Kind::backward, i, iter});
+      steps.push_back({Step::Kind::end_backward, -1, iter});
+      // The loop's `out` and `loss` live until its body ends: after the step for the last
+      // micro-batch (tools/memfit_torch.py training_step), after backward for the others.
+      if (micro + 1 < s.grad_accumulation) steps.push_back({Step::Kind::end_micro_batch, -1, iter});
+    }
+    steps.push_back({Step::Kind::optimizer, -1, iter});
+    steps.push_back({Step::Kind::end_micro_batch, -1, iter});
+  }
+  return steps;
+}
+
+// Limits on the work, checked before it: the plan holds about 12 events per node and micro-batch.
+inline constexpr int kMaxIterations = 250;
+inline constexpr int kMaxGradAccumulation = 1024;
+inline constexpr i64 kMaxPlanNodeSteps = i64{2} * 1000 * 1000;  // nodes x iterations x micro-batches (~16 B x 12 events each)
+
 Plan plan_training(const Graph& g, const TrainSettings& s) {
   if (s.impl == OptimizerImpl::fused && (s.optimizer == Optimizer::adagrad || s.optimizer == Optimizer::rmsprop))
     throw Error({}, "", std::string("memfit does not model a fused ") + optimizer_name(s.optimizer),
                 "use --optimizer-impl foreach or for-loop");
-  if (s.n_iterations < 2 || s.n_iterations > 250)
-    throw Error({}, "", "iterations must be between 2 and 250", "the default (3) is the first plus steady state");
+  if (s.n_iterations < 2 || s.n_iterations > kMaxIterations)
+    throw Error({}, "", "iterations must be between 2 and " + std::to_string(kMaxIterations),
+                "the default (3) is the first plus steady state");
+  if (s.grad_accumulation < 1 || s.grad_accumulation > kMaxGradAccumulation)
+    throw Error({}, "", "gradient accumulation must be between 1 and " + std::to_string(kMaxGradAccumulation) + " micro-batches",
+                "give e.g. --grad-accum 4");
+  i64 work = checked_mul(checked_mul(static_cast<i64>(g.nodes.size()), s.n_iterations, "plan size"), s.grad_accumulation,
+                         "plan size");
+  if (work > kMaxPlanNodeSteps)
+    throw Error({}, "", "the plan would have " + format_count(work) + " node steps (layers x iterations x micro-batches), over " +
+                            format_count(kMaxPlanNodeSteps),
+                "use fewer --iterations (3 shows the first and the steady state) or fewer micro-batches");
   Plan p;
-  p.events.reserve(g.nodes.size() * 12 * static_cast<std::size_t>(s.n_iterations) + 64);
-  Planner(g, s, p).run();
+  p.events.reserve(g.nodes.size() * 12 * static_cast<std::size_t>(s.n_iterations) *
+                       static_cast<std::size_t>(s.grad_accumulation) + 64);
+  Planner(g, s, p).run(build_schedule(g, s));
   return p;
 }
 

@@ -25,6 +25,31 @@ const std::string& node_name(const Estimate& e, int node) {
 
 ojson node_or_null(const Estimate& e, int node) { return node < 0 ? ojson(nullptr) : ojson(node_name(e, node)); }
 
+// docs/json-output.md "Events": one line per planned allocation or free, in replay order.
+// Layer names are written with whitespace as %20 and '%' as %25, so every field is one token.
+template <class F>
+void for_each_event_line(const Estimate& e, F&& emit) {
+  auto token = [](const std::string& name) {
+    if (name.empty()) return std::string("-");
+    std::string out;
+    for (char c : name) {
+      if (c == '%') out += "%25";
+      else if (c == ' ' || c == '\t' || c == '\n' || c == '\r') out += "%20";
+      else out += c;
+    }
+    return out;
+  };
+  for (const auto& ev : e.plan.events) {
+    if (ev.is_free) {
+      emit("free " + std::to_string(ev.tensor));
+      continue;
+    }
+    const PlanTensor& t = e.plan.tensors[static_cast<std::size_t>(ev.tensor)];
+    emit("alloc " + std::to_string(ev.tensor) + " " + std::to_string(t.bytes) + " " + category_name(t.category) + " " +
+         token(node_name(e, ev.node)) + " " + phase_name(ev.phase) + " " + std::to_string(ev.iteration));
+  }
+}
+
 ojson layer_json(const Estimate& e, const LayerRow& r) {
   const Node& nd = e.graph.nodes[static_cast<std::size_t>(r.node)];
   ojson j;
@@ -34,7 +59,9 @@ ojson layer_json(const Estimate& e, const LayerRow& r) {
   j["output_shape"] = r.out.shape;
   j["output_dtype"] = dtype_name(r.out.dtype);
   j["output_storage"] = r.output_storage;
+  j["region"] = nd.region >= 0 ? ojson(e.graph.regions[static_cast<std::size_t>(nd.region)].name) : ojson(nullptr);
   j["params"] = r.params;
+  j["frozen_params"] = r.frozen_params;
   j["param_bytes"] = r.param_bytes;
   j["buffer_bytes"] = r.buffer_bytes;
   j["grad_bytes"] = r.grad_bytes;
@@ -72,6 +99,9 @@ ojson estimate_object(const Model& model, const Estimate& e) {
                    {"optimizer_impl", optimizer_impl_name(o.train.impl)},
                    {"zero_grad", o.train.set_to_none ? "set_to_none" : "zero"},
                    {"iterations", o.train.n_iterations},
+                   {"grad_accumulation", o.train.grad_accumulation},
+                   {"freeze", o.train.freeze},
+                   {"train", o.train.train},
                    {"pytorch", torch_rules_name(o.train.rules)},
                    {"context_bytes", o.context_bytes},
                    {"workspaces",
@@ -81,7 +111,17 @@ ojson estimate_object(const Model& model, const Estimate& e) {
   ojson layers = ojson::array();
   for (const auto& r : e.layers) layers.push_back(layer_json(e, r));
   j["layers"] = std::move(layers);
+  ojson regions = ojson::array();
+  for (const auto& rg : e.graph.regions)
+    regions.push_back({{"name", rg.name},
+                       {"parent", rg.parent >= 0 ? ojson(e.graph.regions[static_cast<std::size_t>(rg.parent)].name) : ojson(nullptr)},
+                       {"depth", rg.depth},
+                       {"first_layer", node_name(e, rg.first_node)},
+                       {"last_layer", node_name(e, rg.last_node)},
+                       {"layers", rg.n_nodes}});
+  j["regions"] = std::move(regions);
   j["totals"] = {{"params", e.total_params},
+                 {"frozen_params", e.graph.n_frozen_params},
                  {"param_bytes", e.total_param_bytes},
                  {"buffer_bytes", e.total_buffer_bytes},
                  {"grad_bytes", e.total_grad_bytes},
@@ -136,6 +176,11 @@ ojson estimate_object(const Model& model, const Estimate& e) {
     rules.push_back({{"name", r.name}, {"formula", r.formula}, {"bytes", r.bytes}});
   j["rules_of_thumb"] = std::move(rules);
   j["notes"] = e.notes;
+  if (o.events) {
+    ojson ev = ojson::array();
+    for_each_event_line(e, [&](std::string line) { ev.push_back(std::move(line)); });
+    j["events"] = std::move(ev);
+  }
   if (o.timeline) {
     ojson tl = ojson::array();
     for (const auto& p : e.sim.timeline)
@@ -162,6 +207,15 @@ void add_remedies(const Model& model, const Options& o, ojson& j) {
 
 }  // namespace
 
+std::string events_text(const Estimate& e) {
+  std::string out = "# memfit events 1: alloc ID BYTES CATEGORY LAYER PHASE ITERATION | free ID\n";
+  for_each_event_line(e, [&](const std::string& line) {
+    out += line;
+    out += '\n';
+  });
+  return out;
+}
+
 std::string estimate_json(const Model& model, const Options& options) {
   return estimate_json(model, estimate(model, options));
 }
@@ -184,7 +238,7 @@ std::string max_batch_json(const Model& model, const Options& options) {
 
 std::string model_json(const Model& model) {
   // Resolve attributes (padding=same -> numbers) by inferring shapes at batch 1.
-  Graph g = build_graph(model, 1, DType::f32);
+  Graph g = build_graph(model, GraphSettings{.batch = 1});
   ojson j;
   j["format"] = "memfit-model/1";
   j["name"] = model.name;
@@ -243,11 +297,7 @@ std::string batch_sweep_json(const Model& model, const Options& options, i64 up_
     Options o = options;
     o.train.batch = b;
     o.timeline = false;
-    Graph g = build_graph(model, b, o.train.precision, o.train.rules);
-    TrainSettings t = o.train;
-    t.workspaces = o.workspaces ? *o.workspaces : default_workspaces(o.gpu);
-    Plan plan = plan_training(g, t);
-    SimResult s = simulate(plan, o.allocator);
+    SimResult s = run_pipeline(model, o).sim;
     pts.push_back({{"batch", b},
                    {"allocated_bytes", s.peak_allocated_bytes},
                    {"reserved_bytes", s.peak_reserved_bytes},

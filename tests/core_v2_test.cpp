@@ -1,0 +1,290 @@
+// Core v2 behaviour by hand: frozen parameters (requires_grad=False), conditional saving,
+// gradient sums into a concat's inputs, mean over dims, in-place writes into saved tensors,
+// gradient accumulation, regions, the schedule and the planned events.
+#include <catch2/catch.hpp>
+#include <algorithm>
+#include <map>
+#include <sstream>
+
+#include "memfit/api.hpp"
+#include "memfit/device.hpp"
+#include "memfit/report.hpp"
+#include "test_util.hpp"
+
+using namespace memfit;
+using test::row;
+
+namespace {
+Options opts(i64 batch = 4) {
+  Options o;
+  o.train.batch = batch;
+  o.workspaces = Workspaces{};  // no library workspaces: the sums below are activations only
+  return o;
+}
+Estimate run(const std::string& src, Options o) { return estimate(test::keep_model(src), o); }
+i64 count_allocs(const Estimate& e, Category c, Phase ph, int iteration) {
+  i64 n = 0;
+  for (const auto& ev : e.plan.events)
+    if (!ev.is_free && ev.phase == ph && ev.iteration == iteration &&
+        e.plan.tensors[static_cast<std::size_t>(ev.tensor)].category == c)
+      ++n;
+  return n;
+}
+i64 bytes_of(const Estimate& e, Category c, Phase ph, int iteration) {
+  i64 b = 0;
+  for (const auto& ev : e.plan.events)
+    if (!ev.is_free && ev.phase == ph && ev.iteration == iteration &&
+        e.plan.tensors[static_cast<std::size_t>(ev.tensor)].category == c)
+      b += e.plan.tensors[static_cast<std::size_t>(ev.tensor)].bytes;
+  return b;
+}
+const char* kMlp = "input 32\nfc1: fc 64\nr: relu\nfc2: fc 10\n";
+}  // namespace
+
+TEST_CASE("frozen fc1: no .grad, no Adam state, and addmm saves what it still needs", "[frozen]") {
+  Options o = opts();
+  o.train.optimizer = Optimizer::adam;
+  o.train.freeze = {"fc1"};
+  Estimate e = run(kMlp, o);
+  // fc1: weight 64x32 + bias 64 = 2,112 parameters, frozen; fc2: 10x64 + 10 = 650 trainable.
+  CHECK(row(e, "fc1").params == 2112);
+  CHECK(row(e, "fc1").frozen_params == 2112);
+  CHECK(row(e, "fc1").grad_bytes == 0);
+  CHECK(row(e, "fc1").optimizer_bytes == 0);
+  CHECK(row(e, "fc2").grad_bytes == 650 * 4);
+  CHECK(row(e, "fc2").optimizer_bytes == 2 * 650 * 4);  // exp_avg, exp_avg_sq
+  CHECK(e.total_grad_bytes == 650 * 4);
+  CHECK(e.graph.n_frozen_params == 2112);
+  // fc1's input (the batch) needs no grad and its weight is frozen: autograd records nothing, so
+  // relu's input needs no grad either... but relu's output feeds fc2 whose weight trains.
+  CHECK_FALSE(e.graph.nodes[1].requires_grad);
+  CHECK(row(e, "fc1").saved.empty());
+  CHECK(row(e, "r").saved.empty());  // relu on a tensor that needs no grad records nothing
+  // fc2: mat1 (relu's output, 4x64 fp32) is saved because fc2.weight trains; mat2 (the weight)
+  // only if mat1 needs grad, which it does not.
+  REQUIRE(row(e, "fc2").saved.size() == 1);
+  CHECK(row(e, "fc2").saved_bytes == 4 * 64 * 4);
+  // Parameters stay on the device as parameters (not buffers): 2,762 x 4 B.
+  CHECK(e.total_param_bytes == (2112 + 650) * 4);
+  CHECK(e.total_buffer_bytes == 0);
+}
+
+TEST_CASE("--train keeps only the named regions trainable; globs must match", "[frozen]") {
+  const char* src =
+      "input 8x8x3 layout=hwc\nblock unit c\n  conv: conv $c 3x3 pad=1\n  relu\nend\n"
+      "stage1: repeat 2 unit 4\nstage2: repeat 1 unit 8\nflatten\nfc: fc 10\n";
+  Options o = opts();
+  o.train.train = {"stage2", "fc"};
+  Estimate e = run(src, o);
+  // stage1.0.conv: 4*3*9+4 = 112, stage1.1.conv: 4*4*9+4 = 148 (frozen); stage2.0.conv: 8*4*9+8 = 296,
+  // fc: 10*512+10 = 5,130 (trainable)
+  CHECK(e.graph.n_frozen_params == 112 + 148);
+  CHECK(e.total_grad_bytes == (296 + 5130) * 4);
+  // The first trainable conv still saves its input (convolution saves input and weight whenever
+  // it is recorded) although that input needs no grad; the frozen convs save nothing.
+  CHECK(row(e, "stage1.0.conv").saved.empty());
+  CHECK(row(e, "stage1.1.conv").saved.empty());
+  CHECK(row(e, "stage2.0.conv").saved.size() == 2);
+  // Regions come from the dotted names.
+  std::map<std::string, int> depth;
+  for (const auto& r : e.graph.regions) depth[r.name] = r.depth;
+  CHECK(depth.at("stage1") == 0);
+  CHECK(depth.at("stage1.0") == 1);
+  CHECK(depth.at("stage2.0") == 1);
+
+  Options bad = opts();
+  bad.train.freeze = {"stage9"};
+  CHECK_THROWS_WITH(run(src, bad), Catch::Contains("'stage9' matches no parameter"));
+  Options all = opts();
+  all.train.freeze = {"*"};
+  CHECK_THROWS_WITH(run(src, all), Catch::Contains("every parameter is frozen"));
+  OptionStrings both;
+  both.freeze = "fc";
+  both.train = "fc";
+  CHECK_THROWS_WITH(make_options(both), Catch::Contains("both --freeze and --train"));
+}
+
+TEST_CASE("autocast casts frozen weights per call; only trainable ones are cached", "[frozen]") {
+  // Under bf16 autocast, a cached cast lives until autocast exits; a frozen weight's cast is made
+  // for the call and kept only if the op saves it. fc1 frozen, input needs no grad: fc1 saves
+  // nothing, so its 64x32 bf16 weight cast (4,096 B) and bias cast (128 B) die with the call.
+  Options o = opts();
+  o.train.precision = DType::bf16;
+  o.train.freeze = {"fc1"};
+  Estimate e = run(kMlp, o);
+  CHECK(row(e, "fc1").saved.empty());
+  // Temporaries allocated in fc1's forward of iteration 2: exactly the two casts.
+  i64 fc1 = row(e, "fc1").node;
+  i64 n = 0, b = 0;
+  for (const auto& ev : e.plan.events)
+    if (!ev.is_free && ev.iteration == 2 && ev.node == fc1 && ev.phase == Phase::forward &&
+        e.plan.tensors[static_cast<std::size_t>(ev.tensor)].category == Category::temporary) {
+      ++n;
+      b += e.plan.tensors[static_cast<std::size_t>(ev.tensor)].bytes;
+    }
+  CHECK(n == 2);
+  CHECK(b == 64 * 32 * 2 + 64 * 2);
+}
+
+TEST_CASE("gradient sums into a concat's inputs have the input's size, not the concat's", "[concat]") {
+  // x feeds both a relu and a concat (with y); backward runs in reverse creation order, so cat's
+  // backward hands x a slice of its gradient first, then relu's backward a fresh gradient.
+  // input_buffer.cpp: the buffered slice is not dense (can_accumulate_inplace is false), so the two
+  // are summed into a new tensor of x's size. (Were relu's gradient first, the slice would be added
+  // into it in place: no sum.)
+  const char* src =
+      "input 4x4x2 layout=hwc\nx: conv 2 1x1\ny: conv 6 1x1 from=input\n"
+      "r: relu from=x\ncat: concat from=x,y\nm: concat from=cat,r\nflatten\nfc 3\n";
+  Estimate e = run(src, opts(1));
+  // batch 1: x is [1,2,4,4] fp32 = 128 B; cat is [1,8,4,4] = 512 B.
+  const i64 x_bytes = 1 * 2 * 4 * 4 * 4, cat_bytes = 1 * 8 * 4 * 4 * 4;
+  // r's backward allocates relu's gradient for x (128 B) and then the sum (128 B), nothing else.
+  std::vector<i64> at_r;
+  for (const auto& ev : e.plan.events)
+    if (!ev.is_free && ev.iteration == 2 && ev.phase == Phase::backward && ev.node == row(e, "r").node)
+      at_r.push_back(e.plan.tensors[static_cast<std::size_t>(ev.tensor)].bytes);
+  CHECK(at_r == std::vector<i64>{x_bytes, x_bytes});
+  CHECK(std::find(at_r.begin(), at_r.end(), cat_bytes) == at_r.end());
+}
+
+TEST_CASE("concat of one input copies (DenseNet's torch.cat([x], 1))", "[concat]") {
+  Estimate e = run("input 4x4x2 layout=hwc\nc: conv 2 1x1\nk: concat from=c\nflatten\nfc 3\n", opts(1));
+  CHECK(std::string(row(e, "k").output_storage) == "new");
+  CHECK(row(e, "k").out.shape == std::vector<i64>{1, 2, 4, 4});
+}
+
+TEST_CASE("mean over dims: shapes, and it saves nothing in PyTorch 2 but its input in 1.13", "[mean]") {
+  const char* src = "input 4x4x8 layout=hwc\nc: conv 8 1x1\nm: mean 2,3\nfc 3\n";
+  Estimate e = run(src, opts(2));
+  CHECK(row(e, "m").out.shape == std::vector<i64>{2, 8});
+  CHECK(row(e, "m").saved.empty());
+  Options v113 = opts(2);
+  v113.train.rules = TorchRules::v1_13;
+  Estimate old = run(src, v113);
+  CHECK(row(old, "m").saved_bytes == 2 * 8 * 4 * 4 * 4);  // the conv output [2,8,4,4] float32
+  Estimate keep = run("input 4x4x8 layout=hwc\nc: conv 8 1x1\nm: mean -1 keepdim=true\nflatten\nfc 3\n", opts(2));
+  CHECK(row(keep, "m").out.shape == std::vector<i64>{2, 8, 4, 1});
+  CHECK_THROWS_WITH(run("input 4x4x8 layout=hwc\nc: conv 8 1x1\nm: mean 0\nflatten\nfc 3\n", opts(2)),
+                    Catch::Contains("not a non-batch dimension"));
+}
+
+TEST_CASE("an in-place write into a tensor saved for backward is refused, as PyTorch fails at backward", "[inplace]") {
+  // relu saves its result; `add inplace` then writes into it.
+  const char* bad = "input 8\na: fc 8\nr: relu\nb: fc 8 from=a\ns: add from=r,b inplace\nfc 2\n";
+  CHECK_THROWS_WITH(run(bad, opts()), Catch::Contains("which 'r' saved for backward"));
+  // writing into b (saved by nobody: the add's consumer is a linear that saves its own input later)
+  const char* ok = "input 8\na: fc 8\nr: relu\nb: fc 8 from=a\ns: add from=b,r inplace\nfc 2\n";
+  CHECK_NOTHROW(run(ok, opts()));
+}
+
+TEST_CASE("gradient accumulation: K forward/backward passes, one step; .grad accumulates in place", "[schedule]") {
+  Options o1 = opts(8);
+  Options o4 = opts(2);
+  o4.train.grad_accumulation = 4;
+  Estimate e1 = run(kMlp, o1);
+  Estimate e4 = run(kMlp, o4);
+  // Parameter gradients: iteration 2 allocates one gradient per parameter tensor per micro-batch
+  // (4 tensors: fc1.weight, fc1.bias, fc2.weight, fc2.bias); .grad was freed by zero_grad
+  // (set_to_none), so the first is stolen as .grad and the other three are added in place.
+  CHECK(count_allocs(e1, Category::gradient, Phase::backward, 2) == 4);
+  CHECK(count_allocs(e4, Category::gradient, Phase::backward, 2) == 4);
+  // Micro-batches 2..4 allocate each parameter's gradient again and add it into .grad in place:
+  // 3 x 4 such temporaries at the linear layers (the loss node's own backward temporary aside).
+  i64 fc_temps = 0, fc_grads = 0;
+  for (const auto& ev : e4.plan.events) {
+    if (ev.is_free || ev.iteration != 2 || ev.phase != Phase::backward) continue;
+    if (ev.node != row(e4, "fc1").node && ev.node != row(e4, "fc2").node) continue;
+    auto c = e4.plan.tensors[static_cast<std::size_t>(ev.tensor)].category;
+    fc_temps += c == Category::temporary;
+    fc_grads += c == Category::gradient;
+  }
+  CHECK(fc_grads == 4);
+  CHECK(fc_temps == 3 * 4);
+  // Where activations dominate, accumulation lowers the peak: a conv on 32x32x3 at batch 64 vs 4 x 16.
+  // conv output 64x16x32x32 fp32 = 4 MiB vs 1 MiB per micro-batch; parameters 448 + 163,850.
+  const char* conv = "input 32x32x3 layout=hwc\nc: conv 16 3x3 pad=1\nflatten\nfc 10\n";
+  Options big = opts(64), acc = opts(16);
+  acc.train.grad_accumulation = 4;
+  CHECK(run(conv, acc).peak_allocated_bytes < run(conv, big).peak_allocated_bytes);
+  // Forward activations of one iteration, by hand: fc1 out [b,64] + relu out [b,64] + fc2 out [b,10]
+  // (fp32), and in the loss phase log_softmax [b,10] + total_weight + the loss (4 B scalars per pass).
+  CHECK(bytes_of(e1, Category::activation, Phase::forward, 2) == 8 * 64 * 4 * 2 + 8 * 10 * 4);
+  CHECK(bytes_of(e4, Category::activation, Phase::forward, 2) == 4 * (2 * 64 * 4 * 2 + 2 * 10 * 4));
+  CHECK(bytes_of(e1, Category::activation, Phase::loss, 2) == 8 * 10 * 4 + 4 + 4);
+  CHECK(bytes_of(e4, Category::activation, Phase::loss, 2) == 4 * (2 * 10 * 4 + 4 + 4));
+}
+
+TEST_CASE("the schedule: setup, then per iteration zero_grad, forward, backward, step", "[schedule]") {
+  Graph g = build_graph(test::keep_model(kMlp), GraphSettings{.batch = 2});
+  TrainSettings t;
+  t.n_iterations = 2;
+  auto steps = build_schedule(g, t);
+  // 1 setup + 2 x (zero_grad + begin_fwd + 4 fwd + end_fwd + begin_bwd + 4 bwd + end_bwd + step + end)
+  // nodes: input, fc1, r, fc2, loss -> 4 forward and 4 backward nodes
+  CHECK(steps.size() == 1 + 2 * (1 + 1 + 4 + 1 + 1 + 4 + 1 + 1 + 1));
+  CHECK(steps.front().kind == Step::Kind::setup);
+  CHECK(steps[1].kind == Step::Kind::zero_grad);
+  CHECK(steps.back().kind == Step::Kind::end_micro_batch);
+  CHECK(steps[steps.size() - 2].kind == Step::Kind::optimizer);
+}
+
+TEST_CASE("--events: the plan as text, and replaying it gives memfit's own peaks", "[events]") {
+  Options o = opts(8);
+  o.train.optimizer = Optimizer::adam;
+  o.workspaces.reset();
+  o.gpu = parse_gpu("RTX 3060 12GB");
+  const Model& m = test::keep_model(kMlp);
+  Estimate e = estimate(m, o);
+  std::string text = events_text(e);
+  // Parse the lines back into a Plan and replay it through the allocator model.
+  std::istringstream in(text);
+  std::string line;
+  Plan replay;
+  std::map<std::string, Category> cats;
+  for (int c = 0; c < n_categories; ++c) cats[category_name(static_cast<Category>(c))] = static_cast<Category>(c);
+  int n_alloc = 0, n_free = 0;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream f(line);
+    std::string op;
+    int id = 0;
+    f >> op >> id;
+    if (op == "alloc") {
+      i64 bytes = 0;
+      std::string cat, layer, phase;
+      int it = 0;
+      f >> bytes >> cat >> layer >> phase >> it;
+      REQUIRE(cats.count(cat));
+      if (static_cast<int>(replay.tensors.size()) <= id) replay.tensors.resize(static_cast<std::size_t>(id) + 1);
+      replay.tensors[static_cast<std::size_t>(id)] = {bytes, cats[cat], -1};
+      replay.events.push_back({id, false, Phase::setup, static_cast<std::uint8_t>(it), -1});
+      ++n_alloc;
+    } else {
+      REQUIRE(op == "free");
+      replay.events.push_back({id, true, Phase::setup, 0, -1});
+      ++n_free;
+    }
+  }
+  CHECK(n_alloc == static_cast<int>(e.plan.tensors.size()));
+  CHECK(n_alloc + n_free == static_cast<int>(e.plan.events.size()));
+  SimResult s = simulate(replay, AllocatorConfig{});
+  CHECK(s.peak_allocated_bytes == e.peak_allocated_bytes);
+  CHECK(s.peak_reserved_bytes == e.peak_reserved_bytes);
+  // The same lines in the JSON API.
+  o.events = true;
+  auto j = nlohmann::json::parse(estimate_json(m, o));
+  REQUIRE(j["events"].is_array());
+  CHECK(j["events"].size() == e.plan.events.size());
+}
+
+TEST_CASE("softmax before the cross-entropy loss is noted, with what removing it changes", "[notes]") {
+  const Model& m = test::keep_model(find_builtin_model("question_cnn")->text, "models/question_cnn.memfit");
+  Estimate e = estimate(m, Options{});
+  std::string all;
+  for (const auto& n : e.notes) all += n + "\n";
+  // softmax over [64, 10] float32 saves its result: 64 x 10 x 4 = 2,560 B
+  CHECK_THAT(all, Catch::Contains("'softmax1' (softmax) feeds the loss"));
+  CHECK_THAT(all, Catch::Contains("it saves 2,560 B for backward"));
+  Estimate plain = estimate(test::keep_model("input 8\nfc 4\n"), Options{});
+  for (const auto& n : plain.notes) CHECK_THAT(n, !Catch::Contains("feeds the loss"));
+}
