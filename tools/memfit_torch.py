@@ -52,14 +52,12 @@ TORCH_BUILDERS = frozenset((
     "input", "conv2d", "maxpool2d", "avgpool2d", "adaptive_avgpool2d", "flatten",
     "linear", "relu", "relu6", "leaky_relu", "sigmoid", "tanh", "gelu", "silu",
     "batchnorm2d", "dropout", "softmax", "log_softmax", "cross_entropy", "add",
-    "concat",
+    "concat", "mean",
 ))
 
 OPS_FORMAT = "memfit-ops/1"
 _TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
 OPS_JSON = os.path.join(os.path.dirname(_TOOLS_DIR), "docs", "ops.json")
-# Stand-in in the same format until docs/ops.json is committed (written from core/src/ops/*.cpp).
-OPS_SAMPLE_JSON = os.path.join(_TOOLS_DIR, "testdata", "ops_sample.json")
 
 
 class OpRegistry:
@@ -92,18 +90,15 @@ _REGISTRY = None
 
 
 def load_ops(path=None):
-    """The op registry: `path`, else $MEMFIT_OPS_JSON, else docs/ops.json, else (until that file is
-    committed) tools/testdata/ops_sample.json with a note on stderr. Cached when no path is given."""
+    """The op registry: `path`, else $MEMFIT_OPS_JSON, else docs/ops.json (regenerated with
+    `memfit ops --json > docs/ops.json`). Cached when no path is given."""
     global _REGISTRY
     if path is None and _REGISTRY is not None:
         return _REGISTRY
-    chosen = path or os.environ.get("MEMFIT_OPS_JSON")
-    if not chosen:
-        if os.path.exists(OPS_JSON):
-            chosen = OPS_JSON
-        else:
-            chosen = OPS_SAMPLE_JSON
-            sys.stderr.write("memfit_torch: %s does not exist; using the sample %s\n" % (OPS_JSON, OPS_SAMPLE_JSON))
+    chosen = path or os.environ.get("MEMFIT_OPS_JSON") or OPS_JSON
+    if not os.path.exists(chosen):
+        raise FileNotFoundError("memfit's op registry %s does not exist (write it with `memfit ops --json > %s`)"
+                                % (chosen, chosen))
     with open(chosen) as f:
         reg = OpRegistry(json.load(f), chosen)
     if path is None:
@@ -264,6 +259,20 @@ def _dim_index(dim, rank_with_batch):
     return dim - 1
 
 
+def _mean_dims(layer, rank_with_batch):
+    """memfit's `mean` dims ("2,3" or a list): dims of the batched tensor, negatives allowed."""
+    v = layer["dims"]
+    parts = [int(p) for p in str(v).split(",")] if not isinstance(v, list) else [int(p) for p in v]
+    dims = []
+    for d in parts:
+        if d < 0:
+            d += rank_with_batch
+        if d <= 0 or d >= rank_with_batch or d in dims:
+            raise ValueError("mean %r: bad dims %r" % (layer["name"], v))
+        dims.append(d)
+    return dims
+
+
 def infer_shapes(m):
     """Return {layer name: per-sample output shape (list)}; cross_entropy -> []."""
     shapes = {}
@@ -301,6 +310,10 @@ def infer_shapes(m):
             di = _dim_index(layer.get("dim", 1), len(x) + 1)
             out = list(x)
             out[di] = sum(t[di] for t in ins)
+        elif kind == "mean":
+            dims = _mean_dims(layer, len(x) + 1)
+            keep = bool(layer.get("keepdim", False))
+            out = [1 if (k + 1) in dims else d for k, d in enumerate(x) if keep or (k + 1) not in dims]
         elif kind == "cross_entropy":
             out = []
         else:  # elementwise / normalisation / softmax
@@ -332,6 +345,21 @@ class Add(nn.Module):
         for t in xs[1:]:
             out = out.add_(t) if self.inplace else out + t
         return out
+
+
+class Mean(nn.Module):
+    """memfit `mean`: x.mean(dims, keepdim) (torchvision MobileNetV3/EfficientNet-style global pool)."""
+
+    def __init__(self, dims, keepdim=False):
+        super().__init__()
+        self.dims = list(dims)
+        self.keepdim = keepdim
+
+    def forward(self, x):
+        return x.mean(self.dims, keepdim=self.keepdim)
+
+    def extra_repr(self):
+        return "dims=%s, keepdim=%s" % (self.dims, self.keepdim)
 
 
 class Concat(nn.Module):
@@ -397,6 +425,8 @@ def _make_layer(layer, in_shapes):
         return Add(bool(layer.get("inplace", False)))
     if kind == "concat":
         return Concat(int(layer.get("dim", 1)))
+    if kind == "mean":
+        return Mean(_mean_dims(layer, len(x) + 1), bool(layer.get("keepdim", False)))
     if kind == "cross_entropy":
         return nn.CrossEntropyLoss()
     raise ValueError("unsupported kind %r" % kind)

@@ -60,6 +60,16 @@ def main():
         y = net(x)
         assert y.shape == x.shape and y.data_ptr() != x.data_ptr()  # a copy, as torch.cat makes
 
+    # mean (x.mean([2, 3])): shape inference and the module agree
+    mm = model({"name": "m", "kind": "mean", "from": ["input"], "dims": "2,3"},
+               {"name": "fc", "kind": "linear", "from": ["m"], "out_features": 2})
+    if reg.canonical("mean") == "mean":
+        net = mt.build_module(mm)
+        x, _ = mt.make_batch(mm, 2)
+        assert list(net(x).shape) == [2, 2] and mt.infer_shapes(mt.load_model_json(mm))["m"] == [3]
+        mk = model({"name": "m", "kind": "mean", "from": ["input"], "dims": "-1", "keepdim": True})
+        assert mt.infer_shapes(mt.load_model_json(mk))["m"] == [3, 8, 1]
+
     # globs: `*` crosses dots; a glob naming a dotted prefix matches the region under it
     names = ["conv1", "layer4", "layer4.0.conv1", "layer4.1.bn2", "layer40.x", "fc", "fc2"]
     assert mt.frozen_layers(names, freeze="layer4") == ["layer4", "layer4.0.conv1", "layer4.1.bn2"]
