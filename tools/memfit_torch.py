@@ -506,8 +506,10 @@ class MemfitNet(nn.Module):
 # frozen layers (memfit's --freeze GLOB[,GLOB...] / --train GLOB[,GLOB...])
 
 def _glob_regex(glob):
-    # memfit's globs: `*` matches any characters, dots included; everything else is literal
-    return re.compile("".join(".*" if c == "*" else re.escape(c) for c in glob) + r"\Z")
+    # memfit's globs (core/src/graph/graph.cpp glob_match): `*` any characters, dots included,
+    # `?` one character; everything else literal
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in glob) + r"\Z",
+                      re.S)
 
 
 def _split_globs(text):
@@ -519,60 +521,70 @@ def _split_globs(text):
     return globs
 
 
-def glob_matches(glob, layer_name):
-    """A glob matches a layer if it matches its name or one of its dotted prefixes (the regions
-    containing it): `layer4` matches `layer4.0.conv1`, as `layer4.*` does; `layer4.0` does not match
-    `layer4.1.conv1`, and `layer` does not match `layer4.0.conv1` (prefixes end at a dot)."""
+def glob_matches(glob, layer_name, param=None):
+    """memfit's selection (graph.cpp `selects`): a glob selects a parameter if it matches its layer's
+    name, one of the layer's dotted prefixes (the regions holding it: `layer4` selects
+    `layer4.0.conv1`'s parameters, as `layer4.*` does; `layer` does not, prefixes end at a dot), or
+    `layer.param` (`fc.bias`)."""
     rx = _glob_regex(glob)
+    if rx.match(layer_name) or (param is not None and rx.match(layer_name + "." + param)):
+        return True
     parts = layer_name.split(".")
-    return any(rx.match(".".join(parts[:k])) for k in range(1, len(parts) + 1))
+    return any(rx.match(".".join(parts[:k])) for k in range(1, len(parts)))
 
 
-def frozen_layers(layer_names, freeze=None, train=None):
-    """Which memfit layers are frozen: those a --freeze glob matches, and with --train every layer
-    no --train glob matches. Both may be given (frozen = not trained, or matched by --freeze).
-    A glob that matches no layer is an error (like a misspelt name)."""
-    fg, tg = _split_globs(freeze), _split_globs(train)
-    for g in fg + tg:
-        if not any(glob_matches(g, n) for n in layer_names):
-            raise ValueError("glob %r matches no layer" % g)
+def frozen_parameters(layer_params, freeze=None, train=None):
+    """layer_params: [(memfit layer name, [parameter names])]. Returns the frozen (layer, param)
+    pairs: those a --freeze glob selects, or with --train those no --train glob selects. As memfit:
+    giving both is an error, and so is a glob that selects no parameter."""
+    if freeze is not None and train is not None:
+        raise ValueError("both --freeze and --train are given; give one")
+    globs = _split_globs(freeze if freeze is not None else train)
+    used = [False] * len(globs)
     out = []
-    for n in layer_names:
-        frozen = any(glob_matches(g, n) for g in fg)
-        if tg and not any(glob_matches(g, n) for g in tg):
-            frozen = True
-        if frozen:
-            out.append(n)
+    for layer, params in layer_params:
+        for p in params:
+            hit = False
+            for k, g in enumerate(globs):
+                if glob_matches(g, layer, p):
+                    hit = used[k] = True
+            if (hit if freeze is not None else not hit):
+                out.append((layer, p))
+    for g, u in zip(globs, used):
+        if not u:
+            raise ValueError("%s %r matches no parameter of the model" % ("--freeze" if freeze is not None else "--train", g))
     return out
 
 
+def frozen_layers(layer_names, freeze=None, train=None):
+    """Layer-level form of frozen_parameters (every layer taken to have one parameter 'weight')."""
+    return [l for l, _ in frozen_parameters([(n, ["weight"]) for n in layer_names], freeze, train)]
+
+
 def apply_freeze(net, freeze=None, train=None):
-    """Sets requires_grad=False on the parameters of the frozen memfit layers of a MemfitNet
-    (their module's parameters; buffers are untouched and BatchNorm stays in train mode, so its
-    running statistics still update). The optimizer is then built over all net.parameters(), as
-    in transfer-learning code; PyTorch skips parameters whose .grad is None. Returns a summary
-    recorded in the reference documents."""
-    names = [n for n, _ in net.memfit_modules()]
-    frozen = frozen_layers(names, freeze, train) if (freeze is not None or train is not None) else []
+    """Sets requires_grad=False on the parameters memfit's --freeze / --train select in a MemfitNet
+    (frozen_parameters; buffers are untouched and BatchNorm stays in train mode, so its running
+    statistics still update). The optimizer is then built over all net.parameters(), as in
+    transfer-learning code; PyTorch skips parameters whose .grad is None. Returns a summary recorded
+    in the reference documents."""
     mods = dict(net.memfit_modules())
+    layer_params = [(n, [pn for pn, _ in mods[n].named_parameters()]) for n, _ in net.memfit_modules()]
+    pairs = frozen_parameters(layer_params, freeze, train) if (freeze is not None or train is not None) else []
     frozen_params = 0
-    frozen_tensors = 0
     with_params = []
-    for n in frozen:
-        ps = list(mods[n].parameters())
-        for p in ps:
-            p.requires_grad_(False)
-            frozen_params += p.numel()
-            frozen_tensors += 1
-        if ps:
-            with_params.append(n)
+    for layer, pn in pairs:
+        prm = dict(mods[layer].named_parameters())[pn]
+        prm.requires_grad_(False)
+        frozen_params += prm.numel()
+        if layer not in with_params:
+            with_params.append(layer)
     trainable = [p for p in net.parameters() if p.requires_grad]
     return {
         "freeze": freeze,
         "train": train,
-        "frozen_layers": with_params,  # frozen layers that have parameters
+        "frozen_layers": with_params,  # layers with at least one frozen parameter
         "frozen_params": frozen_params,
-        "frozen_param_tensors": frozen_tensors,
+        "frozen_param_tensors": len(pairs),
         "trainable_params": sum(p.numel() for p in trainable),
         "trainable_param_tensors": len(trainable),
     }

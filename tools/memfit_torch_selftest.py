@@ -70,17 +70,22 @@ def main():
         mk = model({"name": "m", "kind": "mean", "from": ["input"], "dims": "-1", "keepdim": True})
         assert mt.infer_shapes(mt.load_model_json(mk))["m"] == [3, 8, 1]
 
-    # globs: `*` crosses dots; a glob naming a dotted prefix matches the region under it
+    # globs (memfit's graph.cpp): `*` crosses dots, `?` one character; a glob naming a dotted prefix
+    # selects the region under it; `layer.param` selects one parameter; both options or an unused glob: error
     names = ["conv1", "layer4", "layer4.0.conv1", "layer4.1.bn2", "layer40.x", "fc", "fc2"]
     assert mt.frozen_layers(names, freeze="layer4") == ["layer4", "layer4.0.conv1", "layer4.1.bn2"]
-    assert mt.frozen_layers(names, freeze="layer4.*") == ["layer4.0.conv1", "layer4.1.bn2"]
+    # `layer4.*` also matches `layer4.weight` (layer.param) of a layer named layer4
+    assert mt.frozen_layers(names, freeze="layer4.*") == ["layer4", "layer4.0.conv1", "layer4.1.bn2"]
     assert mt.frozen_layers(names, freeze="*bn*") == ["layer4.1.bn2"]
     assert mt.frozen_layers(names, freeze="layer4.0") == ["layer4.0.conv1"]
+    assert mt.frozen_layers(names, freeze="fc?") == ["fc2"]
     assert mt.frozen_layers(names, train="layer4,fc") == ["conv1", "layer40.x", "fc2"]
-    assert mt.frozen_layers(names, train="fc", freeze="fc") == ["conv1", "layer4", "layer4.0.conv1", "layer4.1.bn2",
-                                                                 "layer40.x", "fc", "fc2"]
-    raises(lambda: mt.frozen_layers(names, freeze="nope"), "matches no layer")
+    lp = [("conv1", ["weight"]), ("fc", ["weight", "bias"])]
+    assert mt.frozen_parameters(lp, freeze="fc.bias") == [("fc", "bias")]
+    assert mt.frozen_parameters(lp, train="fc.weight") == [("conv1", "weight"), ("fc", "bias")]
+    raises(lambda: mt.frozen_layers(names, freeze="nope"), "matches no parameter")
     raises(lambda: mt.frozen_layers(names, freeze="fc,,conv1"), "empty glob")
+    raises(lambda: mt.frozen_layers(names, freeze="fc", train="conv1"), "both --freeze and --train")
 
     # apply_freeze on resnet18: only fc trainable; BN buffers untouched, train mode kept
     net = mt.build_module(os.path.join(ROOT, "tests/reference/models-json/resnet18.json"))
