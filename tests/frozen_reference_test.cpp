@@ -33,6 +33,11 @@ using nlohmann::json;
 using memfit::i64;
 
 constexpr i64 kScalarSlackBytes = 16;  // 0-d CPU scalars (tests/live_bytes_test.cpp)
+// Live during torch 1.13's SGD step on the CPU and not in memfit's plan: measured 288 B above memfit
+// in every SGD row's optimizer phase (this file's, and cpu_live_bytes.json's twelve SGD rows once the
+// logits `out` alive through the step are counted: 608 = 320 + 288 for question_cnn, 384 = 96 + 288
+// for tiny_mlp); CPU scalar tensors of the step, not CUDA allocator memory.
+constexpr i64 kSgdStepCpuBytes = 288;
 
 std::optional<std::string> opt_string(const json& v) {
   if (v.is_null()) return std::nullopt;
@@ -137,6 +142,7 @@ Live relative_live(const memfit::Estimate& e, int n_iterations) {
   std::vector<std::map<std::string, i64>> ph(n), ph_cpu(n);
   i64 live = 0, masks = 0;
   int cur = 0;
+  memfit::Phase last_phase = memfit::Phase::setup;
   for (const auto& ev : e.plan.events) {
     for (; cur < ev.iteration; ++cur) {
       const std::size_t k = static_cast<std::size_t>(cur) + 1;
@@ -144,6 +150,15 @@ Live relative_live(const memfit::Estimate& e, int n_iterations) {
       peak[k] = live;
       peak_cpu[k] = live + 3 * masks;
     }
+    if (ev.iteration > 0 && ev.phase != last_phase) {
+      // a phase's peak includes the live bytes when it begins (its first event may be a free:
+      // SGD's step allocates nothing, and the loop's `out` is alive until the step returns)
+      const std::size_t k = static_cast<std::size_t>(ev.iteration);
+      const std::string pn = memfit::phase_name(ev.phase);
+      ph[k].try_emplace(pn, live);
+      ph_cpu[k].try_emplace(pn, live + 3 * masks);
+    }
+    last_phase = ev.phase;
     const std::size_t t = static_cast<std::size_t>(ev.tensor);
     const i64 b = ev.is_free ? -e.plan.tensors[t].bytes : e.plan.tensors[t].bytes;
     live += b;
@@ -285,7 +300,9 @@ TEST_CASE("tensor lifetimes with frozen layers match PyTorch's live bytes on the
           REQUIRE(mine.phase_peak[ki].count(phase));
           CHECK(mp - mine.phase_peak[ki][phase] >= -kScalarSlackBytes);
           if (conv_at(ptop)) continue;
-          CHECK(mp - mine.phase_peak_cpu[ki][phase] <= kScalarSlackBytes + step_bytes);
+          const bool sgd_step = std::string_view(phase) == "optimizer" &&
+                                (o.train.optimizer == memfit::Optimizer::sgd || o.train.optimizer == memfit::Optimizer::sgd_momentum);
+          CHECK(mp - mine.phase_peak_cpu[ki][phase] <= kScalarSlackBytes + step_bytes + (sgd_step ? kSgdStepCpuBytes : 0));
           ++n_exact;
         }
       }
