@@ -8,9 +8,8 @@
 //    iteration) within 1% of the profiler's. Every tensor here gets gradients from several concats
 //    (the block input from every dense layer's cat and the block's output cat), the case where memfit
 //    summed the gradients with the size of a whole concat gradient storage.
-// The .memfit text needs memfit to accept a one-input concat; until then parse_model throws and these
-// test cases fail with its message. densenet_mini.json is the same model in the JSON form (what the
-// Python tools read); the first test case checks that both forms are one model.
+// densenet_mini.json is the same model in the JSON form (what the Python tools read); the first test
+// case checks that both forms are one model.
 #include <catch2/catch.hpp>
 
 #include "test_util.hpp"

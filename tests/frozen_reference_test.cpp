@@ -9,8 +9,7 @@
 // classifier, vgg16 with only the classifier (tests/reference/README.md).
 //
 // The options go through memfit::OptionStrings::freeze / ::train and make_options, the way the CLI's
-// --freeze / --train do. Until those fields exist this file still compiles (set_frozen below detects
-// them) and its test cases FAIL with a message saying so.
+// --freeze / --train do.
 #include <catch2/catch.hpp>
 
 #include "test_util.hpp"
@@ -44,22 +43,6 @@ std::optional<std::string> opt_string(const json& v) {
   return v.get<std::string>();
 }
 
-// Sets OptionStrings::freeze / ::train when this memfit has them; false otherwise. A template so
-// the assignment is only compiled where the fields exist.
-template <class S>
-bool set_frozen(S& s, const std::optional<std::string>& freeze, const std::optional<std::string>& train) {
-  if constexpr (requires(S& x, const std::optional<std::string>& v) {
-                  x.freeze = v;
-                  x.train = v;
-                }) {
-    s.freeze = freeze;
-    s.train = train;
-    return true;
-  } else {
-    return false;
-  }
-}
-
 // Options for one reference row: torch 1.13 rules (the version recorded), the row's frozen layers.
 memfit::Options frozen_options(const json& frozen, i64 batch, const std::string& optimizer = "sgd",
                                const std::string& impl = "foreach") {
@@ -68,8 +51,8 @@ memfit::Options frozen_options(const json& frozen, i64 batch, const std::string&
   os.optimizer = optimizer;
   os.optimizer_impl = impl;
   os.pytorch = "1.13";
-  if (!set_frozen(os, opt_string(frozen["freeze"]), opt_string(frozen["train"])))
-    FAIL("memfit::OptionStrings has no freeze/train fields yet: this test needs memfit's --freeze/--train");
+  os.freeze = opt_string(frozen["freeze"]);
+  os.train = opt_string(frozen["train"]);
   return memfit::make_options(os);
 }
 
