@@ -3,8 +3,11 @@
 
     /usr/bin/python3 tools/accuracy_report.py --memfit build/memfit -o docs/accuracy.md
 
-Inputs: tests/reference/cpu_saved_models.json (what autograd saved, torch on the CPU) and
-tests/reference/gpu/*.json (tools/gpu_reference.py on a CUDA GPU; none may exist yet).
+Inputs: tests/reference/cpu_saved_models.json (what autograd saved, torch on the CPU),
+tests/reference/cpu_live_bytes.json (live bytes, CPU profiler), the frozen-layer and DenseNet references
+(cpu_saved_frozen.json, cpu_live_frozen.json, cpu_saved_densenet.json, cpu_live_densenet.json) and
+tests/reference/gpu/*.json (tools/gpu_reference.py on a CUDA GPU; none may exist yet). Where this memfit
+cannot estimate a row yet (no --freeze/--train, a one-input concat) its column shows "n/a (...)".
 Every number in the output is either read from those files or printed by `memfit ... --json`.
 """
 import argparse
@@ -18,11 +21,150 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def memfit(binary, model, *args):
+def memfit(binary, model, *args, optional=False):
     out = subprocess.run([binary, "estimate", model, "--json", *args], capture_output=True, text=True)
     if out.returncode not in (0, 1):
+        if optional:  # a row this memfit cannot estimate yet: say so in the table
+            return None
         raise SystemExit("memfit failed on %s %s: %s" % (model, args, out.stderr))
     return json.loads(out.stdout)
+
+
+def _measured_saved(b):
+    """Unique non-parameter, non-input storages of one cpu_reference.py batch."""
+    measured = 0
+    seen = set()
+    for layer in b["layers"]:
+        for s in layer["saved"]:
+            if s["is_param"] or s["is_input"] or s["storage_id"] in seen:
+                continue
+            seen.add(s["storage_id"])
+            measured += s["bytes"]
+    return measured
+
+
+def _frozen_args(frozen):
+    args = []
+    if frozen.get("freeze") is not None:
+        args += ["--freeze", frozen["freeze"]]
+    if frozen.get("train") is not None:
+        args += ["--train", frozen["train"]]
+    return args
+
+
+def frozen_section(binary, lines):
+    saved = json.load(open(os.path.join(ROOT, "tests/reference/cpu_saved_frozen.json")))
+    live = json.load(open(os.path.join(ROOT, "tests/reference/cpu_live_frozen.json")))
+    lines += ["## Frozen layers (transfer learning): PyTorch on the CPU (torch %s)" % saved["torch_version"], "",
+              "`requires_grad=False` on every parameter outside the `--train` globs (BatchNorm stays in train mode; "
+              "the optimizer is built over all parameters). Saved for backward as above (`tools/cpu_reference.py "
+              "--train ...`) against `memfit estimate --pytorch 1.13 --train ...`; the CPU dropout term is in the "
+              "last column (a dropout whose input needs no grad saves nothing). `tests/frozen_reference_test.cpp` "
+              "checks every row per layer.", "",
+              "| model | trained | trainable params | batch | measured (B) | memfit (B) | difference (B) | explained by dropout (B) |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for m in saved["models"]:
+        fz = m["frozen"]
+        for b in m["batches"]:
+            measured = _measured_saved(b)
+            est = memfit(binary, m["name"], "--batch", str(b["batch"]), "--pytorch", "1.13", *_frozen_args(fz),
+                         optional=True)
+            drop = 0
+            if est is not None:
+                kinds = {l["name"]: l["kind"] for l in est["layers"]}
+                drop = sum(3 * _numel(l["saved"][0]["shape"]) for l in b["layers"]
+                           if kinds.get(l["layer"]) == "dropout" and len(l["saved"]) == 1)
+                mine = est["totals"]["saved_activation_bytes"]
+                cols = (format(mine, ","), format(mine - measured, ","), format(-drop, ","))
+            else:
+                cols = ("n/a (no --train yet)", "", "")
+            lines.append("| %s | %s | %s | %d | %s | %s | %s | %s |" % (
+                m["name"], fz.get("train") or "all but " + str(fz.get("freeze")), format(fz["trainable_params"], ","),
+                b["batch"], format(measured, ","), *cols))
+    lines += ["", "Live tensor bytes (`tools/cpu_live_reference.py --train ...`, CPU profiler, as in the section "
+              "above; peak of each iteration relative to the start of iteration 1; `.grad` and optimizer state after "
+              "iteration 3). memfit's side of these rows is computed by `tests/frozen_reference_test.cpp` (iteration "
+              "starts to the byte, peaks within the live-bytes tolerance; `tools/live_bytes_estimate.cpp` has no "
+              "`--train` yet).", "",
+              "| model | trained | batch | optimizer | .grad (B) | optimizer state (B) | iteration | start (B) | peak (B) | peak at |",
+              "|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
+    for m in live["models"]:
+        fz = m["frozen"]
+        for r in m["runs"]:
+            for it in r["iterations"]:
+                top = it["peak_top"].replace("autograd::engine::evaluate_function: ", "")
+                lines.append("| %s | %s | %d | %s %s | %s | %s | %d | %s | %s | %s (%s) |" % (
+                    m["name"], fz.get("train") or "all but " + str(fz.get("freeze")), m["batch"], r["optimizer"],
+                    r["optimizer_impl"], format(r["grad_bytes_after"], ","), format(r["optimizer_state_bytes_after"], ","),
+                    it["iteration"], format(it["relative_start_bytes"], ","), format(it["relative_peak_bytes"], ","),
+                    top, it["peak_phase"]))
+    lines.append("")
+
+
+def densenet_section(binary, estimator, lines):
+    saved = json.load(open(os.path.join(ROOT, "tests/reference/cpu_saved_densenet.json")))
+    live = json.load(open(os.path.join(ROOT, "tests/reference/cpu_live_densenet.json")))
+    src = "tests/reference/fixtures/densenet_mini.memfit"
+    lines += ["## A small DenseNet (`%s`): PyTorch on the CPU (torch %s)" % (src, saved["torch_version"]), "",
+              "Dense layers that `torch.cat` every earlier output of their block (the first one a one-input "
+              "`torch.cat([x], 1)`), transitions with a 1x1 conv and an average pool; batch 4. Saved for backward "
+              "as above, against `memfit estimate --pytorch 1.13`; live bytes from the CPU profiler against memfit's "
+              "plan as raw bytes (`tools/live_bytes_estimate.cpp`). `tests/densenet_reference_test.cpp` checks both, "
+              "the live bytes around every concat's backward too.", "",
+              "| batch | measured saved (B) | memfit (B) | difference (B) |", "|---:|---:|---:|---:|"]
+    m = saved["models"][0]
+    for b in m["batches"]:
+        measured = _measured_saved(b)
+        est = memfit(binary, os.path.join(ROOT, src), "--batch", str(b["batch"]), "--pytorch", "1.13", optional=True)
+        if est is None:
+            lines.append("| %d | %s | n/a (memfit rejects the model) | |" % (b["batch"], format(measured, ",")))
+        else:
+            mine = est["totals"]["saved_activation_bytes"]
+            lines.append("| %d | %s | %s | %s |" % (b["batch"], format(measured, ","), format(mine, ","),
+                                                   format(mine - measured, ",")))
+    lines += ["", "| batch | optimizer | iteration | measured peak (B) | memfit (B) | measured - memfit (B) | measured peak at |",
+              "|---:|---|---:|---:|---:|---:|---|"]
+    lm = live["models"][0]
+    est = {}
+    why = "n/a (%s not built)" % os.path.relpath(estimator, ROOT) if estimator else "n/a"
+    if estimator and os.path.exists(estimator):
+        specs = ["%s:%d:%s:%s" % (src, lm["batch"], r["optimizer"], r["optimizer_impl"]) for r in lm["runs"]]
+        out = subprocess.run([estimator] + specs, capture_output=True, text=True, cwd=ROOT)
+        if out.returncode == 0:
+            est = {e["spec"]: e for e in json.loads(out.stdout)}
+        else:
+            why = "n/a (memfit rejects the model)"
+    for r in lm["runs"]:
+        e = est.get("%s:%d:%s:%s" % (src, lm["batch"], r["optimizer"], r["optimizer_impl"]))
+        for it in r["iterations"]:
+            top = it["peak_top"].replace("autograd::engine::evaluate_function: ", "")
+            meas = it["relative_peak_bytes"]
+            if e is not None:
+                mine = e["iterations"][it["iteration"] - 1]["peak_bytes"]
+                cols = (format(mine, ","), format(meas - mine, ","))
+            else:
+                cols = (why, "")
+            lines.append("| %d | %s %s | %d | %s | %s | %s | %s |" % (
+                lm["batch"], r["optimizer"], r["optimizer_impl"], it["iteration"], format(meas, ","), *cols, top))
+    r = lm["runs"][0]
+    cats = [names for names in (l["name"] for l in json.load(open(os.path.join(
+        ROOT, "tests/reference/fixtures/densenet_mini.json")))["layers"] if l["kind"] == "concat")][::-1]
+    nodes = r.get("backward_nodes", [])
+    rows = [(nodes[i], nodes[i + 1][1]) for i in range(len(nodes) - 1) if nodes[i][0] == "CatBackward0"]
+    if rows and len(rows) == len(cats):
+        lines += ["", "Measured live bytes around each concat's backward (`%s %s`, iteration %d, relative to the start "
+                  "of iteration 1; torch runs them in this order). The rise inside the node is the gradients summed "
+                  "into inputs that already hold one (a narrow of a later concat's gradient): new tensors of the "
+                  "inputs' own sizes. memfit's side: `tests/densenet_reference_test.cpp`." % (
+                      r["optimizer"], r["optimizer_impl"], len(r["iterations"])), "",
+                  "| concat (backward order) | inputs | start (B) | max inside (B) | rise (B) | next node starts at (B) |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        n_in = {l["name"]: len(l.get("from", [])) for l in json.load(open(os.path.join(
+            ROOT, "tests/reference/fixtures/densenet_mini.json")))["layers"]}
+        for name, (nd, nxt) in zip(cats, rows):
+            lines.append("| %s | %d | %s | %s | %s | %s |" % (name, n_in[name], format(nd[1], ","), format(nd[2], ","),
+                                                          format(nd[2] - nd[1], ","), format(nxt, ",")))
+    lines.append("")
 
 
 def mib(b):
@@ -164,6 +306,8 @@ def gpu_section(binary, lines):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--memfit", default=os.path.join(ROOT, "build/memfit"))
+    ap.add_argument("--estimator", default=os.path.join(ROOT, "build/live_bytes_estimate"),
+                    help="tools/live_bytes_estimate.cpp built (for the DenseNet live rows; skipped if absent)")
     ap.add_argument("-o", "--output", default=os.path.join(ROOT, "docs/accuracy.md"))
     a = ap.parse_args()
     lines = ["# memfit accuracy", "",
@@ -172,6 +316,8 @@ def main():
     gpu_section(a.memfit, lines)
     cpu_section(a.memfit, lines)
     live_section(lines)
+    frozen_section(a.memfit, lines)
+    densenet_section(a.memfit, a.estimator, lines)
     rules_section(a.memfit, lines)
     open(a.output, "w").write("\n".join(lines) + "\n")
     print("wrote", a.output, file=sys.stderr)

@@ -21,6 +21,7 @@ profiler started and reports per iteration:
                 (a forward op, 'autograd::engine::evaluate_function: XBackward0',
                 'Optimizer.step#...'), peak_phase (zero_grad/forward/loss/backward/optimizer)
   phase_peak_bytes  highest live bytes in each phase
+  phase_peak_top    the outermost op (as peak_top) at each phase's peak
 
 Phases come from the ops torch itself records: 'Optimizer.zero_grad#*',
 the top-level 'aten::cross_entropy_loss' (loss), the first top-level op after
@@ -38,6 +39,11 @@ Usage (repository root; build/memfit and build/live_bytes_estimate built):
   /usr/bin/python3 tools/cpu_live_reference.py --memfit build/memfit \
       --estimator build/live_bytes_estimate -o tests/reference/cpu_live_bytes.json
 Options: --runs MODEL:BATCH,...  --configs OPT:IMPL,...  --threads 1  --ops DIR
+  --nodes: per run, `backward_nodes`: the last iteration's autograd nodes in execution order,
+  [op, start, max, end] (live bytes relative to the start of iteration 1).
+  --freeze GLOB[,GLOB...] / --train GLOB[,GLOB...]: freeze layers as memfit's options of the same
+  names do (memfit_torch.apply_freeze), for every run; the optimizer is still built over all
+  parameters (PyTorch skips those whose .grad is None). Each model entry gets a "frozen" object.
 
 Needs only torch (tested with Debian python3-torch 1.13, CPU).
 """
@@ -198,6 +204,7 @@ def analyse(kr, want_ops):
         ph = phase_of(cur, t)
         if live > r["phase_peak_bytes"].get(ph, -1 << 62):
             r["phase_peak_bytes"][ph] = live
+            r.setdefault("phase_peak_t", {})[ph] = t
     for k in range(N_ITERATIONS):
         if its[k] is None:
             its[k] = {"iteration": k + 1, "start_bytes": live, "peak_bytes": live, "peak_t": t_starts[k],
@@ -207,6 +214,7 @@ def analyse(kr, want_ops):
         inner, outer = enclosing(r["peak_t"])
         r["peak_op"] = inner
         r["peak_top"] = outer
+        r["phase_peak_top"] = {ph: enclosing(t)[1] for ph, t in r.pop("phase_peak_t", {}).items()}
         r["peak_phase"] = phase_of(r["iteration"] - 1, r["peak_t"])
         del r["peak_t"]
     end_bytes = live
@@ -261,10 +269,12 @@ def release_env_forward(net):
     return forward
 
 
-def measure(m, batch, opt_name, impl, seed, want_ops, release_env=False):
+def measure(m, batch, opt_name, impl, seed, want_ops, release_env=False, freeze=None, train=None,
+            want_nodes=False):
     torch.manual_seed(seed)
     net = mt.build_module(m)
     net.train()
+    frozen = mt.apply_freeze(net, freeze, train) if (freeze is not None or train is not None) else None
     if release_env:
         net.forward = release_env_forward(net)
     loss_fn = mt.loss_fn_for(net)
@@ -274,8 +284,17 @@ def measure(m, batch, opt_name, impl, seed, want_ops, release_env=False):
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         for _ in range(N_ITERATIONS):
             mt.training_step(net, x, target, opt, loss_fn)
-    its, end_bytes, timeline = analyse(prof.profiler.kineto_results, want_ops)
+    its, end_bytes, timeline = analyse(prof.profiler.kineto_results, want_ops or want_nodes)
     base = its[0]["start_bytes"]
+    nodes = None
+    if want_nodes:
+        # the last iteration's autograd nodes in execution order: [op, start, max, end], live bytes
+        # relative to the start of iteration 1 (like relative_peak_bytes)
+        pre = "autograd::engine::evaluate_function: "
+        nodes = [[u["op"][len(pre):], u["start"] - base, u["max"] - base, u["end"] - base] for u in timeline
+                 if u["iteration"] == N_ITERATIONS and u["op"].startswith(pre)]
+        if not want_ops:
+            timeline = None
     for r in its:
         r["relative_peak_bytes"] = r["peak_bytes"] - base
         r["relative_start_bytes"] = r["start_bytes"] - base
@@ -298,7 +317,13 @@ def measure(m, batch, opt_name, impl, seed, want_ops, release_env=False):
         "end_bytes": end_bytes,
         "iterations": its,
     }
-    return res, timeline
+    if nodes is not None:
+        res["backward_nodes"] = nodes
+    if frozen is not None:
+        trainable = [p for p in params if p.requires_grad]
+        res["trainable_param_bytes"] = _tensor_bytes(trainable)
+        res["trainable_param_tensors"] = len(trainable)
+    return res, timeline, frozen
 
 
 def memfit_copy(src, tmpdir):
@@ -326,10 +351,17 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ops", help="directory for per-op timelines (one JSON per run)")
+    ap.add_argument("--nodes", action="store_true",
+                    help="record the last iteration's autograd nodes (op, live at start / max / end) per run")
     ap.add_argument("--release-env", action="store_true",
                     help="experiment: forward drops layer outputs after their last use (not memfit_torch's)")
+    ap.add_argument("--freeze", help="GLOB[,GLOB...]: freeze these memfit layers (and the regions they name)")
+    ap.add_argument("--train", help="GLOB[,GLOB...]: freeze every layer these globs do not match")
     ap.add_argument("-o", "--output", help="output JSON (default stdout)")
     args = ap.parse_args()
+    if args.estimator and (args.freeze is not None or args.train is not None):
+        sys.exit("--estimator: tools/live_bytes_estimate.cpp has no --freeze/--train yet; leave it out "
+                 "(tests/frozen_reference_test.cpp computes memfit's side)")
     torch.set_num_threads(args.threads)
     runs = DEFAULT_RUNS
     if args.runs:
@@ -364,7 +396,10 @@ def main():
             entry["memfit_source_changes"] = est_src[src][1]
         for opt_name, impl in configs:
             sys.stderr.write("%s batch %d %s %s\n" % (src, batch, opt_name, impl))
-            res, timeline = measure(m, batch, opt_name, impl, args.seed, bool(args.ops), args.release_env)
+            res, timeline, frozen = measure(m, batch, opt_name, impl, args.seed, bool(args.ops), args.release_env,
+                                            args.freeze, args.train, args.nodes)
+            if frozen is not None:
+                entry["frozen"] = frozen
             spec = "%s:%d:%s:%s" % (est_src[src][0], batch, opt_name, impl)
             if spec in est:
                 e = est[spec]

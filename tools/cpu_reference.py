@@ -13,6 +13,9 @@ Usage:
   python3 tools/cpu_reference.py MODEL.json [MODEL.json ...] -o OUT.json
   python3 tools/cpu_reference.py --memfit build/memfit --models-dir models -o OUT.json
 Options: --batches 1,8,64  --seed 0
+  --freeze GLOB[,GLOB...] / --train GLOB[,GLOB...]: freeze layers as memfit's options of the same
+  names do (memfit_torch.apply_freeze: requires_grad=False on their parameters; BatchNorm stays in
+  train mode). Each model entry then has a "frozen" object saying what was frozen.
 
 Needs only torch (tested with Debian python3-torch 1.13, CPU).
 """
@@ -74,10 +77,11 @@ def load_models(args):
     return models
 
 
-def measure(m, batch, seed):
+def measure(m, batch, seed, freeze=None, train=None):
     torch.manual_seed(seed)
     net = mt.build_module(m)
     net.train()
+    frozen = mt.apply_freeze(net, freeze, train) if (freeze is not None or train is not None) else None
     x, target = mt.make_batch(m, batch, "cpu", torch.float32, seed=seed)
     xs = x if isinstance(x, tuple) else (x,)
 
@@ -151,7 +155,8 @@ def measure(m, batch, seed):
         loss = net.loss(out, target)
     for h in handles:
         h.remove()
-    loss.backward()  # sanity: the recorded graph is usable
+    if loss.requires_grad:
+        loss.backward()  # sanity: the recorded graph is usable
 
     total = 0
     by_dtype = {}
@@ -190,7 +195,7 @@ def measure(m, batch, seed):
         "unique_storages": len(storage_info),
         "loss": round(float(loss.detach()), 5),
         "layers": layers,
-    }, net
+    }, net, frozen
 
 
 def main():
@@ -200,6 +205,8 @@ def main():
     ap.add_argument("--models-dir", default="models")
     ap.add_argument("--batches", default="1,8,64")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--freeze", help="GLOB[,GLOB...]: freeze these memfit layers (and the regions they name)")
+    ap.add_argument("--train", help="GLOB[,GLOB...]: freeze every layer these globs do not match")
     ap.add_argument("-o", "--output", help="output JSON (default stdout)")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",") if b]
@@ -217,8 +224,10 @@ def main():
     for src, m in load_models(args):
         entry = {"name": m.get("name"), "source": src, "batches": []}
         for b in batches:
-            r, net = measure(m, b, args.seed)
+            r, net, frozen = measure(m, b, args.seed, args.freeze, args.train)
             entry["batches"].append(r)
+        if frozen is not None:
+            entry["frozen"] = frozen
         entry["params"] = mt.param_count(net)
         entry["buffer_bytes"] = mt.buffer_bytes(net)
         entry["loss_layer"] = net.loss_name

@@ -21,15 +21,23 @@ emits.  This module is the single source of truth for how the reference tools
       loss.backward()
       optimizer.step()
 * make_optimizer(name, params, impl)
+* load_ops() -> OpRegistry: memfit's op registry (docs/ops.json, `memfit ops --json`); every layer
+  is checked against it (kind, aliases, input count, attributes; defaults filled in) by
+  load_model_json / check_layer, which fail clearly on a kind without a torch builder here.
+* apply_freeze(net, freeze, train): memfit's --freeze / --train globs -> requires_grad=False on
+  the frozen layers' parameters (frozen_layers / glob_matches give the selection).
 
 Works with torch 1.13 (CPU) and torch 2.x (CUDA).  Standard library + torch only.
 """
 
 import contextlib
+import copy
 import inspect
 import json
-import sys
 import math
+import os
+import re
+import sys
 
 import torch
 import torch.nn as nn
@@ -37,12 +45,139 @@ import torch.nn.functional as F
 
 FORMAT = "memfit-model/1"
 
-KINDS = (
+# Kinds this module has a torch builder for (_make_layer). Which kinds exist, their aliases, input
+# counts and attribute defaults come from memfit's op registry (`memfit ops --json`, checked in as
+# docs/ops.json); see load_ops / check_layer.
+TORCH_BUILDERS = frozenset((
     "input", "conv2d", "maxpool2d", "avgpool2d", "adaptive_avgpool2d", "flatten",
     "linear", "relu", "relu6", "leaky_relu", "sigmoid", "tanh", "gelu", "silu",
     "batchnorm2d", "dropout", "softmax", "log_softmax", "cross_entropy", "add",
-    "concat",
-)
+    "concat", "mean",
+))
+
+OPS_FORMAT = "memfit-ops/1"
+_TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
+OPS_JSON = os.path.join(os.path.dirname(_TOOLS_DIR), "docs", "ops.json")
+
+
+class OpRegistry:
+    """memfit's op registry as `memfit ops --json` prints it ("format": "memfit-ops/1")."""
+
+    def __init__(self, doc, path):
+        if doc.get("format") != OPS_FORMAT:
+            raise ValueError("%s: not a %s document (format=%r)" % (path, OPS_FORMAT, doc.get("format")))
+        self.path = path
+        self.ops = {}
+        self.alias = {}
+        for op in doc["ops"]:
+            kind = op["kind"]
+            if kind in self.ops:
+                raise ValueError("%s: kind %r listed twice" % (path, kind))
+            self.ops[kind] = op
+            for name in [kind] + list(op.get("aliases", [])):
+                if name in self.alias and self.alias[name] != kind:
+                    raise ValueError("%s: alias %r names %r and %r" % (path, name, self.alias[name], kind))
+                self.alias[name] = kind
+
+    def canonical(self, kind):
+        return self.alias.get(kind)
+
+    def kinds(self):
+        return tuple(self.ops)
+
+
+_REGISTRY = None
+
+
+def load_ops(path=None):
+    """The op registry: `path`, else $MEMFIT_OPS_JSON, else docs/ops.json (regenerated with
+    `memfit ops --json > docs/ops.json`). Cached when no path is given."""
+    global _REGISTRY
+    if path is None and _REGISTRY is not None:
+        return _REGISTRY
+    chosen = path or os.environ.get("MEMFIT_OPS_JSON") or OPS_JSON
+    if not os.path.exists(chosen):
+        raise FileNotFoundError("memfit's op registry %s does not exist (write it with `memfit ops --json > %s`)"
+                                % (chosen, chosen))
+    with open(chosen) as f:
+        reg = OpRegistry(json.load(f), chosen)
+    if path is None:
+        _REGISTRY = reg
+    return reg
+
+
+def _parse_pair_text(text):
+    parts = str(text).lower().split("x")
+    if len(parts) == 1:
+        return [int(parts[0]), int(parts[0])]
+    if len(parts) == 2:
+        return [int(parts[0]), int(parts[1])]
+    raise ValueError("bad size %r" % text)
+
+
+_TYPE_NAMES = {"integer": "integer", "int": "integer", "pair": "pair", "size": "pair", "boolean": "boolean",
+               "bool": "boolean", "real": "real", "float": "real", "double": "real", "text": "text",
+               "string": "text"}
+
+
+def _default_value(attr, layer):
+    """An attribute's default (the registry's text) as the JSON form spells the value."""
+    t, d = _TYPE_NAMES.get(attr.get("type"), attr.get("type")), attr.get("default")
+    if isinstance(d, str) and d in layer and d != attr["key"]:
+        return layer[d]  # e.g. a pool's stride defaults to its kernel
+    if not isinstance(d, str):
+        return d  # already typed (a registry that writes JSON values)
+    if t == "integer":
+        return int(d)
+    if t == "pair":
+        return _parse_pair_text(d)
+    if t == "boolean":
+        if d.lower() in ("true", "1", "yes"):
+            return True
+        if d.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError("bad boolean default %r for %s" % (d, attr["key"]))
+    if t == "real":
+        return float(d)
+    return d
+
+
+def check_layer(layer, index, registry=None):
+    """Checks one layer against the op registry and returns a copy with its canonical kind and
+    every attribute default filled in. Fails clearly on a kind memfit does not know, a kind with
+    no torch builder here, a wrong number of inputs, an unknown or missing attribute."""
+    reg = registry or load_ops()
+    name = layer.get("name")
+    kind = layer.get("kind")
+    canon = reg.canonical(kind)
+    if canon is None:
+        raise ValueError("layer %d (%s): unknown kind %r (not in memfit's op registry %s; known: %s)"
+                         % (index, name, kind, reg.path, ", ".join(reg.kinds())))
+    if canon not in TORCH_BUILDERS:
+        raise ValueError("layer %d (%s): kind %r is in memfit's op registry but tools/memfit_torch.py has no "
+                         "torch builder for it (add one to _make_layer and TORCH_BUILDERS)" % (index, name, canon))
+    op = reg.ops[canon]
+    out = dict(layer)
+    out["kind"] = canon
+    if canon != "input":
+        n_in = len(layer.get("from") or [])
+        lo, hi = int(op.get("min_inputs", 1)), int(op.get("max_inputs", 1))
+        if n_in < lo or (hi >= 0 and n_in > hi):
+            raise ValueError("layer %r (%s): %d inputs, memfit's registry allows %d..%s"
+                             % (name, canon, n_in, lo, hi if hi >= 0 else "any"))
+    keys = {a["key"] for a in op.get("attrs", [])}
+    for k in layer:
+        if k not in ("name", "kind", "from") and k not in keys:
+            raise ValueError("layer %r (%s): unknown attribute %r (memfit's registry has: %s)"
+                             % (name, canon, k, ", ".join(sorted(keys)) or "none"))
+    for a in op.get("attrs", []):
+        if a["key"] in out:
+            continue
+        if a.get("default") is None or a.get("required"):
+            raise ValueError("layer %r (%s): missing required attribute %r" % (name, canon, a["key"]))
+        out[a["key"]] = _default_value(a, out)
+    return out
+
 
 LOSS_NAME = "loss"  # memfit's name for the appended CrossEntropyLoss
 
@@ -55,7 +190,9 @@ TRAINING_LOOP = (
 # --------------------------------------------------------------------------
 # loading / validation
 
-def load_model_json(path_or_obj):
+def load_model_json(path_or_obj, registry=None):
+    """Reads and checks a memfit-model/1 document; returns a copy whose layers carry their canonical
+    kind and every attribute default from memfit's op registry (check_layer)."""
     if isinstance(path_or_obj, dict):
         m = path_or_obj
     else:
@@ -63,11 +200,11 @@ def load_model_json(path_or_obj):
             m = json.load(f)
     if m.get("format") != FORMAT:
         raise ValueError("not a %s document (format=%r)" % (FORMAT, m.get("format")))
+    m = copy.deepcopy(m)
     seen = set()
     for i, layer in enumerate(m["layers"]):
-        kind = layer.get("kind")
-        if kind not in KINDS:
-            raise ValueError("layer %d (%s): unknown kind %r" % (i, layer.get("name"), kind))
+        layer = m["layers"][i] = check_layer(layer, i, registry)
+        kind = layer["kind"]
         name = layer.get("name")
         if not name:
             raise ValueError("layer %d has no name" % i)
@@ -122,6 +259,20 @@ def _dim_index(dim, rank_with_batch):
     return dim - 1
 
 
+def _mean_dims(layer, rank_with_batch):
+    """memfit's `mean` dims ("2,3" or a list): dims of the batched tensor, negatives allowed."""
+    v = layer["dims"]
+    parts = [int(p) for p in str(v).split(",")] if not isinstance(v, list) else [int(p) for p in v]
+    dims = []
+    for d in parts:
+        if d < 0:
+            d += rank_with_batch
+        if d <= 0 or d >= rank_with_batch or d in dims:
+            raise ValueError("mean %r: bad dims %r" % (layer["name"], v))
+        dims.append(d)
+    return dims
+
+
 def infer_shapes(m):
     """Return {layer name: per-sample output shape (list)}; cross_entropy -> []."""
     shapes = {}
@@ -159,6 +310,10 @@ def infer_shapes(m):
             di = _dim_index(layer.get("dim", 1), len(x) + 1)
             out = list(x)
             out[di] = sum(t[di] for t in ins)
+        elif kind == "mean":
+            dims = _mean_dims(layer, len(x) + 1)
+            keep = bool(layer.get("keepdim", False))
+            out = [1 if (k + 1) in dims else d for k, d in enumerate(x) if keep or (k + 1) not in dims]
         elif kind == "cross_entropy":
             out = []
         else:  # elementwise / normalisation / softmax
@@ -190,6 +345,21 @@ class Add(nn.Module):
         for t in xs[1:]:
             out = out.add_(t) if self.inplace else out + t
         return out
+
+
+class Mean(nn.Module):
+    """memfit `mean`: x.mean(dims, keepdim) (torchvision MobileNetV3/EfficientNet-style global pool)."""
+
+    def __init__(self, dims, keepdim=False):
+        super().__init__()
+        self.dims = list(dims)
+        self.keepdim = keepdim
+
+    def forward(self, x):
+        return x.mean(self.dims, keepdim=self.keepdim)
+
+    def extra_repr(self):
+        return "dims=%s, keepdim=%s" % (self.dims, self.keepdim)
 
 
 class Concat(nn.Module):
@@ -255,6 +425,8 @@ def _make_layer(layer, in_shapes):
         return Add(bool(layer.get("inplace", False)))
     if kind == "concat":
         return Concat(int(layer.get("dim", 1)))
+    if kind == "mean":
+        return Mean(_mean_dims(layer, len(x) + 1), bool(layer.get("keepdim", False)))
     if kind == "cross_entropy":
         return nn.CrossEntropyLoss()
     raise ValueError("unsupported kind %r" % kind)
@@ -328,6 +500,94 @@ class MemfitNet(nn.Module):
                 if self._last_use.get(s) == step and s != self.output_name:
                     del env[s]
         return env[self.output_name]
+
+
+# --------------------------------------------------------------------------
+# frozen layers (memfit's --freeze GLOB[,GLOB...] / --train GLOB[,GLOB...])
+
+def _glob_regex(glob):
+    # memfit's globs (core/src/graph/graph.cpp glob_match): `*` any characters, dots included,
+    # `?` one character; everything else literal
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in glob) + r"\Z",
+                      re.S)
+
+
+def _split_globs(text):
+    if text is None:
+        return []
+    globs = [g.strip() for g in text.split(",")]
+    if not globs or any(not g for g in globs):
+        raise ValueError("empty glob in %r" % text)
+    return globs
+
+
+def glob_matches(glob, layer_name, param=None):
+    """memfit's selection (graph.cpp `selects`): a glob selects a parameter if it matches its layer's
+    name, one of the layer's dotted prefixes (the regions holding it: `layer4` selects
+    `layer4.0.conv1`'s parameters, as `layer4.*` does; `layer` does not, prefixes end at a dot), or
+    `layer.param` (`fc.bias`)."""
+    rx = _glob_regex(glob)
+    if rx.match(layer_name) or (param is not None and rx.match(layer_name + "." + param)):
+        return True
+    parts = layer_name.split(".")
+    return any(rx.match(".".join(parts[:k])) for k in range(1, len(parts)))
+
+
+def frozen_parameters(layer_params, freeze=None, train=None):
+    """layer_params: [(memfit layer name, [parameter names])]. Returns the frozen (layer, param)
+    pairs: those a --freeze glob selects, or with --train those no --train glob selects. As memfit:
+    giving both is an error, and so is a glob that selects no parameter."""
+    if freeze is not None and train is not None:
+        raise ValueError("both --freeze and --train are given; give one")
+    globs = _split_globs(freeze if freeze is not None else train)
+    used = [False] * len(globs)
+    out = []
+    for layer, params in layer_params:
+        for p in params:
+            hit = False
+            for k, g in enumerate(globs):
+                if glob_matches(g, layer, p):
+                    hit = used[k] = True
+            if (hit if freeze is not None else not hit):
+                out.append((layer, p))
+    for g, u in zip(globs, used):
+        if not u:
+            raise ValueError("%s %r matches no parameter of the model" % ("--freeze" if freeze is not None else "--train", g))
+    return out
+
+
+def frozen_layers(layer_names, freeze=None, train=None):
+    """Layer-level form of frozen_parameters (every layer taken to have one parameter 'weight')."""
+    return [l for l, _ in frozen_parameters([(n, ["weight"]) for n in layer_names], freeze, train)]
+
+
+def apply_freeze(net, freeze=None, train=None):
+    """Sets requires_grad=False on the parameters memfit's --freeze / --train select in a MemfitNet
+    (frozen_parameters; buffers are untouched and BatchNorm stays in train mode, so its running
+    statistics still update). The optimizer is then built over all net.parameters(), as in
+    transfer-learning code; PyTorch skips parameters whose .grad is None. Returns a summary recorded
+    in the reference documents."""
+    mods = dict(net.memfit_modules())
+    layer_params = [(n, [pn for pn, _ in mods[n].named_parameters()]) for n, _ in net.memfit_modules()]
+    pairs = frozen_parameters(layer_params, freeze, train) if (freeze is not None or train is not None) else []
+    frozen_params = 0
+    with_params = []
+    for layer, pn in pairs:
+        prm = dict(mods[layer].named_parameters())[pn]
+        prm.requires_grad_(False)
+        frozen_params += prm.numel()
+        if layer not in with_params:
+            with_params.append(layer)
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    return {
+        "freeze": freeze,
+        "train": train,
+        "frozen_layers": with_params,  # layers with at least one frozen parameter
+        "frozen_params": frozen_params,
+        "frozen_param_tensors": len(pairs),
+        "trainable_params": sum(p.numel() for p in trainable),
+        "trainable_param_tensors": len(trainable),
+    }
 
 
 def build_module(model_json):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates tests/reference/cpu_saved_*.json with Debian's PyTorch on the CPU (see tests/reference/README.md).
+# Regenerates tests/reference/cpu_saved_*.json (and the frozen / densenet references below) with Debian's PyTorch on the CPU (see tests/reference/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/install-deps.sh torch
@@ -24,3 +24,25 @@ for m in a["models"]:
 a["generated_by"] = [a["generated_by"], b["generated_by"] + "  (batch 64 merged into the same models)"]
 open("tests/reference/cpu_saved_models.json", "w").write(json.dumps(a, indent=1, sort_keys=True) + "\n")
 PY
+
+# Frozen layers (--train GLOBS: every other layer frozen; tests/frozen_reference_test.cpp) and the small
+# DenseNet fixture (tests/densenet_reference_test.cpp): saved bytes and live bytes, one run per setting,
+# merged with tools/merge_reference.py. About 6 minutes on 2 shared cores (vgg16's live run is 1.5-2.5 of them).
+J=tests/reference/models-json
+T=/tmp/memfit_frozen_ref && rm -rf $T && mkdir -p $T
+for spec in "resnet18 fc 1,8 8" "resnet18 layer4,fc 1,8 8" "mobilenet_v2 classifier 1,8 4" "vgg16 classifier 1,2 2"; do
+  set -- $spec
+  tag=$1_${2//,/_}
+  /usr/bin/python3 tools/cpu_reference.py $J/$1.json --train $2 --batches $3 -o $T/saved_$tag.json
+  /usr/bin/python3 tools/cpu_live_reference.py --runs $J/$1.json:$4 --train $2 --nodes -o $T/live_$tag.json
+done
+/usr/bin/python3 tools/merge_reference.py -o tests/reference/cpu_saved_frozen.json \
+    $T/saved_resnet18_fc.json $T/saved_resnet18_layer4_fc.json $T/saved_mobilenet_v2_classifier.json \
+    $T/saved_vgg16_classifier.json
+/usr/bin/python3 tools/merge_reference.py -o tests/reference/cpu_live_frozen.json \
+    $T/live_resnet18_fc.json $T/live_resnet18_layer4_fc.json $T/live_mobilenet_v2_classifier.json \
+    $T/live_vgg16_classifier.json
+/usr/bin/python3 tools/cpu_reference.py tests/reference/fixtures/densenet_mini.json --batches 1,4 \
+    -o tests/reference/cpu_saved_densenet.json
+/usr/bin/python3 tools/cpu_live_reference.py --runs tests/reference/fixtures/densenet_mini.json:4 --nodes \
+    -o tests/reference/cpu_live_densenet.json
