@@ -79,7 +79,7 @@ i64 usable_bytes(const Options& options);  // the GPU's CUDA-visible total minus
 Estimate estimate(const Model& model, const Options& options);
 
 // Largest n in [1, limit] with fits(n), for a fits() that is monotone (true up to some n, then
-// false): doubling from `start`, then bisection. Shared by max-batch here and the probe's search
+// false): galloping from `start`, then bisection. Shared by max-batch here and the probe's search
 // by real allocation. fits() returning nullopt stops the search (interrupted, device error).
 struct LargestSearch {
   i64 largest = 0;        // 0: even 1 does not fit
@@ -87,7 +87,9 @@ struct LargestSearch {
   bool stopped = false;   // fits() asked to stop
   int n_probes = 0;
 };
-LargestSearch search_largest(const std::function<std::optional<bool>(i64)>& fits, i64 start, i64 limit);
+// The first step away from `start` is `first_step`, doubling after each probe (galloping).
+LargestSearch search_largest(const std::function<std::optional<bool>(i64)>& fits, i64 start, i64 limit,
+                             i64 first_step = 1);
 inline constexpr i64 kBatchSearchLimit = i64{1} << 40;  // beyond any GPU: stops the doubling
 
 // Largest batch for which the allocator model does not run out of the GPU's usable memory.
