@@ -173,12 +173,18 @@ std::string estimate_json(const Model& model, const Estimate& e) {
 }
 
 std::string max_batch_json(const Model& model, const Options& options) {
-  MaxBatch mb = max_batch(model, options);
+  return max_batch_json(model, options, max_batch(model, options));
+}
+
+std::string max_batch_json(const Model& model, const Options& options, const MaxBatch& mb) {
   Options at = options;
   at.train.batch = mb.max_batch > 0 ? mb.max_batch : 1;
   Estimate e = estimate(model, at);
   ojson j = estimate_object(model, e);
   j["max_batch"] = mb.max_batch;
+  // true: every batch up to the search's cap fits, so max_batch is the cap, not a limit of the GPU.
+  j["max_batch_capped"] = max_batch_capped(mb);
+  j["max_batch_search_cap"] = kMaxBatchSearchCap;
   return j.dump(2) + "\n";
 }
 
@@ -251,7 +257,7 @@ std::string batch_sweep_json(const Model& model, const Options& options, i64 up_
     pts.push_back({{"batch", b},
                    {"allocated_bytes", s.peak_allocated_bytes},
                    {"reserved_bytes", s.peak_reserved_bytes},
-                   {"device_bytes", s.peak_reserved_bytes + o.context_bytes}});
+                   {"device_bytes", checked_add(s.peak_reserved_bytes, o.context_bytes, "device bytes (reserved + context)")}});
   }
   ojson j;
   j["points"] = std::move(pts);
