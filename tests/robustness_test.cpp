@@ -168,3 +168,11 @@ TEST_CASE("max-batch says when the result is the search's cap") {
   nlohmann::json small = request(R"({"command": "max-batch", "options": {"gpu": "8GiB"}})");
   CHECK(small["max_batch_capped"] == false);
 }
+
+TEST_CASE("fuzz find: bytes that are not UTF-8 in names and messages are written as U+FFFD") {
+  const Model& m = test::keep_model("input 8\nab\xff" "cd: fc 2\n");
+  std::string j = estimate_json(m, Options{});  // threw nlohmann type_error 316 ("internal error")
+  CHECK(j.find("\"ab\xEF\xBF\xBD" "cd\"") != std::string::npos);
+  std::string e = error_json(Error({"f\xfe", 1, 1}, "l\xff", "bad \xc3", "fix"));
+  CHECK(nlohmann::json::parse(e)["error"]["file"] == "f\xEF\xBF\xBD");
+}

@@ -9,6 +9,7 @@
 // free_block/try_merge_blocks, release_cached_blocks (docs/pytorch-behaviour.md section 1).
 #include "memfit/allocator.hpp"
 
+#include <limits>
 #include <set>
 #include <stdexcept>
 #include <string_view>
@@ -197,6 +198,12 @@ class Sim {
   }
 
   bool malloc_block(int tensor, i64 bytes, int event) {
+    // Rounding can only fail within 2 MiB of 2^63; say so with the request's size (the allocator knows no
+    // layer names: the pipeline may add the layer of plan_.events[event].node).
+    if (bytes > std::numeric_limits<i64>::max() - c_.round_large_bytes)
+      throw Error({}, "", "one tensor of " + format_bytes_exact(bytes) +
+                              " is too large to model: rounded up to the allocator's 2 MiB segments it overflows 64 bits",
+                  "use a smaller batch or smaller layers");
     i64 size = round_request(c_, bytes);
     bool small = size <= c_.small_size_bytes;
     int b = find_free(small, size);

@@ -108,7 +108,7 @@ std::string handle_request(std::string_view request_json) {
     if (command == "models") {
       json arr = json::array();
       for (const auto& m : builtin_models()) arr.push_back({{"name", m.name}, {"text", m.text}});
-      return json{{"models", arr}}.dump(2) + "\n";
+      return json{{"models", arr}}.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
     }
     OptionStrings s;
     if (req.contains("options") && !req["options"].is_object())

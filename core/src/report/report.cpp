@@ -9,6 +9,12 @@ namespace {
 
 using ojson = nlohmann::ordered_json;
 
+// Every JSON result goes through here. Names and messages quote the user's bytes, which need not be
+// UTF-8 (the fuzzer found a 0xFF in a layer name): nlohmann's default dump throws type_error 316 on
+// them, which surfaced as "internal error" and, inside error_json, as no message at all. Invalid bytes
+// become U+FFFD instead; valid UTF-8 is written unchanged.
+std::string dump(const ojson& j) { return j.dump(2, ' ', false, ojson::error_handler_t::replace) + "\n"; }
+
 const char* precision_name(DType t) {
   switch (t) {
     case DType::f16: return "fp16";
@@ -169,7 +175,7 @@ std::string estimate_json(const Model& model, const Options& options) {
 std::string estimate_json(const Model& model, const Estimate& e) {
   ojson j = estimate_object(model, e);
   if (e.fits && !*e.fits) add_remedies(model, e.options, j);
-  return j.dump(2) + "\n";
+  return dump(j);
 }
 
 std::string max_batch_json(const Model& model, const Options& options) {
@@ -185,7 +191,7 @@ std::string max_batch_json(const Model& model, const Options& options, const Max
   // true: every batch up to the search's cap fits, so max_batch is the cap, not a limit of the GPU.
   j["max_batch_capped"] = max_batch_capped(mb);
   j["max_batch_search_cap"] = kMaxBatchSearchCap;
-  return j.dump(2) + "\n";
+  return dump(j);
 }
 
 std::string model_json(const Model& model) {
@@ -220,7 +226,7 @@ std::string model_json(const Model& model) {
     layers.push_back(std::move(jl));
   }
   j["layers"] = std::move(layers);
-  return j.dump(2) + "\n";
+  return dump(j);
 }
 
 std::string gpus_json() {
@@ -234,7 +240,7 @@ std::string gpus_json() {
                    {"source", g.source}});
   ojson j;
   j["gpus"] = std::move(arr);
-  return j.dump(2) + "\n";
+  return dump(j);
 }
 
 std::string batch_sweep_json(const Model& model, const Options& options, i64 up_to, int n_points) {
@@ -261,7 +267,7 @@ std::string batch_sweep_json(const Model& model, const Options& options, i64 up_
   }
   ojson j;
   j["points"] = std::move(pts);
-  return j.dump(2) + "\n";
+  return dump(j);
 }
 
 std::string error_json(const Error& e) {
@@ -273,7 +279,7 @@ std::string error_json(const Error& e) {
                 {"layer", e.layer()},
                 {"problem", e.problem()},
                 {"fix", e.fix()}};
-  return j.dump(2) + "\n";
+  return dump(j);
 }
 
 }  // namespace memfit
