@@ -176,3 +176,7 @@ TEST_CASE("fuzz find: bytes that are not UTF-8 in names and messages are written
   std::string e = error_json(Error({"f\xfe", 1, 1}, "l\xff", "bad \xc3", "fix"));
   CHECK(nlohmann::json::parse(e)["error"]["file"] == "f\xEF\xBF\xBD");
 }
+
+TEST_CASE("fuzz find: a number beyond a double in the request is invalid JSON, not an internal error") {
+  CHECK_THAT(error_of(R"({"command": "sweep", "sweep_up_to": 444444e444})"), Catch::Contains("not valid JSON"));
+}

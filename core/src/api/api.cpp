@@ -97,8 +97,12 @@ std::string handle_request(std::string_view request_json) {
     json req;
     try {
       req = json::parse(request_json.begin(), request_json.end());
-    } catch (const json::parse_error&) {
-      throw Error({}, "", "the request is not valid JSON", "send {\"command\": \"estimate\", \"model\": \"...\"}");
+    } catch (const json::exception& e) {
+      // parse_error, and out_of_range 406 for a number beyond a double (1e444: found by request_fuzzer)
+      std::string why = e.what();
+      if (auto k = why.find("] "); k != std::string::npos) why = why.substr(k + 2);  // drop "[json.exception...]"
+      throw Error({"request", 0, 0}, "", "the request is not valid JSON (" + why + ")",
+                  "send {\"command\": \"estimate\", \"model\": \"...\"}");
     }
     if (!req.is_object())
       throw Error({}, "", std::string("the request is ") + type_name(req) + ", expected a JSON object",
