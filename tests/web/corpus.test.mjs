@@ -7,7 +7,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { ROOT } from './lib.mjs';
+import { fileURLToPath } from 'node:url';
+
+// Not lib.mjs: that loads playwright-core, which this test does not need.
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
 const createMemfit = (await import(path.join(ROOT, 'build-wasm/node/memfit-node.cjs'))).default;
 const mod = await createMemfit();
