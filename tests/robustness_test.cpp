@@ -94,6 +94,10 @@ TEST_CASE("W1: a request nested 20,000 deep is an error value, and the next requ
   std::string deep = R"({"command": "estimate", "options": {"batch": )" + std::string(20000, '[') +
                      std::string(20000, ']') + "}}";
   CHECK_THAT(error_of(deep), Catch::Contains("nests"));
+  // positioned: '{' is level 1 on line 1; on line 2 the 16th '[' reaches level 17, at column 16
+  nlohmann::json pos = request("{\n" + std::string(40, '[') + std::string(40, ']') + "\n}");
+  CHECK(pos["error"]["line"] == 2);
+  CHECK(pos["error"]["column"] == 16);
   // brackets inside strings are not nesting
   std::string in_string = R"({"command": "model", "file": ")" + std::string(100, '[') + R"("})";
   CHECK_FALSE(request(in_string).contains("error"));

@@ -1,6 +1,5 @@
 #include "memfit/api.hpp"
 
-#include <algorithm>
 #include <charconv>
 #include <cstdint>
 #include <nlohmann/json.hpp>
@@ -25,10 +24,16 @@ using json = nlohmann::json;
 constexpr int kMaxRequestDepth = 16;
 
 void check_depth(std::string_view text) {
-  int depth = 0;
+  int depth = 0, line = 1, column = 0;
   bool in_string = false, escaped = false;
   for (std::size_t i = 0; i < text.size(); ++i) {
     char c = text[i];
+    if (c == '\n') {
+      if (line < (1 << 30)) ++line;
+      column = 0;
+    } else if (column < (1 << 30)) {
+      ++column;
+    }
     if (in_string) {
       if (escaped) escaped = false;
       else if (c == '\\') escaped = true;
@@ -38,7 +43,7 @@ void check_depth(std::string_view text) {
     if (c == '"') in_string = true;
     else if (c == '{' || c == '[') {
       if (++depth > kMaxRequestDepth)
-        throw Error({"request", 1, static_cast<int>(std::min<std::size_t>(i + 1, 1u << 30))}, "",
+        throw Error({"request", line, column}, "",
                     "the request nests objects/arrays more than " + std::to_string(kMaxRequestDepth) + " deep",
                     "send a flat request: {\"command\": \"estimate\", \"model\": \"...\", \"options\": {\"batch\": \"64\"}}");
     } else if (c == '}' || c == ']') {
