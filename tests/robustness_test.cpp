@@ -77,6 +77,11 @@ TEST_CASE("F7: user sizes above 1 PiB are refused; 1 PiB itself is accepted") {
   CHECK(parse_size("1024TiB", "x") == 1125899906842624);
   CHECK_THROWS_AS(parse_size("1125899906842625", "x"), Error);
   CHECK_THROWS_AS(parse_gpu("2048TiB"), Error);
+  // workspaces: at most 1 TiB = 1,099,511,627,776 B
+  s.cudnn_workspace = "1099511627776";
+  CHECK(make_options(s).workspaces->cudnn_conv_bytes == 1099511627776);
+  s.cudnn_workspace = "1099511627777";
+  CHECK_THROWS_WITH(make_options(s), Catch::Contains("larger than 1 TiB"));
 }
 
 TEST_CASE("F15: a comma in a size is refused, not dropped") {
