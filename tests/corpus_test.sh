@@ -6,7 +6,7 @@ BIN=$1
 SRC=$2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-pass=0 fail=0 skipped=0
+pass=0 fail=0 skipped=0 pending=0
 for f in "$SRC"/tests/corpus/*.case; do
   name=$(basename "$f" .case)
   cli=$(sed -n 's/^cli: //p' "$f" | head -1)
@@ -22,6 +22,16 @@ for f in "$SRC"/tests/corpus/*.case; do
   for i in "${!args[@]}"; do [ "${args[$i]}" = MODEL ] && args[$i]="$tmp/$name.$ext"; done
   timeout 60 "$BIN" "${args[@]}" > "$tmp/out" 2>&1
   rc=$?
+  # pending: a known bug in code another change owns; reported, not failed, until it passes
+  why=$(sed -n 's/^pending: //p' "$f" | head -1)
+  if [ -n "$why" ]; then
+    if [ "$rc" = "$want" ] && grep -qF -- "$frag" "$tmp/out" && ! grep -q "internal error" "$tmp/out"; then
+      echo "XPASS $name: passes now, remove its 'pending:' line"; fail=$((fail + 1))
+    else
+      echo "PENDING $name (exit $rc): $why"; pending=$((pending + 1))
+    fi
+    continue
+  fi
   if [ "$rc" != "$want" ]; then
     echo "FAIL $name: exit $rc, expected $want"; head -c 2000 "$tmp/out"; echo; fail=$((fail + 1)); continue
   fi
@@ -33,5 +43,5 @@ for f in "$SRC"/tests/corpus/*.case; do
   fi
   pass=$((pass + 1))
 done
-echo "corpus (CLI): $pass passed, $fail failed, $skipped request-only"
+echo "corpus (CLI): $pass passed, $fail failed, $pending pending, $skipped request-only"
 [ "$fail" -eq 0 ] && [ "$pass" -gt 0 ]
