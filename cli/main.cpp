@@ -1,6 +1,8 @@
 // The native `memfit` binary: a thin front end over the core (argument parsing and printing only).
 // Exit status: 0 fits (or no GPU given), 1 does not fit, 2 bad input or usage, 3 no usable CUDA device.
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -13,20 +15,30 @@ namespace {
 
 constexpr int kExitFits = 0, kExitDoesNotFit = 1, kExitBadInput = 2;
 
+// Reads at most kMaxSourceBytes + 1 bytes: enough for the parser to say "larger than 16 MiB", and
+// bounded for /dev/zero or an endless pipe (which used to be read until memory ran out).
+std::string read_bounded(std::istream& in) {
+  std::string text;
+  char chunk[65536];
+  while (text.size() <= memfit::kMaxSourceBytes && in) {
+    std::size_t want = std::min(sizeof chunk, memfit::kMaxSourceBytes + 1 - text.size());
+    in.read(chunk, static_cast<std::streamsize>(want));
+    text.append(chunk, static_cast<std::size_t>(in.gcount()));
+  }
+  return text;
+}
+
 // MODEL: a path, '-' for standard input, or the name of a builtin model (models/NAME.memfit).
 memfit::Model load_model(const std::string& arg) {
   std::string name = arg.empty() ? memfit::kDefaultModel : arg;
-  if (name == "-") {
-    std::ostringstream ss;
-    ss << std::cin.rdbuf();
-    return memfit::parse_model(ss.str(), "<stdin>");
-  }
+  if (name == "-") return memfit::parse_model(read_bounded(std::cin), "<stdin>");
+  std::error_code ec;
+  // An ifstream opens a directory on Linux and reads nothing ("the model has no layers").
+  if (std::filesystem::is_directory(name, ec))
+    throw memfit::Error({name, 0, 0}, "", "is a directory, not a model file",
+                        "give a .memfit or .json file inside it, e.g. " + name + "/model.memfit");
   std::ifstream in(name, std::ios::binary);
-  if (in) {
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    return memfit::parse_model(ss.str(), name);
-  }
+  if (in) return memfit::parse_model(read_bounded(in), name);
   if (const auto* b = memfit::find_builtin_model(name))
     return memfit::parse_model(b->text, std::string("models/") + b->name + ".memfit");
   std::string names;
@@ -129,9 +141,11 @@ int main(int argc, char** argv) {
     if (probe->parsed()) return memfit::run_probe_command(m, options, json, probe_max_batch, probe_time_limit);
     if (mb->parsed()) {
       if (!options.gpu) throw memfit::Error({}, "", "max-batch needs a GPU", "add --gpu NAME or --gpu 24GiB");
-      if (json) std::cout << memfit::max_batch_json(m, options);
-      else std::cout << memfit::render_max_batch_text(m, options);
-      return kExitFits;
+      memfit::MaxBatch found = memfit::max_batch(m, options);
+      if (json) std::cout << memfit::max_batch_json(m, options, found);
+      else std::cout << memfit::render_max_batch_text(m, options, found);
+      // max_batch 0: not even batch 1 fits, which is the "does not fit" verdict (exit 1), as for estimate.
+      return found.max_batch > 0 ? kExitFits : kExitDoesNotFit;
     }
     if (events && json) options.events = true;  // the lines go into the JSON as "events"
     memfit::Estimate e = memfit::estimate(m, options);

@@ -191,7 +191,8 @@ int run_probe(const Model& model, const Options& options_in, const ProbeSettings
       m["above"] = mb->above ? replay_json(*mb->above) : ojson(nullptr);
       j["max_batch"] = m;
     }
-    out << j.dump(2) << "\n";
+    // invalid UTF-8 in names becomes U+FFFD rather than a type_error (core/src/report/report.cpp dump)
+    out << j.dump(2, ' ', false, ojson::error_handler_t::replace) << "\n";
   } else {
     out << "memfit probe: " << est.model_name << ", batch " << est.options.train.batch << " ("
         << dtype_name(est.options.train.precision) << ", " << optimizer_name(est.options.train.optimizer) << ")\n\n";

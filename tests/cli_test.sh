@@ -52,6 +52,17 @@ check "BOM text" 0 "$BIN" model /tmp/memfit_bom.memfit --json
 printf '\xef\xbb\xbf{"layers": [{"name": "input", "kind": "input", "shape": [16]}, {"name": "f", "kind": "fc", "out_features": 4}]}' > /tmp/memfit_bom.json
 check "BOM JSON" 0 "$BIN" estimate /tmp/memfit_bom.json
 check "stdin" 0 bash -c "cat '$SRC/models/question_cnn.memfit' | '$BIN' estimate -"
+# F6: standard input is read at most 16 MiB + 1 bytes (it was read until memory ran out).
+check "stdin /dev/zero" 2 bash -c "'$BIN' estimate - < /dev/zero"
+grep -q "larger than 16 MiB" /tmp/memfit_cli_err || { echo "FAIL: stdin /dev/zero message"; cat /tmp/memfit_cli_err; fail=$((fail + 1)); }
+# F5: 2,000 rows with a 4,000-byte layer name: the table used to pad every row to the name (~8.2 MB of
+# text); names are cut to 40 bytes, so a row is ~130 bytes and the whole output well under 1 MB.
+{ echo "input 8"; echo "block b"; printf '  %s: relu\n' "$(head -c 4000 /dev/zero | tr '\0' n)"; echo "end"
+  echo "r: repeat 2000 b"; echo "fc 2"; } > /tmp/memfit_long_names.memfit
+check "long layer names" 0 "$BIN" estimate /tmp/memfit_long_names.memfit
+size=$(wc -c < /tmp/memfit_cli_out)
+[ "$size" -lt 1000000 ] || { echo "FAIL: text output of long names is $size bytes"; fail=$((fail + 1)); }
+grep -q "nnnnn\.\.\." /tmp/memfit_cli_out || { echo "FAIL: long names not ellipsized"; fail=$((fail + 1)); }
 # The flat JSON of every model, committed for the PyTorch tools, is what memfit prints now.
 for f in "$SRC"/models/*.memfit; do
   name=$(basename "$f" .memfit)

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what memfit needs from Debian's packages, only when missing. Usage:
-#   tools/install-deps.sh core   # compiler, CMake, header libraries, Catch2, Google Benchmark
+#   tools/install-deps.sh core   # compiler, CMake, header libraries, Catch2, Google Benchmark,
+#                                # clang + its runtime (ASan/UBSan build and libFuzzer, tools/build-asan.sh)
 #   tools/install-deps.sh web    # + Emscripten, Node/npm, Chromium (for the calculator and its tests)
 #   tools/install-deps.sh torch  # + Debian's PyTorch (CPU) for tools/ reference scripts
 set -euo pipefail
-want=(cmake g++ make nlohmann-json3-dev libcli11-dev catch2 libbenchmark-dev)
+want=(cmake g++ make nlohmann-json3-dev libcli11-dev catch2 libbenchmark-dev clang libclang-rt-dev)
 for group in "$@"; do
   case "$group" in
     core) ;;

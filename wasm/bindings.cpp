@@ -12,17 +12,21 @@
 
 namespace {
 
+// handle_request turns every exception into an {"error"} value itself; this second net only sees what
+// escapes that (bad_alloc while formatting the error). It must not allocate much, and it must not let a
+// C++ exception reach JS: Embind would rethrow it there, past the destructors, and leak the heap.
+// Stack overflows are not C++ exceptions (a RangeError in JS, nothing to catch here): handle_request
+// refuses deep nesting before recursing (core/src/api/api.cpp check_depth).
+const char kInternalError[] =
+    "{\n  \"error\": {\n    \"message\": \"internal error\",\n    \"file\": \"\",\n    \"line\": 0,\n"
+    "    \"column\": 0,\n    \"layer\": \"\",\n    \"problem\": \"internal error\",\n"
+    "    \"fix\": \"please report this request\"\n  }\n}\n";
+
 std::string request(const std::string& request_json) {
   try {
     return memfit::handle_request(request_json);
-  } catch (const std::exception& e) {
-    return std::string("{\n  \"error\": {\n    \"message\": \"internal error\",\n    \"file\": \"\",\n    \"line\": 0,\n"
-                       "    \"column\": 0,\n    \"layer\": \"\",\n    \"problem\": \"internal error\",\n"
-                       "    \"fix\": \"please report this model\"\n  }\n}\n");
   } catch (...) {
-    return std::string("{\n  \"error\": {\n    \"message\": \"internal error\",\n    \"file\": \"\",\n    \"line\": 0,\n"
-                       "    \"column\": 0,\n    \"layer\": \"\",\n    \"problem\": \"internal error\",\n"
-                       "    \"fix\": \"please report this model\"\n  }\n}\n");
+    return kInternalError;
   }
 }
 

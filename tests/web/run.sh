@@ -32,6 +32,8 @@ fi
 
 echo "== module tests (WebAssembly vs $MEMFIT_CLI)"
 node --test tests/web/module.test.mjs
+echo "== bad-input corpus through the module (tests/corpus/)"
+node --test tests/web/corpus.test.mjs
 
 if [ "${SKIP_BROWSER:-0}" != 1 ]; then
   [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || apt_install chromium

@@ -50,9 +50,15 @@ std::string format_mib(i64 bytes);
 std::string format_bytes_exact(i64 bytes);
 std::string format_count(i64 n);  // 1,234,567
 
+// The largest size a user may give (GPU memory, context, workspaces): 1 PiB, about 7,000 times the
+// largest GPU in the catalog. Bounding every user size keeps their sums (reserved + context,
+// workspace x calls) far from 2^63, so no result can wrap into a "smaller peak".
+inline constexpr i64 kMaxSizeBytes = i64{1} << 50;
+
 // Parses "8GiB", "12GB", "12000MiB", "512 KiB", "1234" (bytes). GB and GiB are different and both
 // exact; fractional values ("1.5GiB") are allowed when the result is a whole number of bytes.
-// Throws Error (with `what` as context) on anything else.
+// Commas are refused ("1,5GiB" is ambiguous between 1.5 and 15), underscores group digits (1_000MiB).
+// Throws Error (with `what` as context) on anything else, and on sizes above kMaxSizeBytes.
 i64 parse_size(std::string_view text, std::string_view what);
 
 enum class DType : std::uint8_t { f32, f16, bf16, i64, b8 };

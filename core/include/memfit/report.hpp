@@ -18,6 +18,11 @@ std::string estimate_json(const Model& model, const Options& options);
 std::string estimate_json(const Model& model, const Estimate& e);  // e = estimate(model, e.options)
 // max-batch: the estimate at the largest batch that fits (batch 1 when none does), plus "max_batch".
 std::string max_batch_json(const Model& model, const Options& options);
+std::string max_batch_json(const Model& model, const Options& options, const MaxBatch& mb);  // mb = max_batch(...)
+// max_batch()'s doubling stops at 2^40 (core/src/pipeline/estimate.cpp kBatchLimit): a result equal
+// to it means "everything up to the cap fits", which the outputs say instead of presenting it as a limit.
+inline constexpr i64 kMaxBatchSearchCap = i64{1} << 40;
+inline bool max_batch_capped(const MaxBatch& mb) { return mb.max_batch >= kMaxBatchSearchCap; }
 // The model as the flat JSON form (docs/model-format.md#json), attributes resolved.
 std::string model_json(const Model& model);
 // The plan the allocator model replays, one line per event (docs/json-output.md "Events"):
@@ -31,6 +36,7 @@ std::string batch_sweep_json(const Model& model, const Options& options, i64 up_
 std::string render_text(const Model& model, const Options& options, bool explain);
 std::string render_text(const Model& model, const Estimate& e, bool explain);
 std::string render_max_batch_text(const Model& model, const Options& options);
+std::string render_max_batch_text(const Model& model, const Options& options, const MaxBatch& mb);
 std::string render_gpus_text();
 
 // Error as JSON: {"error": {"message", "file", "line", "column", "layer", "problem", "fix"}}.

@@ -9,19 +9,30 @@
 // free_block/try_merge_blocks, release_cached_blocks (docs/pytorch-behaviour.md section 1).
 #include "memfit/allocator.hpp"
 
+#include <limits>
 #include <set>
+#include <stdexcept>
+#include <string_view>
 
 namespace memfit {
 
+namespace {
+// v rounded up to a multiple of m (v >= 0, m > 0) without forming v + m - 1, which overflows for
+// requests near 2^63 (a wrapped segment size once sent malloc_block past its block table).
+i64 round_up(i64 v, i64 m, std::string_view what) {
+  return checked_mul(v / m + (v % m != 0 ? 1 : 0), m, what);
+}
+}  // namespace
+
 i64 round_request(const AllocatorConfig& c, i64 bytes) {
   if (bytes < c.min_block_bytes) return c.min_block_bytes;
-  return checked_mul((bytes + c.min_block_bytes - 1) / c.min_block_bytes, c.min_block_bytes, "a rounded block");
+  return round_up(bytes, c.min_block_bytes, "a rounded block");
 }
 
 i64 segment_size_for(const AllocatorConfig& c, i64 rounded) {
   if (rounded <= c.small_size_bytes) return c.small_buffer_bytes;
   if (rounded < c.min_large_alloc_bytes) return c.large_buffer_bytes;
-  return checked_mul((rounded + c.round_large_bytes - 1) / c.round_large_bytes, c.round_large_bytes, "a segment");
+  return round_up(rounded, c.round_large_bytes, "a segment");
 }
 
 namespace {
@@ -142,11 +153,12 @@ class Sim {
   }
 
   bool new_segment(i64 seg_size, bool small, int event) {
-    if (c_.capacity_bytes > 0 && reserved_ + seg_size > c_.capacity_bytes) {
+    // Compared as seg_size > capacity - reserved: reserved + seg_size can overflow for a huge request.
+    if (c_.capacity_bytes > 0 && seg_size > c_.capacity_bytes - reserved_) {
       // release_cached_blocks(): cudaFree every segment that is one free block, then retry once
       release_cached(event);
       ++r_.n_oom_retries;
-      if (reserved_ + seg_size > c_.capacity_bytes) return false;
+      if (seg_size > c_.capacity_bytes - reserved_) return false;
     }
     Segment s{next_addr_, seg_size, -1, true};
     next_addr_ = checked_add(next_addr_, seg_size, "simulated addresses");
@@ -186,12 +198,20 @@ class Sim {
   }
 
   bool malloc_block(int tensor, i64 bytes, int event) {
+    // Rounding can only fail within 2 MiB of 2^63; say so with the request's size (the allocator knows no
+    // layer names: the pipeline may add the layer of plan_.events[event].node).
+    if (bytes > std::numeric_limits<i64>::max() - c_.round_large_bytes)
+      throw Error({}, "", "one tensor of " + format_bytes_exact(bytes) +
+                              " is too large to model: rounded up to the allocator's 2 MiB segments it overflows 64 bits",
+                  "use a smaller batch or smaller layers");
     i64 size = round_request(c_, bytes);
     bool small = size <= c_.small_size_bytes;
     int b = find_free(small, size);
     if (b < 0) {
       if (!new_segment(segment_size_for(c_, size), small, event)) return false;
       b = find_free(small, size);
+      // A new segment is never smaller than the request; if it were, blocks_[-1] below would corrupt memory.
+      if (b < 0) throw std::logic_error("allocator model: a new segment does not hold its request");
     }
     pool(small).erase(b);
     Block& blk = blocks_[static_cast<std::size_t>(b)];

@@ -1,6 +1,7 @@
 #include "memfit/api.hpp"
 
 #include <charconv>
+#include <cstdint>
 #include <nlohmann/json.hpp>
 
 #include "memfit/report.hpp"
@@ -13,30 +14,125 @@ const BuiltinModel* find_builtin_model(std::string_view name) {
   return nullptr;
 }
 
+namespace {
+
+using json = nlohmann::json;
+
+// A request is at most two levels deep ({"options": {...}}); the model travels as a string. Deeper
+// nesting is refused before nlohmann builds (and later dumps) it recursively: 20,000 levels overflowed
+// the WebAssembly stack, which threw a RangeError into JS past every C++ destructor and leaked the heap.
+constexpr int kMaxRequestDepth = 16;
+
+void check_depth(std::string_view text) {
+  int depth = 0, line = 1, column = 0;
+  bool in_string = false, escaped = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (c == '\n') {
+      if (line < (1 << 30)) ++line;
+      column = 0;
+    } else if (column < (1 << 30)) {
+      ++column;
+    }
+    if (in_string) {
+      if (escaped) escaped = false;
+      else if (c == '\\') escaped = true;
+      else if (c == '"') in_string = false;
+      continue;
+    }
+    if (c == '"') in_string = true;
+    else if (c == '{' || c == '[') {
+      if (++depth > kMaxRequestDepth)
+        throw Error({"request", line, column}, "",
+                    "the request nests objects/arrays more than " + std::to_string(kMaxRequestDepth) + " deep",
+                    "send a flat request: {\"command\": \"estimate\", \"model\": \"...\", \"options\": {\"batch\": \"64\"}}");
+    } else if (c == '}' || c == ']') {
+      --depth;
+    }
+  }
+}
+
+const char* type_name(const json& v) {
+  switch (v.type()) {
+    case json::value_t::null: return "null";
+    case json::value_t::object: return "an object";
+    case json::value_t::array: return "an array";
+    case json::value_t::string: return "a string";
+    case json::value_t::boolean: return "a boolean";
+    case json::value_t::number_integer:
+    case json::value_t::number_unsigned: return "an integer";
+    case json::value_t::number_float: return "a number with a fraction";
+    default: return "not a JSON value";
+  }
+}
+
+[[noreturn]] void bad_field(const std::string& key, const json& v, const std::string& want, const std::string& fix) {
+  throw Error({}, "", "request field \"" + key + "\" is " + type_name(v) + ", expected " + want, fix);
+}
+
+// A string field, or `fallback` when absent.
+std::string string_field(const json& req, const std::string& key, const std::string& fallback, const std::string& fix) {
+  auto it = req.find(key);
+  if (it == req.end()) return fallback;
+  if (!it->is_string()) bad_field(key, *it, "a string", fix);
+  return it->get<std::string>();
+}
+
+// An integer field in [lo, hi], or `fallback` when absent. Fractions and huge unsigned values are refused
+// (nlohmann's value() would truncate 3.5 to 3 and throw a type_error, an "internal error", for "12").
+i64 int_field(const json& req, const std::string& key, i64 fallback, i64 lo, i64 hi) {
+  auto it = req.find(key);
+  if (it == req.end()) return fallback;
+  std::string range = "an integer from " + std::to_string(lo) + " to " + std::to_string(hi);
+  if (!it->is_number_integer()) bad_field(key, *it, range, "e.g. \"" + key + "\": " + std::to_string(fallback));
+  bool in_range = it->is_number_unsigned() ? it->get<std::uint64_t>() <= static_cast<std::uint64_t>(hi)
+                                           : it->get<i64>() <= hi;
+  i64 v = in_range ? it->get<i64>() : hi;
+  if (!in_range || v < lo)
+    throw Error({}, "", "request field \"" + key + "\" is " + it->dump() + ", expected " + range,
+                "use a number in that range");
+  return v;
+}
+
+}  // namespace
+
 std::string handle_request(std::string_view request_json) {
-  using json = nlohmann::json;
   try {
+    check_depth(request_json);
     json req;
     try {
       req = json::parse(request_json.begin(), request_json.end());
-    } catch (const json::parse_error&) {
-      throw Error({}, "", "the request is not valid JSON", "send {\"command\": \"estimate\", \"model\": \"...\"}");
+    } catch (const json::exception& e) {
+      // parse_error, and out_of_range 406 for a number beyond a double (1e444: found by request_fuzzer)
+      std::string why = e.what();
+      if (auto k = why.find("] "); k != std::string::npos) why = why.substr(k + 2);  // drop "[json.exception...]"
+      throw Error({"request", 0, 0}, "", "the request is not valid JSON (" + why + ")",
+                  "send {\"command\": \"estimate\", \"model\": \"...\"}");
     }
-    std::string command = req.value("command", std::string("estimate"));
+    if (!req.is_object())
+      throw Error({}, "", std::string("the request is ") + type_name(req) + ", expected a JSON object",
+                  "send {\"command\": \"estimate\", \"model\": \"...\"}");
+    std::string command = string_field(req, "command", "estimate", "use estimate, max-batch, model, sweep, gpus, models or ops");
     if (command == "gpus") return gpus_json();
     if (command == "ops") return ops_json();
     if (command == "models") {
       json arr = json::array();
       for (const auto& m : builtin_models()) arr.push_back({{"name", m.name}, {"text", m.text}});
-      return json{{"models", arr}}.dump(2) + "\n";
+      return json{{"models", arr}}.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
     }
     OptionStrings s;
-    if (req.contains("options") && req["options"].is_object()) {
+    if (req.contains("options") && !req["options"].is_object())
+      bad_field("options", req["options"], "an object", "send \"options\": {\"batch\": \"64\", \"gpu\": \"24GiB\"}");
+    if (req.contains("options")) {
       for (const auto& [k, v] : req["options"].items()) {
         if (k == "timeline" || k == "events") {
-          (k == "timeline" ? s.timeline : s.events) = v.is_boolean() && v.get<bool>();
+          if (!v.is_boolean()) bad_field("options." + k, v, "true or false", "send \"" + k + "\": true");
+          (k == "timeline" ? s.timeline : s.events) = v.get<bool>();
           continue;
         }
+        // Strings as typed on the command line; plain numbers are accepted as their decimal text (batch 64).
+        if (!v.is_string() && !v.is_number())
+          bad_field("options." + k, v, "a string or a number", "send e.g. \"" + k + "\": \"64\"");
         std::string text = v.is_string() ? v.get<std::string>() : v.dump();
         if (k == "batch") s.batch = text;
         else if (k == "dtype") s.dtype = text;
@@ -56,9 +152,14 @@ std::string handle_request(std::string_view request_json) {
       }
     }
     Options options = make_options(s);
-    std::string file = req.value("file", std::string("model"));
+    std::string file = string_field(req, "file", "model", "send \"file\": \"name used in error messages\"");
     std::string source;
-    if (req.contains("model") && req["model"].is_string()) {
+    if (req.contains("model")) {
+      // The model's source text (the .memfit format or JSON, both as one string); an object or a number
+      // used to fall through to question_cnn and answer a question nobody asked.
+      if (!req["model"].is_string())
+        bad_field("model", req["model"], "a string holding the model source (text format or JSON text)",
+                  "send \"model\": \"input 50x50x3 layout=hwc\\nconv 32 3x3\\n...\" or JSON.stringify(modelObject); omit it for question_cnn");
       source = req["model"].get<std::string>();
     } else {
       source = find_builtin_model(kDefaultModel)->text;
@@ -69,10 +170,8 @@ std::string handle_request(std::string_view request_json) {
     if (command == "max-batch") return max_batch_json(model, options);
     if (command == "model") return model_json(model);
     if (command == "sweep") {
-      i64 up_to = req.value("sweep_up_to", i64{256});
-      int n = req.value("sweep_points", 24);
-      if (up_to < 1 || up_to > (i64{1} << 30) || n < 2 || n > 200)
-        throw Error({}, "", "sweep_up_to must be 1..2^30 and sweep_points 2..200", "use smaller numbers");
+      i64 up_to = int_field(req, "sweep_up_to", 256, 1, i64{1} << 30);
+      int n = static_cast<int>(int_field(req, "sweep_points", 24, 2, 200));
       return batch_sweep_json(model, options, up_to, n);
     }
     throw Error({}, "", "unknown command '" + command + "'", "use estimate, max-batch, model, sweep, gpus, models or ops");

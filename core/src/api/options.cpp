@@ -39,6 +39,18 @@ std::vector<std::string> parse_globs(const std::string& text, const char* flag) 
   return out;
 }
 
+// A workspace is one allocation per call: at most 1 TiB, beyond every GPU in the catalog (docs/gpu-catalog.md),
+// so one that large could never be allocated anyway. The tighter bound than kMaxSizeBytes keeps
+// workspace x calls (one per conv call, per iteration) far from 2^63.
+constexpr i64 kMaxWorkspaceBytes = i64{1} << 40;
+i64 parse_workspace(const std::string& s, const char* what) {
+  i64 v = parse_size(s, what);
+  if (v > kMaxWorkspaceBytes)
+    throw Error({}, "", std::string(what) + " '" + s + "' is larger than 1 TiB (" + format_count(kMaxWorkspaceBytes) +
+                            " B), more than any GPU has",
+                "give the workspace PyTorch would allocate, e.g. 4MiB");
+  return v;
+}
 }  // namespace
 
 Options make_options(const OptionStrings& s) {
@@ -63,8 +75,8 @@ Options make_options(const OptionStrings& s) {
   if (s.context) o.context_bytes = parse_size(*s.context, "the CUDA context size");
   if (s.cublas_workspace || s.cudnn_workspace) {
     Workspaces w = default_workspaces(o.gpu);
-    if (s.cublas_workspace) w.cublas_bytes = parse_size(*s.cublas_workspace, "the cuBLAS workspace size");
-    if (s.cudnn_workspace) w.cudnn_conv_bytes = parse_size(*s.cudnn_workspace, "the cuDNN workspace size");
+    if (s.cublas_workspace) w.cublas_bytes = parse_workspace(*s.cublas_workspace, "the cuBLAS workspace size");
+    if (s.cudnn_workspace) w.cudnn_conv_bytes = parse_workspace(*s.cudnn_workspace, "the cuDNN workspace size");
     o.workspaces = w;
   }
   if (s.grad_accumulation)

@@ -79,13 +79,16 @@ i64 parse_size(std::string_view text, std::string_view what) {
   for (; i < text.size(); ++i) {
     char c = text[i];
     if (c == '.' && !in_frac) { in_frac = true; continue; }
-    if (c == '_' || c == ',') continue;
+    if (c == ',')
+      fail("a comma is neither a decimal point nor a digit group here (1,5GiB could mean 1.5 or 15 GiB); "
+           "write 1.5GiB, or 1500MiB without separators");
+    if (c == '_') continue;
     if (!std::isdigit(static_cast<unsigned char>(c))) break;
     if (__builtin_mul_overflow(mantissa, i64{10}, &mantissa) ||
         __builtin_add_overflow(mantissa, i64{c - '0'}, &mantissa))
       fail("the number is too large");
     ++n_digits;
-    if (in_frac) ++n_frac;
+    if (in_frac && ++n_frac > 18) fail("too many decimals");  // 10^19 would overflow the divisor
   }
   if (n_digits == 0) fail("no number");
   while (i < text.size() && std::isspace(static_cast<unsigned char>(text[i]))) ++i;
@@ -107,7 +110,9 @@ i64 parse_size(std::string_view text, std::string_view what) {
   i64 divisor = 1;
   for (int k = 0; k < n_frac; ++k) divisor *= 10;
   if (value % divisor != 0) fail("not a whole number of bytes");
-  return value / divisor;
+  value /= divisor;
+  if (value > kMaxSizeBytes) fail("larger than 1 PiB (" + format_count(kMaxSizeBytes) + " B), the most memfit accepts");
+  return value;
 }
 
 i64 dtype_size(DType t) {

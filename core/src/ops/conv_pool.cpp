@@ -7,21 +7,46 @@ namespace memfit::rules {
 namespace {
 
 
+// Sliding-window arithmetic in checked int64: kernels and dilations near 2^40 made
+// d * (k - 1) + 1 and in + 2 * p wrap (UBSan), and a wrapped span passed the size check.
+i64 win_mul(const Layer& l, const char* what, i64 a, i64 b) {
+  i64 r;
+  if (__builtin_mul_overflow(a, b, &r))
+    fail(l, std::string(what) + ": kernel, dilation or padding is so large that the window size overflows 64 bits",
+         "use the kernel, dilation and padding the real layer has (they are at most the input size)");
+  return r;
+}
+i64 win_add(const Layer& l, const char* what, i64 a, i64 b) {
+  i64 r;
+  if (__builtin_add_overflow(a, b, &r))
+    fail(l, std::string(what) + ": kernel, dilation or padding is so large that the window size overflows 64 bits",
+         "use the kernel, dilation and padding the real layer has (they are at most the input size)");
+  return r;
+}
+
 // Output size of a sliding window, exactly as aten/src/ATen/native/Pool.h pooling_output_shape
 // (pooling) and ConvUtils.h conv_output_size (conv, ceil_mode false).
 i64 window_out(const Layer& l, const char* what, i64 in, i64 k, i64 s, i64 p, i64 d, bool ceil_mode) {
-  if (k <= 0 || s <= 0 || d <= 0 || p < 0)
-    fail(l, std::string(what) + ": kernel, stride and dilation must be positive and padding not negative",
-         "correct the numbers");
-  i64 span = d * (k - 1) + 1;
-  i64 num = in + 2 * p - span + (ceil_mode ? s - 1 : 0);
-  if (in + 2 * p < span)
+  // Name the value that is wrong: one message for all four once said "must be positive" for positive ones.
+  auto refuse = [&](const char* name, i64 v, const char* rule) {
+    fail(l, std::string(what) + ": " + name + " is " + std::to_string(v) + " but must be " + rule,
+         "correct the " + std::string(name));
+  };
+  if (k <= 0) refuse("kernel", k, "at least 1");
+  if (s <= 0) refuse("stride", s, "at least 1");
+  if (d <= 0) refuse("dilation", d, "at least 1");
+  if (p < 0) refuse("padding", p, "0 or more");
+  i64 span = win_add(l, what, win_mul(l, what, d, k - 1), 1);
+  i64 padded = win_add(l, what, in, win_mul(l, what, 2, p));
+  if (padded < span)
     fail(l,
          std::string(what) + ": kernel (" + std::to_string(span) + " with dilation) is larger than its padded input (" +
-             std::to_string(in + 2 * p) + ")",
+             std::to_string(padded) + ")",
          "use a smaller kernel, add padding, or remove a downsampling layer before it");
+  // padded - span >= 0 here and s - 1 < 2^63, so only their sum can overflow.
+  i64 num = win_add(l, what, padded - span, ceil_mode ? s - 1 : 0);
   i64 out = num / s + 1;
-  // PyTorch: "ensure that the last pooling starts inside the image"
+  // PyTorch: "ensure that the last pooling starts inside the image". No overflow: (out - 1) * s <= num.
   if (ceil_mode && (out - 1) * s >= in + p) --out;
   return out;
 }
@@ -52,7 +77,12 @@ OpShape conv2d_shape(const OpCall& c) {
     } else {  // "same": PyTorch accepts it only for stride 1 (F.conv2d: "padding='same' is not supported for strided convolutions")
       if (sh != 1 || sw != 1)
         fail(c.layer, "pad=same needs stride 1 in PyTorch", "give explicit padding, e.g. pad=1 for a 3x3 kernel");
-      i64 th = dh * (kh - 1), tw = dw * (kw - 1);
+      if (kh <= 0 || kw <= 0 || dh <= 0 || dw <= 0)
+        fail(c.layer,
+             "conv: kernel " + std::to_string(kh) + "x" + std::to_string(kw) + " and dilation " + std::to_string(dh) +
+                 "x" + std::to_string(dw) + " must all be at least 1",
+             "correct the kernel or dilation");
+      i64 th = win_mul(c.layer, "conv", dh, kh - 1), tw = win_mul(c.layer, "conv", dw, kw - 1);
       if (th % 2 || tw % 2)
         fail(c.layer, "pad=same with an even kernel pads asymmetrically, which memfit does not model",
              "use an odd kernel or explicit padding");

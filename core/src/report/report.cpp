@@ -9,6 +9,12 @@ namespace {
 
 using ojson = nlohmann::ordered_json;
 
+// Every JSON result goes through here. Names and messages quote the user's bytes, which need not be
+// UTF-8 (the fuzzer found a 0xFF in a layer name): nlohmann's default dump throws type_error 316 on
+// them, which surfaced as "internal error" and, inside error_json, as no message at all. Invalid bytes
+// become U+FFFD instead; valid UTF-8 is written unchanged.
+std::string dump(const ojson& j) { return j.dump(2, ' ', false, ojson::error_handler_t::replace) + "\n"; }
+
 const char* precision_name(DType t) {
   switch (t) {
     case DType::f16: return "fp16";
@@ -223,17 +229,23 @@ std::string estimate_json(const Model& model, const Options& options) {
 std::string estimate_json(const Model& model, const Estimate& e) {
   ojson j = estimate_object(model, e);
   if (e.fits && !*e.fits) add_remedies(model, e.options, j);
-  return j.dump(2) + "\n";
+  return dump(j);
 }
 
 std::string max_batch_json(const Model& model, const Options& options) {
-  MaxBatch mb = max_batch(model, options);
+  return max_batch_json(model, options, max_batch(model, options));
+}
+
+std::string max_batch_json(const Model& model, const Options& options, const MaxBatch& mb) {
   Options at = options;
   at.train.batch = mb.max_batch > 0 ? mb.max_batch : 1;
   Estimate e = estimate(model, at);
   ojson j = estimate_object(model, e);
   j["max_batch"] = mb.max_batch;
-  return j.dump(2) + "\n";
+  // true: every batch up to the search's cap fits, so max_batch is the cap, not a limit of the GPU.
+  j["max_batch_capped"] = max_batch_capped(mb);
+  j["max_batch_search_cap"] = kMaxBatchSearchCap;
+  return dump(j);
 }
 
 std::string model_json(const Model& model) {
@@ -268,7 +280,7 @@ std::string model_json(const Model& model) {
     layers.push_back(std::move(jl));
   }
   j["layers"] = std::move(layers);
-  return j.dump(2) + "\n";
+  return dump(j);
 }
 
 std::string gpus_json() {
@@ -282,7 +294,7 @@ std::string gpus_json() {
                    {"source", g.source}});
   ojson j;
   j["gpus"] = std::move(arr);
-  return j.dump(2) + "\n";
+  return dump(j);
 }
 
 std::string batch_sweep_json(const Model& model, const Options& options, i64 up_to, int n_points) {
@@ -301,11 +313,11 @@ std::string batch_sweep_json(const Model& model, const Options& options, i64 up_
     pts.push_back({{"batch", b},
                    {"allocated_bytes", s.peak_allocated_bytes},
                    {"reserved_bytes", s.peak_reserved_bytes},
-                   {"device_bytes", s.peak_reserved_bytes + o.context_bytes}});
+                   {"device_bytes", checked_add(s.peak_reserved_bytes, o.context_bytes, "device bytes (reserved + context)")}});
   }
   ojson j;
   j["points"] = std::move(pts);
-  return j.dump(2) + "\n";
+  return dump(j);
 }
 
 std::string error_json(const Error& e) {
@@ -317,7 +329,7 @@ std::string error_json(const Error& e) {
                 {"layer", e.layer()},
                 {"problem", e.problem()},
                 {"fix", e.fix()}};
-  return j.dump(2) + "\n";
+  return dump(j);
 }
 
 }  // namespace memfit

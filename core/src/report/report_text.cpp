@@ -28,6 +28,19 @@ std::string pad(std::string s, std::size_t w, bool right = false) {
 
 std::string mib(i64 b) { return format_mib(b); }
 
+// Layer names in text output are at most this many bytes: the table pads every row to its widest
+// name, so one 1 MiB name in a model repeated 20,000 times once meant ~20 GB of text. JSON keeps
+// the full names.
+constexpr std::size_t kMaxNameBytes = 40;
+
+// The name itself, or its first bytes (cut at a UTF-8 character boundary) and "...".
+std::string short_name(const std::string& name) {
+  if (name.size() <= kMaxNameBytes) return name;
+  std::size_t cut = kMaxNameBytes - 3;
+  while (cut > 0 && (static_cast<unsigned char>(name[cut]) & 0xC0) == 0x80) --cut;  // not inside a character
+  return name.substr(0, cut) + "...";
+}
+
 const char* precision_label(DType t) {
   return t == DType::f16 ? "fp16 autocast" : t == DType::bf16 ? "bf16 autocast" : "fp32";
 }
@@ -93,8 +106,8 @@ std::string render_text(const Model& model, const Estimate& e, bool explain) {
   std::ostringstream o;
   header(o, e);
   // table
-  std::size_t name_w = 16;  // the widest layer name sets the first column
-  for (const auto& nd : e.graph.nodes) name_w = std::max(name_w, nd.layer->name.size() + 2);
+  std::size_t name_w = 16;  // the widest layer name (at most kMaxNameBytes) sets the first column
+  for (const auto& nd : e.graph.nodes) name_w = std::max(name_w, std::min(nd.layer->name.size(), kMaxNameBytes) + 2);
   o << pad("layer", name_w) << pad("kind", 19) << pad("output (N first)", 18) << pad("params", 12, true)
     << pad("saved", 14, true) << pad("grads", 12, true) << pad("optim", 12, true) << "\n";
   for (const auto& r : e.layers) {
@@ -102,7 +115,7 @@ std::string render_text(const Model& model, const Estimate& e, bool explain) {
     std::string kind = nd.rule->kind;
     if (std::string(r.output_storage) == "in-place" || std::string(r.output_storage) == "view")
       kind += std::string(" (") + r.output_storage + ")";
-    o << pad(nd.layer->name, name_w) << pad(kind, 19) << pad(shape_x(r.out.shape), 18) << pad(format_count(r.params), 12, true)
+    o << pad(short_name(nd.layer->name), name_w) << pad(kind, 19) << pad(shape_x(r.out.shape), 18) << pad(format_count(r.params), 12, true)
       << pad(mib(r.saved_bytes), 14, true) << pad(mib(r.grad_bytes), 12, true) << pad(mib(r.optimizer_bytes), 12, true)
       << "\n";
     if (!explain) continue;
@@ -123,7 +136,7 @@ std::string render_text(const Model& model, const Estimate& e, bool explain) {
       if (s.is_param) o << " (the parameter itself: not extra)";
       else if (s.is_input) o << " (held by the loop anyway: not counted)";
       else if (s.owner != s.node)
-        o << " (same storage as saved by '" << e.graph.nodes[static_cast<std::size_t>(s.owner)].layer->name
+        o << " (same storage as saved by '" << short_name(e.graph.nodes[static_cast<std::size_t>(s.owner)].layer->name)
           << "': counted once)";
       o << "\n";
     }
@@ -145,7 +158,7 @@ std::string render_text(const Model& model, const Estimate& e, bool explain) {
   o << "\n";
 
   o << "peak (iteration " << e.peak_iteration << ", " << phase_name(e.peak_phase);
-  if (e.peak_node >= 0) o << " at '" << e.graph.nodes[static_cast<std::size_t>(e.peak_node)].layer->name << "'";
+  if (e.peak_node >= 0) o << " at '" << short_name(e.graph.nodes[static_cast<std::size_t>(e.peak_node)].layer->name) << "'";
   o << ")\n";
   o << "  torch.cuda.max_memory_allocated  " << pad(mib(e.peak_allocated_bytes), 14, true) << "  ("
     << format_bytes_exact(e.peak_allocated_bytes) << ")\n";
@@ -185,7 +198,7 @@ std::string render_text(const Model& model, const Estimate& e, bool explain) {
     for (std::size_t k = 0; k < ids.size() && k < kShown; ++k) {
       const PlanTensor& t = e.plan.tensors[static_cast<std::size_t>(ids[k])];
       o << "    " << pad(format_bytes_exact(t.bytes), 18, true) << "  " << pad(category_name(t.category), 16) << " from '"
-        << (t.node >= 0 ? e.graph.nodes[static_cast<std::size_t>(t.node)].layer->name : std::string("-")) << "'\n";
+        << (t.node >= 0 ? short_name(e.graph.nodes[static_cast<std::size_t>(t.node)].layer->name) : std::string("-")) << "'\n";
     }
   }
   o << "  per iteration (max_memory_allocated / reserved after reset_peak_memory_stats):\n";
@@ -222,9 +235,16 @@ std::string render_text(const Model& model, const Estimate& e, bool explain) {
 }
 
 std::string render_max_batch_text(const Model& model, const Options& options) {
-  MaxBatch mb = max_batch(model, options);
+  return render_max_batch_text(model, options, max_batch(model, options));
+}
+
+std::string render_max_batch_text(const Model& model, const Options& options, const MaxBatch& mb) {
   std::ostringstream o;
-  o << "largest batch that fits on " << options.gpu->name << ": " << mb.max_batch << "\n";
+  if (max_batch_capped(mb))
+    o << "every batch up to the search cap fits on " << options.gpu->name << ": " << format_count(mb.max_batch)
+      << " (the search's cap, not a limit of this GPU)\n";
+  else
+    o << "largest batch that fits on " << options.gpu->name << ": " << mb.max_batch << "\n";
   if (mb.max_batch > 0) {
     Options at = options;
     at.train.batch = mb.max_batch;
