@@ -232,56 +232,10 @@ ReplayMaxBatch max_batch_by_replay(Device& device, const Model& model, const Opt
     }
   };
 
-  constexpr i64 kBatchLimit = i64{1} << 40;  // as core's search: beyond any GPU
-  i64 lo = 0, hi = 0;                          // invariant once set: lo fits (or 0), hi does not
-  i64 start = std::max<i64>(m.estimate_max_batch, 1);
-  auto f = fits(start);
-  if (!f) return m;
-  if (*f) {
-    lo = start;
-    i64 step = 1;
-    for (;;) {  // upwards: the device may give more than the model expected
-      i64 next = lo + step;
-      if (next > kBatchLimit) {
-        m.max_batch = lo;
-        return m;
-      }
-      auto g = fits(next);
-      if (!g) return m;
-      if (!*g) {
-        hi = next;
-        break;
-      }
-      lo = next;
-      step *= 2;
-    }
-  } else {
-    hi = start;
-    i64 step = 1;
-    for (;;) {  // downwards: the device gave less than the model expected
-      if (hi == 1) {
-        m.max_batch = 0;
-        return m;
-      }
-      i64 next = std::max<i64>(hi - step, 1);
-      auto g = fits(next);
-      if (!g) return m;
-      if (*g) {
-        lo = next;
-        break;
-      }
-      hi = next;
-      step *= 2;
-    }
-  }
-  while (hi - lo > 1) {
-    i64 mid = lo + (hi - lo) / 2;
-    auto g = fits(mid);
-    if (!g) return m;
-    if (*g) lo = mid;
-    else hi = mid;
-  }
-  m.max_batch = lo;
+  // Core's search (galloping from the model's answer, then bisection), on real allocations.
+  LargestSearch s = search_largest(fits, std::max<i64>(m.estimate_max_batch, 1), kBatchSearchLimit);
+  if (s.stopped) return m;  // interrupted, timed out or a device error: m.outcome says which
+  m.max_batch = s.largest;
   return m;
 }
 
