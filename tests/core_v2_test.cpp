@@ -316,3 +316,29 @@ TEST_CASE("a remedy keeps the effective batch with gradient accumulation", "[rem
   }
   CHECK(found);
 }
+
+TEST_CASE("replaying one plan at other batch sizes gives the whole pipeline's peaks", "[schedule]") {
+  // The searches and sweeps build the plan once and rescale its sizes (affine in the batch); the
+  // whole pipeline at each batch is the reference.
+  for (const char* name : {"question_cnn", "resnet18", "mobilenet_v2", "lenet5"}) {
+    const Model& m = test::keep_model(find_builtin_model(name)->text, std::string("models/") + name + ".memfit");
+    for (DType dt : {DType::f32, DType::bf16}) {
+      Options o;
+      o.train.precision = dt;
+      o.train.optimizer = Optimizer::adam;
+      BatchReplayer r(m, o);
+      CHECK(r.reuses_plan());
+      for (i64 b : {1, 7, 64, 333}) {
+        INFO(name << " batch " << b);
+        Options ob = o;
+        ob.train.batch = b;
+        SimResult full = run_pipeline(m, ob).sim;
+        SimResult fast = r.simulate(b);
+        CHECK(fast.peak_allocated_bytes == full.peak_allocated_bytes);
+        CHECK(fast.peak_reserved_bytes == full.peak_reserved_bytes);
+        const i64 cap = full.peak_reserved_bytes / 2;
+        CHECK(r.simulate(b, cap).oom == run_pipeline(m, ob, cap).sim.oom);
+      }
+    }
+  }
+}

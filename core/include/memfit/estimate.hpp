@@ -72,6 +72,22 @@ struct Pipeline {
 };
 Pipeline run_pipeline(const Model& model, const Options& options, i64 capacity_bytes = 0);
 
+// The allocator model at many batch sizes for one model and settings (searches, sweeps): the plan is
+// built once when its sizes are affine in the batch (checked), else the pipeline runs per batch.
+class BatchReplayer {
+ public:
+  BatchReplayer(const Model& model, const Options& options);
+  SimResult simulate(i64 batch, i64 capacity_bytes = 0);  // throws Error ("overflows") past 64 bits
+  bool reuses_plan() const { return affine_; }
+
+ private:
+  const Model& model_;
+  Options options_;
+  Plan plan_;
+  std::vector<i64> base_bytes_, per_sample_bytes_;
+  bool affine_ = false;
+};
+
 // The settings the planner runs with (workspaces resolved for the GPU).
 TrainSettings effective_train(const Options& options);
 i64 usable_bytes(const Options& options);  // the GPU's CUDA-visible total minus the context; 0 without a GPU

@@ -30,16 +30,6 @@ Pipeline run_pipeline(const Model& model, const Options& options, i64 capacity_b
 
 namespace {
 
-// Does this batch train within the GPU's usable memory (the allocator model with its limit)?
-bool fits_on_gpu(const Model& model, const Options& o, i64 batch) {
-  Options p = o;
-  p.train.batch = batch;
-  p.timeline = false;
-  i64 usable = usable_bytes(p);
-  if (usable <= 0) return false;
-  return !run_pipeline(model, p, usable).sim.oom;
-}
-
 // An op whose rule has a note for when it feeds the loss (softmax before cross-entropy): say so,
 // with what removing the layer would change.
 void before_loss_note(Estimate& e) {
@@ -259,35 +249,16 @@ LargestSearch search_largest(const std::function<std::optional<bool>(i64)>& fits
   return r;
 }
 
-namespace {
-
 // The plan's structure (which storages, in which order) does not depend on the batch; every storage's
 // size is affine in it (activations scale with N, parameters and workspaces do not). Three plans
-// (N = 1, 2, 3) give each size as base + N x per_sample, checked on the third; a search then needs
-// only the allocator model per batch. When the check fails (a model whose plan changes with the
-// batch), the search runs the whole pipeline per batch.
-struct AffinePlan {
-  Plan plan;
-  std::vector<i64> base_bytes, per_sample_bytes;
-  bool ok = false;
-
-  bool at(i64 batch, Plan& out) const {
-    out.events = plan.events;  // shared structure, sizes recomputed
-    out.tensors = plan.tensors;
-    for (std::size_t t = 0; t < out.tensors.size(); ++t) {
-      i64 scaled = 0;
-      if (__builtin_mul_overflow(per_sample_bytes[t], batch, &scaled) ||
-          __builtin_add_overflow(base_bytes[t], scaled, &out.tensors[t].bytes))
-        return false;  // bytes beyond 64 bits: certainly does not fit
-    }
-    return true;
-  }
-};
-
-AffinePlan affine_plan(const Model& model, const Options& options) {
-  AffinePlan a;
+// (N = 1, 2, 3) give each size as base + N x per_sample, checked on the third; a search or a sweep
+// then needs only the allocator model per batch. When the check fails (a model whose plan changes
+// with the batch), every batch runs the whole pipeline.
+BatchReplayer::BatchReplayer(const Model& model, const Options& options) : model_(model), options_(options) {
+  options_.timeline = false;
+  options_.events = false;
   auto plan_at = [&](i64 b) {
-    Options o = options;
+    Options o = options_;
     o.train.batch = b;
     TrainSettings t = effective_train(o);
     return plan_training(build_graph(model, graph_settings(t)), t);
@@ -299,37 +270,44 @@ AffinePlan affine_plan(const Model& model, const Options& options) {
       if (x.events[k].tensor != y.events[k].tensor || x.events[k].is_free != y.events[k].is_free) return false;
     return true;
   };
-  if (!same_structure(p1, p2) || !same_structure(p1, p3)) return a;
+  if (!same_structure(p1, p2) || !same_structure(p1, p3)) return;
   const std::size_t n = p1.tensors.size();
-  a.base_bytes.resize(n);
-  a.per_sample_bytes.resize(n);
+  base_bytes_.resize(n);
+  per_sample_bytes_.resize(n);
   for (std::size_t t = 0; t < n; ++t) {
     i64 per = p2.tensors[t].bytes - p1.tensors[t].bytes;
     i64 base = p1.tensors[t].bytes - per;
-    if (per < 0 || base + 3 * per != p3.tensors[t].bytes) return a;
-    a.base_bytes[t] = base;
-    a.per_sample_bytes[t] = per;
+    if (per < 0 || base < 0 || base + 3 * per != p3.tensors[t].bytes) return;
+    base_bytes_[t] = base;
+    per_sample_bytes_[t] = per;
   }
-  a.plan = std::move(p1);
-  a.ok = true;
-  return a;
+  plan_ = std::move(p1);
+  affine_ = true;
 }
 
-}  // namespace
+SimResult BatchReplayer::simulate(i64 batch, i64 capacity_bytes) {
+  AllocatorConfig cfg = options_.allocator;
+  cfg.capacity_bytes = capacity_bytes;
+  if (!affine_) {
+    Options o = options_;
+    o.train.batch = batch;
+    return run_pipeline(model_, o, capacity_bytes).sim;
+  }
+  for (std::size_t t = 0; t < plan_.tensors.size(); ++t)
+    plan_.tensors[t].bytes = checked_add(base_bytes_[t], checked_mul(per_sample_bytes_[t], batch, "a tensor's bytes"),
+                                         "a tensor's bytes");
+  return memfit::simulate(plan_, cfg);
+}
 
 MaxBatch max_batch(const Model& model, const Options& options) {
   if (!options.gpu)
     throw Error({}, "", "max-batch needs a GPU", "give --gpu NAME or --gpu SIZE (e.g. --gpu 24GiB)");
   const i64 usable = usable_bytes(options);
   if (usable <= 0) return {};
-  AffinePlan affine = affine_plan(model, options);
-  AllocatorConfig capped = options.allocator;
-  capped.capacity_bytes = usable;
-  Plan scratch;
+  BatchReplayer replay(model, options);
   auto fits = [&](i64 b) -> std::optional<bool> {
     try {
-      if (affine.ok) return affine.at(b, scratch) && !simulate(scratch, capped).oom;
-      return fits_on_gpu(model, options, b);
+      return !replay.simulate(b, usable).oom;
     } catch (const Error& e) {
       // A batch whose byte counts overflow 64 bits certainly does not fit; shape errors do not depend
       // on the batch and are reported by the caller's estimate.
@@ -337,19 +315,15 @@ MaxBatch max_batch(const Model& model, const Options& options) {
       throw;
     }
   };
-  // Seed: the uncapped reserved peak is close to affine in the batch, so two cheap replays predict
-  // where it crosses the usable memory; the search gallops from there in steps of 1/64 of the seed
-  // (about log2(64) + 6 replays instead of 2 log2(answer)), and stays exact: it only compares fits().
+  // Seed: the uncapped reserved peak is close to affine in the batch, so two replays predict where
+  // it crosses the usable memory; the search gallops from there in steps of 1/64 of the seed (about
+  // log2(64) + 6 replays instead of 2 log2(answer)) and stays exact: it only compares fits().
   i64 start = 1, first_step = 1;
-  if (affine.ok && affine.at(1, scratch)) {
-    i64 r1 = simulate(scratch, options.allocator).peak_reserved_bytes;
-    if (affine.at(2, scratch)) {
-      i64 r2 = simulate(scratch, options.allocator).peak_reserved_bytes;
-      if (r2 > r1 && usable > r1) {
-        start = 1 + (usable - r1) / (r2 - r1);
-        start = std::clamp<i64>(start, 1, kBatchSearchLimit);
-        first_step = std::max<i64>(1, start / 64);
-      }
+  if (replay.reuses_plan()) {
+    i64 r1 = replay.simulate(1).peak_reserved_bytes, r2 = replay.simulate(2).peak_reserved_bytes;
+    if (r2 > r1 && usable > r1) {
+      start = std::clamp<i64>(1 + (usable - r1) / (r2 - r1), 1, kBatchSearchLimit);
+      first_step = std::max<i64>(1, start / 64);
     }
   }
   LargestSearch s = search_largest(fits, start, kBatchSearchLimit, first_step);

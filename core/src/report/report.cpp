@@ -302,14 +302,13 @@ std::string batch_sweep_json(const Model& model, const Options& options, i64 up_
   if (n_points < 2) n_points = 2;
   ojson pts = ojson::array();
   i64 last = 0;
+  BatchReplayer replay(model, options);  // one plan for every point when its sizes scale with the batch
   for (int k = 0; k < n_points; ++k) {
     i64 b = 1 + (up_to - 1) * k / (n_points - 1);
     if (b == last) continue;
     last = b;
-    Options o = options;
-    o.train.batch = b;
-    o.timeline = false;
-    SimResult s = run_pipeline(model, o).sim;
+    const Options& o = options;
+    SimResult s = replay.simulate(b);
     pts.push_back({{"batch", b},
                    {"allocated_bytes", s.peak_allocated_bytes},
                    {"reserved_bytes", s.peak_reserved_bytes},
