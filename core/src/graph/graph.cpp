@@ -234,7 +234,7 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
     g.loss_appended = true;
     add_node(l);
   }
-  if (!g.nodes.back().requires_grad)
+  if (!g.nodes.back().requires_grad && !globs.empty())
     throw Error({}, "", "nothing trains: every parameter is frozen", "leave at least one layer trainable (--train NAME)");
   // The loop holds the loss's input as `out` until the step ends, whether memfit appended the loss
   // or the model has its own (tools/memfit_torch.py training_step: out = model(x); loss_fn(out, y)).

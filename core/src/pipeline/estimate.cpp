@@ -183,6 +183,9 @@ Estimate estimate(const Model& model, const Options& options) {
                       "it can allocate, so training needs no more than this, but on a GPU with spare memory "
                       "max_memory_allocated is typically higher by about one convolution's workspace "
                       "(--cudnn-workspace SIZE adds one per call; docs/cudnn-workspace.md)");
+  if (!nodes.back().requires_grad)
+    e.notes.push_back("nothing in this model requires grad (it has no parameters): PyTorch's loss.backward() would fail "
+                      "with \"element 0 of tensors does not require grad\"; only the forward pass is modelled");
   before_loss_note(e);
   rules_of_thumb(e);
   return e;
