@@ -342,3 +342,37 @@ TEST_CASE("replaying one plan at other batch sizes gives the whole pipeline's pe
     }
   }
 }
+
+TEST_CASE("an op with several outputs: chunk's outputs are views, its backward one new gradient", "[multi-output]") {
+  // torch.chunk(c, 2, 1): two views of c's [2,8,4,4] output, [2,4,4,4] each; a and b consume one
+  // each. Forward allocates nothing at s. Backward: a and b hand s:0 and s:1 fresh gradients of
+  // 2x4x4x4 x 4 B = 512 B; SplitBackward concatenates them into one new 2x8x4x4 x 4 B = 1,024 B
+  // gradient for c, and the two are freed.
+  const char* src =
+      "input 4x4x8 layout=hwc\nc: conv 8 1x1\ns: chunk 2\na: conv 4 1x1 from=s:0\nb: conv 4 1x1 from=s:1\n"
+      "k: add from=a,b\nflatten\nfc 3\n";
+  Estimate e = run(src, opts(2));
+  const Node& s = e.graph.nodes[static_cast<std::size_t>(row(e, "s").node)];
+  REQUIRE(s.n_outputs() == 2);
+  CHECK(s.out_type(1).shape == std::vector<i64>{2, 4, 4, 4});
+  std::vector<i64> fwd, bwd;
+  i64 freed_at_s = 0;
+  for (const auto& ev : e.plan.events) {
+    if (ev.iteration != 2 || ev.node != row(e, "s").node) continue;
+    if (ev.is_free) {
+      if (ev.phase == Phase::backward) ++freed_at_s;
+      continue;
+    }
+    (ev.phase == Phase::forward ? fwd : bwd).push_back(e.plan.tensors[static_cast<std::size_t>(ev.tensor)].bytes);
+  }
+  CHECK(fwd.empty());
+  CHECK(bwd == std::vector<i64>{1024});
+  CHECK(freed_at_s == 2);  // the two output gradients
+  // torch.chunk(x, 3) of 8 channels: ceil(8/3) = 3, so 3 + 3 + 2
+  Estimate three = run("input 4x4x8 layout=hwc\nc: conv 8 1x1\ns: chunk 3\nx: add from=s:0,s:1\nflatten\nfc 3\n", opts(2));
+  const Node& t = three.graph.nodes[static_cast<std::size_t>(row(three, "s").node)];
+  REQUIRE(t.n_outputs() == 3);
+  CHECK(t.out_type(2).shape == std::vector<i64>{2, 2, 4, 4});
+  CHECK_THROWS_WITH(run("input 4x4x8 layout=hwc\nc: conv 8 1x1\ns: chunk 2\nx: relu from=s:2\nflatten\nfc 3\n", opts(2)),
+                    Catch::Contains("'s' has 2 outputs, so 's:2' does not exist"));
+}

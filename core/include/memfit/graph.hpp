@@ -27,6 +27,7 @@ struct Node {
   const Layer* layer = nullptr;
   const OpRule* rule = nullptr;
   std::vector<int> in;               // producer node indices
+  std::vector<int> in_out;           // which output of each producer (0 unless `from=layer:K`)
   std::vector<TensorType> in_types;  // as the op consumes them (after autocast casts)
   OpShape shape;                     // output type, parameters (trainable flags resolved), attributes
   OpMemory mem;                      // what forward/backward allocate, as the rule says
@@ -37,7 +38,11 @@ struct Node {
   // made per call.
   std::vector<bool> param_cast, param_cached;
   bool requires_grad = false;  // does the output require grad (so autograd records the op)
-  int n_consumers = 0;
+  int n_consumers = 0;             // over all outputs
+  std::vector<int> out_consumers;  // per output
+  int first_value = 0;             // the value id of output 0; output k is first_value + k
+  int n_outputs() const { return 1 + static_cast<int>(shape.extra_outs.size()); }
+  const TensorType& out_type(int k) const { return k == 0 ? shape.out : shape.extra_outs[static_cast<std::size_t>(k) - 1]; }
   int region = -1;  // innermost region holding this layer; -1 at the top level
 };
 
@@ -59,7 +64,9 @@ struct Graph {
   bool loss_appended = false;  // the model did not end in a loss: nn.CrossEntropyLoss was added
   TensorType target;           // int64 [N] class indices
   std::unique_ptr<Layer> appended_loss;
-  int model_output = -1;  // node whose output the training loop holds as `out`
+  int model_output = -1;      // node whose output the training loop holds as `out`
+  int model_output_out = 0;   // which of its outputs
+  int n_values = 0;           // outputs over all nodes (the planner's value ids)
   i64 n_frozen_params = 0;  // parameter elements with requires_grad=False
 };
 

@@ -77,6 +77,7 @@ const char* workspace_name(Workspace w);
 
 struct OpMemory {
   // fresh: a new storage; in_place: writes into input 0 (relu_); view: shares input 0 (flatten).
+  // For an op with several outputs it holds for each of them (chunk: every output a view).
   enum class Output : std::uint8_t { fresh, in_place, view } output = Output::fresh;
   std::vector<ExtraSpec> extras;
   std::vector<TensorType> fwd_temps;
@@ -84,6 +85,7 @@ struct OpMemory {
   // Per input: fresh = backward allocates a gradient of the input's size; pass = hands the incoming
   // gradient on unchanged (add); view = hands on a view of the whole of it (flatten); slice = hands
   // on a narrow() of it (cat): not dense, so input_buffer.cpp never accumulates into it in place.
+  // An op with several outputs gets one gradient per output, so its inputs' are always fresh.
   enum class GradIn : std::uint8_t { fresh, pass, view, slice };
   std::vector<GradIn> grad_in;
   std::vector<TensorType> bwd_temps;  // live while the node's backward runs
@@ -91,9 +93,10 @@ struct OpMemory {
 };
 
 struct OpShape {
-  TensorType out;
+  TensorType out;                      // output 0
   std::vector<ParamSpec> params;       // trainable ones and buffers, in registration order
   std::map<std::string, Value> attrs;  // attributes resolved (e.g. padding "same" -> (1, 1))
+  std::vector<TensorType> extra_outs;  // outputs 1.. of an op with several (chunk); consumers name them `layer:K`
 };
 
 // What a rule sees: a pure function of these. Version and backend differences are inputs here

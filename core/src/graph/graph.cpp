@@ -122,30 +122,49 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
     n.rule = rule;
     for (const auto& name : layer.inputs) {
       auto it = by_name.find(name);
-      if (it == by_name.end())
-        throw Error(layer.pos, layer.name, "no earlier layer is named '" + name + "'", "inputs must be defined above");
+      int out = 0;
+      if (it == by_name.end()) {
+        // `layer:K`: output K of an op with several outputs
+        auto colon = name.rfind(':');
+        if (colon != std::string::npos && colon + 1 < name.size() &&
+            name.find_first_not_of("0123456789", colon + 1) == std::string::npos && name.size() - colon <= 6) {
+          it = by_name.find(std::string_view(name).substr(0, colon));
+          out = std::stoi(name.substr(colon + 1));
+        }
+        if (it == by_name.end())
+          throw Error(layer.pos, layer.name, "no earlier layer is named '" + name + "'", "inputs must be defined above");
+        const Node& prod = g.nodes[static_cast<std::size_t>(it->second)];
+        if (out >= prod.n_outputs())
+          throw Error(layer.pos, layer.name,
+                      "'" + prod.layer->name + "' has " + std::to_string(prod.n_outputs()) + " output" +
+                          (prod.n_outputs() == 1 ? "" : "s") + ", so '" + name + "' does not exist",
+                      "name outputs 0 to " + std::to_string(prod.n_outputs() - 1) + " (e.g. '" + prod.layer->name + ":0')");
+      }
       n.in.push_back(it->second);
+      n.in_out.push_back(out);
     }
     DType widest = DType::f16;
-    for (int p : n.in) {
-      DType t = g.nodes[static_cast<std::size_t>(p)].shape.out.dtype;
+    for (std::size_t j = 0; j < n.in.size(); ++j) {
+      DType t = g.nodes[static_cast<std::size_t>(n.in[j])].out_type(n.in_out[j]).dtype;
       if (t == DType::f32 || (t == DType::bf16 && widest == DType::f16)) widest = t;
     }
     bool any_rg = false;
     std::vector<bool> in_rg;
-    for (int p : n.in) {
-      Node& prod = g.nodes[static_cast<std::size_t>(p)];
-      TensorType t = prod.shape.out;
+    for (std::size_t j = 0; j < n.in.size(); ++j) {
+      Node& prod = g.nodes[static_cast<std::size_t>(n.in[j])];
+      TensorType t = prod.out_type(n.in_out[j]);
       t.dtype = autocast_dtype(rule->autocast, gs.compute, t.dtype, widest);
       n.in_types.push_back(std::move(t));
       any_rg = any_rg || prod.requires_grad;
       in_rg.push_back(prod.requires_grad);
       prod.n_consumers++;
+      prod.out_consumers[static_cast<std::size_t>(n.in_out[j])]++;
     }
     OpCall call{.layer = layer, .in = n.in_types, .in_requires_grad = in_rg, .batch = gs.batch, .rules = gs.rules};
     try {
       n.shape = rule->shape(call);
       n.shape.out.bytes();  // checks the element count and bytes fit 64 bits
+      for (const auto& t : n.shape.extra_outs) t.bytes();
     } catch (const Error& e) {
       // Overflow errors from the checked helpers know no position: give them the layer's.
       if (!e.pos().file.empty() || !e.layer().empty()) throw;
@@ -178,6 +197,13 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
     }
     n.requires_grad = any_rg || has_trainable;
     n.mem = rule->memory(call, n.shape);
+    if (!n.shape.extra_outs.empty())
+      for (auto gi : n.mem.grad_in)
+        if (gi != OpMemory::GradIn::fresh)
+          throw std::logic_error(std::string("op rule '") + rule->kind + "' has several outputs: its input gradients must be fresh");
+    n.out_consumers.assign(static_cast<std::size_t>(n.n_outputs()), 0);
+    n.first_value = g.n_values;
+    g.n_values += n.n_outputs();
     if (n.requires_grad)
       for (const auto& sv : n.mem.saved) {
         bool keep = sv.when.kind == SaveIf::always ||
@@ -203,6 +229,7 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
     };
     for (const auto& sv : n.saved) {
       if (sv.ref.kind == TensorRef::input) mark_saved(root[static_cast<std::size_t>(n.in[static_cast<std::size_t>(sv.ref.index)])]);
+      // (outputs of one multi-output view op share their input's root, so saving any of them counts)
       if (sv.ref.kind == TensorRef::output) mark_saved(my_root);
     }
     root.push_back(my_root);
@@ -239,6 +266,7 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
   // The loop holds the loss's input as `out` until the step ends, whether memfit appended the loss
   // or the model has its own (tools/memfit_torch.py training_step: out = model(x); loss_fn(out, y)).
   g.model_output = g.nodes.back().in.empty() ? -1 : g.nodes.back().in[0];
+  g.model_output_out = g.nodes.back().in.empty() ? 0 : g.nodes.back().in_out[0];
   build_regions(g);
   return g;
 }

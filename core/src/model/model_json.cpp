@@ -365,7 +365,13 @@ Model parse_model_json(std::string_view src, std::string_view file) {
           SourcePos fpos = k < ls.from.size() ? pos(ls.from[k]) : vpos;
           if (!f.is_string()) throw Error(fpos, l.name, "\"from\" must list names", "write \"from\": [\"a\"]");
           std::string ref = f.get<std::string>();
-          if (!names.count(ref) || ref == l.name)
+          auto colon = ref.rfind(':');  // `layer:K`: output K of an op with several outputs
+          std::string base = colon != std::string::npos && colon > 0 && colon + 1 < ref.size() &&
+                                     ref.find_first_not_of("0123456789", colon + 1) == std::string::npos &&
+                                     !names.count(ref)
+                                 ? ref.substr(0, colon)
+                                 : ref;
+          if (!names.count(base) || base == l.name)
             throw Error(fpos, l.name, "no earlier layer is named '" + ref + "'", "inputs must be defined above");
           l.inputs.push_back(ref);
         }

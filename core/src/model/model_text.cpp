@@ -467,6 +467,11 @@ class TextParser {
       auto it = outputs_.find(full);
       if (it != outputs_.end()) return it->second;
     }
+    // `layer:K`: output K of an op with several outputs (chunk); the graph checks K
+    auto colon = ref.rfind(':');
+    if (colon != std::string::npos && colon > 0 && colon + 1 < ref.size() &&
+        ref.find_first_not_of("0123456789", colon + 1) == std::string::npos)
+      return resolve(ref.substr(0, colon), scope, ln, tok, layer) + ref.substr(colon);
     error(ln, tok, layer, "no earlier layer is named '" + ref + "'",
           "check the spelling; a layer can only take inputs defined above it");
   }

@@ -91,6 +91,39 @@ OpMemory concat_memory(const OpCall& c, const OpShape&) {
   return m;
 }
 
+// ---- chunk: torch.chunk(x, n, dim) returns views of x, ceil(size / n) along dim each (the last may
+// be smaller; fewer than n when size / n rounds up that far). Its backward (SplitBackward:
+// split_backward, derivatives.yaml `split.Tensor` / `unsafe_chunk`) concatenates the outputs'
+// gradients into one new tensor of the input's size; nothing is saved.
+OpShape chunk_shape(const OpCall& c) {
+  i64 n = attr_int(c.layer, "chunks");
+  i64 rank = static_cast<i64>(c.in[0].shape.size());
+  i64 dim = attr_int(c.layer, "dim");
+  if (dim < 0) dim += rank;
+  if (dim <= 0 || dim >= rank) fail(c.layer, "chunk dim must be a non-batch dimension", "use dim=1 for channels");
+  if (n < 1) fail(c.layer, "chunks=" + std::to_string(n) + " must be at least 1", "e.g. chunk 2");
+  const i64 size = c.in[0].shape[static_cast<std::size_t>(dim)];
+  const i64 each = (size + n - 1) / n;
+  OpShape s{c.in[0], {}, c.layer.attrs, {}};
+  i64 left = size;
+  bool first = true;
+  while (left > 0) {
+    std::vector<i64> shape = c.in[0].shape;
+    shape[static_cast<std::size_t>(dim)] = std::min(each, left);
+    left -= shape[static_cast<std::size_t>(dim)];
+    if (first) s.out = with_shape(c.in[0], shape);
+    else s.extra_outs.push_back(with_shape(c.in[0], shape));
+    first = false;
+  }
+  return s;
+}
+OpMemory chunk_memory(const OpCall&, const OpShape&) {
+  OpMemory m;
+  m.output = OpMemory::Output::view;
+  m.grad_in = {GradIn::fresh};
+  return m;
+}
+
 // ---- mean over dims (x.mean([2, 3]), MNASNet's head). PyTorch 2's mean.dim backward uses only the
 // input's sizes and numel (derivatives.yaml `mean.dim`: `mean_backward(grad, self.sym_sizes(), dim,
 // self.sym_numel(), keepdim)`), so nothing is saved; torch 1.13's MeanBackward1 kept self (measured:
@@ -187,6 +220,15 @@ void shape_rules(std::vector<OpRule>& out) {
                  .source = derivs,
                  .shape = concat_shape,
                  .memory = concat_memory});
+  out.push_back({.kind = "chunk",
+                 .attrs = {A("chunks", VT::integer, nullptr), A("dim", VT::integer, "1")},
+                 .positional = {"chunks", "dim"},
+                 .family = OpFamily::shape,
+                 .pytorch = "torch.chunk(x, n, dim)",
+                 .summary = "n views of its input (outputs layer:0 .. layer:n-1); backward concatenates their gradients",
+                 .source = derivs,
+                 .shape = chunk_shape,
+                 .memory = chunk_memory});
   out.push_back({.kind = "mean",
                  .attrs = {A("dims", VT::text, nullptr), A("keepdim", VT::boolean, "false")},
                  .positional = {"dims"},

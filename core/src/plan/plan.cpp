@@ -72,10 +72,11 @@ class Planner {
     const std::size_t n = g_.nodes.size();
     p_.node_grad_bytes.assign(n, 0);
     p_.node_optimizer_bytes.assign(n, 0);
-    value_.assign(n, -1);
-    grad_.assign(n, -1);
-    grad_slice_.assign(n, false);
-    uses_.assign(n, 0);
+    const std::size_t nv = static_cast<std::size_t>(g_.n_values);
+    value_.assign(nv, -1);
+    grad_.assign(nv, -1);
+    grad_slice_.assign(nv, false);
+    uses_.assign(nv, 0);
     saved_.assign(n, {});
     for (const Step& st : steps) {
       iter_ = st.iteration;
@@ -211,6 +212,13 @@ class Planner {
     return per_call;
   }
 
+  // Value ids: output k of node i is g_.nodes[i].first_value + k.
+  std::size_t vid(std::size_t node, int k) const {
+    return static_cast<std::size_t>(g_.nodes[node].first_value + k);
+  }
+  std::size_t vid(int node, int k) const { return vid(static_cast<std::size_t>(node), k); }
+  std::size_t in_vid(const Node& nd, std::size_t j) const { return vid(nd.in[j], nd.in_out[j]); }
+
   int resolve(const Node& nd, const TensorRef& r, const std::vector<int>& in_st, int out, const std::vector<int>& extras,
               const std::vector<int>& param_st) {
     switch (r.kind) {
@@ -228,8 +236,9 @@ class Planner {
     phase_ = Phase::forward;
     const std::size_t n = g_.nodes.size();
     std::fill(value_.begin(), value_.end(), -1);
-    for (std::size_t i = 0; i < n; ++i) uses_[i] = g_.nodes[i].n_consumers;
-    if (g_.model_output >= 0) uses_[static_cast<std::size_t>(g_.model_output)]++;  // `out` held by the loop
+    for (std::size_t i = 0; i < n; ++i)
+      for (int k = 0; k < g_.nodes[i].n_outputs(); ++k) uses_[vid(i, k)] = g_.nodes[i].out_consumers[static_cast<std::size_t>(k)];
+    if (g_.model_output >= 0) uses_[vid(g_.model_output, g_.model_output_out)]++;  // `out` held by the loop
     value_[0] = x_;
     ref(x_);  // the forward's reference; the loop keeps its own
     weight_cache_.clear();
@@ -244,8 +253,8 @@ class Planner {
     // autocast casts of inputs: a new storage when the dtype changes, held for the call
     std::vector<int> in_st, call_held;
     for (std::size_t j = 0; j < nd.in.size(); ++j) {
-      int src = value_[static_cast<std::size_t>(nd.in[j])];
-      if (nd.in_types[j].dtype != g_.nodes[static_cast<std::size_t>(nd.in[j])].shape.out.dtype) {
+      int src = value_[in_vid(nd, j)];
+      if (nd.in_types[j].dtype != g_.nodes[static_cast<std::size_t>(nd.in[j])].out_type(nd.in_out[j]).dtype) {
         int c = alloc(nd.in_types[j].bytes(), Category::activation);
         call_held.push_back(c);
         src = c;
@@ -300,9 +309,27 @@ class Planner {
     for (int t : temps) unref(t);
     for (int t : extras) unref(t);
     for (int t : call_held) unref(t);
-    value_[i] = out;
-    for (int p : nd.in) {
-      if (--uses_[static_cast<std::size_t>(p)] == 0) unref(value_[static_cast<std::size_t>(p)]);
+    value_[vid(i, 0)] = out;
+    // further outputs: views share input 0's storage (chunk), fresh ones get their own
+    for (int k = 1; k < nd.n_outputs(); ++k) {
+      int o;
+      if (nd.mem.output == OpMemory::Output::fresh) {
+        o = alloc(nd.out_type(k).bytes(), Category::activation);
+      } else {
+        o = in_st[0];
+        ref(o);
+      }
+      value_[vid(i, k)] = o;
+    }
+    // an output nobody consumes (nor the loop) is released at once
+    for (int k = 0; k < nd.n_outputs(); ++k)
+      if (uses_[vid(i, k)] == 0 && i + 1 < g_.nodes.size()) {
+        unref(value_[vid(i, k)]);
+        value_[vid(i, k)] = -1;
+      }
+    for (std::size_t j = 0; j < nd.in.size(); ++j) {
+      std::size_t v = in_vid(nd, j);
+      if (--uses_[v] == 0) unref(value_[v]);
     }
   }
 
@@ -313,8 +340,8 @@ class Planner {
     casts_in_order_.clear();
     weight_cache_.clear();
     const std::size_t last = g_.nodes.size() - 1;
-    if (g_.model_output >= 0) loop_held_.push_back(value_[static_cast<std::size_t>(g_.model_output)]);
-    loop_held_.push_back(value_[last]);  // `loss`
+    if (g_.model_output >= 0) loop_held_.push_back(value_[vid(g_.model_output, g_.model_output_out)]);
+    loop_held_.push_back(value_[vid(last, 0)]);  // `loss`
   }
 
   void record_saved(std::size_t i, const SavedSpec& sv, int t, const std::vector<int>& in_st, int out,
@@ -330,7 +357,7 @@ class Planner {
       case TensorRef::input: {
         std::size_t j = static_cast<std::size_t>(sv.ref.index);
         r.type = nd.in_types[j];
-        r.producer = in_st[j] == value_[static_cast<std::size_t>(nd.in[j])] ? nd.in[j] : -1;
+        r.producer = in_st[j] == value_[in_vid(nd, j)] ? nd.in[j] : -1;
         r.is_input = (in_st[j] == x_);
         break;
       }
@@ -361,23 +388,22 @@ class Planner {
   // one is kept; a later one is added in place when the buffer holds the only reference and is
   // dense (can_accumulate_inplace), else both are summed into a new tensor of the producer's size
   // (not of the storage: a slice of cat's gradient shares a bigger one).
-  void deliver(int producer, int g, bool slice) {
-    int& buf = grad_[static_cast<std::size_t>(producer)];
+  void deliver(std::size_t value, const TensorType& type, int g, bool slice) {
+    int& buf = grad_[value];
     if (buf < 0) {
       buf = g;
-      grad_slice_[static_cast<std::size_t>(producer)] = slice;
+      grad_slice_[value] = slice;
       return;
     }
-    if (engine_.input_buffer_in_place && refs_[static_cast<std::size_t>(buf)] == 1 &&
-        !grad_slice_[static_cast<std::size_t>(producer)]) {
+    if (engine_.input_buffer_in_place && refs_[static_cast<std::size_t>(buf)] == 1 && !grad_slice_[value]) {
       unref(g);
       return;
     }
-    int sum = alloc(g_.nodes[static_cast<std::size_t>(producer)].shape.out.bytes(), Category::activation_grad);
+    int sum = alloc(type.bytes(), Category::activation_grad);
     unref(buf);
     unref(g);
     buf = sum;
-    grad_slice_[static_cast<std::size_t>(producer)] = false;
+    grad_slice_[value] = false;
   }
 
   void begin_backward() {
@@ -387,17 +413,24 @@ class Planner {
     std::fill(grad_slice_.begin(), grad_slice_.end(), false);
     node_ = static_cast<int>(n - 1);
     // loss.backward(): torch.ones_like(loss)
-    grad_[n - 1] = alloc(g_.nodes[n - 1].shape.out.bytes(), Category::activation_grad);
+    grad_[vid(n - 1, 0)] = alloc(g_.nodes[n - 1].shape.out.bytes(), Category::activation_grad);
   }
 
   void backward_node(std::size_t i) {
     const Node& nd = g_.nodes[i];
     node_ = static_cast<int>(i);
-    if (grad_[i] < 0 || !nd.requires_grad) return;
+    // The node runs once the gradients of its outputs are in (any of them: PyTorch passes undefined
+    // ones for unused outputs).
+    bool any_grad = false;
+    for (int k = 0; k < nd.n_outputs(); ++k) any_grad = any_grad || grad_[vid(i, k)] >= 0;
+    if (!any_grad || !nd.requires_grad) return;
+    const std::size_t g0 = vid(i, 0);
     std::vector<int> temps = workspaces(nd.mem.bwd_workspaces, true);
     for (const auto& t : nd.mem.bwd_temps) temps.push_back(alloc(t.bytes(), Category::temporary));
     struct Pending {
-      int producer, grad;
+      std::size_t value;
+      const TensorType* type;
+      int grad;
       bool slice;
     };
     std::vector<Pending> pending;
@@ -409,17 +442,18 @@ class Planner {
       if (nd.mem.grad_in[j] == OpMemory::GradIn::fresh) {
         gi = alloc(nd.in_types[j].bytes(), Category::activation_grad);
       } else {
-        gi = grad_[i];
+        gi = grad_[g0];  // single-output ops only (graph.cpp checks)
         ref(gi);
-        slice = nd.mem.grad_in[j] == OpMemory::GradIn::slice || (grad_slice_[i] && nd.mem.grad_in[j] != OpMemory::GradIn::fresh);
+        slice = nd.mem.grad_in[j] == OpMemory::GradIn::slice || grad_slice_[g0];
       }
-      if (nd.in_types[j].dtype != g_.nodes[prod].shape.out.dtype) {  // ToCopyBackward of an autocast cast
-        int up = alloc(g_.nodes[prod].shape.out.bytes(), Category::activation_grad);
+      const TensorType& prod_type = g_.nodes[prod].out_type(nd.in_out[j]);
+      if (nd.in_types[j].dtype != prod_type.dtype) {  // ToCopyBackward of an autocast cast
+        int up = alloc(prod_type.bytes(), Category::activation_grad);
         unref(gi);
         gi = up;
         slice = false;
       }
-      pending.push_back({static_cast<int>(prod), gi, slice});
+      pending.push_back({in_vid(nd, j), &prod_type, gi, slice});
     }
     for (std::size_t k = 0; k < nd.shape.params.size(); ++k) {
       int pi = node_params_[i][k];
@@ -447,9 +481,12 @@ class Planner {
     // Engine: saved variables are released right after the node runs (release_variables).
     for (int t : saved_[i]) unref(t);
     saved_[i].clear();
-    unref(grad_[i]);
-    grad_[i] = -1;
-    for (const auto& pd : pending) deliver(pd.producer, pd.grad, pd.slice);
+    for (int k = 0; k < nd.n_outputs(); ++k) {
+      int& gk = grad_[vid(i, k)];
+      if (gk >= 0) unref(gk);
+      gk = -1;
+    }
+    for (const auto& pd : pending) deliver(pd.value, *pd.type, pd.grad, pd.slice);
   }
 
   void end_backward() {
@@ -458,8 +495,11 @@ class Planner {
     for (std::size_t i = 0; i < g_.nodes.size(); ++i) {
       for (int t : saved_[i]) unref(t);
       saved_[i].clear();
-      if (grad_[i] >= 0) unref(grad_[i]);
-      grad_[i] = -1;
+      for (int k = 0; k < g_.nodes[i].n_outputs(); ++k) {
+        int& gk = grad_[vid(i, k)];
+        if (gk >= 0) unref(gk);
+        gk = -1;
+      }
     }
     if (iter_ == 1) recorded_ = true;  // the per-layer report reads the first micro-batch only
   }

@@ -65,6 +65,11 @@ ojson layer_json(const Estimate& e, const LayerRow& r) {
   j["output_shape"] = r.out.shape;
   j["output_dtype"] = dtype_name(r.out.dtype);
   j["output_storage"] = r.output_storage;
+  if (nd.n_outputs() > 1) {  // an op with several outputs (chunk): outputs 1.. as `layer:K`
+    ojson more = ojson::array();
+    for (const auto& t : nd.shape.extra_outs) more.push_back(t.shape);
+    j["extra_output_shapes"] = std::move(more);
+  }
   j["region"] = nd.region >= 0 ? ojson(e.graph.regions[static_cast<std::size_t>(nd.region)].name) : ojson(nullptr);
   j["params"] = r.params;
   j["frozen_params"] = r.frozen_params;
