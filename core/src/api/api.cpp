@@ -46,7 +46,7 @@ void check_depth(std::string_view text) {
         throw Error({"request", line, column}, "",
                     "the request nests objects/arrays more than " + std::to_string(kMaxRequestDepth) + " deep",
                     "send a flat request: {\"command\": \"estimate\", \"model\": \"...\", \"options\": {\"batch\": \"64\"}}");
-    } else if (c == '}' || c == ']') {
+    } else if ((c == '}' || c == ']') && depth > 0) {  // stray closers cannot buy depth for later openers
       --depth;
     }
   }
