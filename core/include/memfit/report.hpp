@@ -21,8 +21,8 @@ std::string max_batch_json(const Model& model, const Options& options);
 std::string max_batch_json(const Model& model, const Options& options, const MaxBatch& mb);  // mb = max_batch(...)
 // max_batch()'s doubling stops at 2^40 (core/src/pipeline/estimate.cpp kBatchLimit): a result equal
 // to it means "everything up to the cap fits", which the outputs say instead of presenting it as a limit.
-inline constexpr i64 kMaxBatchSearchCap = i64{1} << 40;
-inline bool max_batch_capped(const MaxBatch& mb) { return mb.max_batch >= kMaxBatchSearchCap; }
+inline constexpr i64 kMaxBatchSearchCap = kBatchSearchLimit;  // estimate.hpp: the search stops there
+inline bool max_batch_capped(const MaxBatch& mb) { return mb.capped; }
 // The model as the flat JSON form (docs/model-format.md#json), attributes resolved.
 std::string model_json(const Model& model);
 // The plan the allocator model replays, one line per event (docs/json-output.md "Events"):

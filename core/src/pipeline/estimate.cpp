@@ -136,7 +136,7 @@ Estimate estimate(const Model& model, const Options& options) {
   e.input_bytes = checked_add(nodes[0].shape.out.bytes(), e.graph.target.bytes(), "input bytes");
   e.workspace_bytes = 0;
   for (const auto& t : e.plan.tensors)
-    if (t.category == Category::workspace) e.workspace_bytes += t.bytes;
+    if (t.category == Category::workspace) e.workspace_bytes = checked_add(e.workspace_bytes, t.bytes, "workspace bytes");
 
   // The peak over all iterations (first: optimizer state appears; last: steady state).
   e.peak_allocated_bytes = e.sim.peak_allocated_bytes;
