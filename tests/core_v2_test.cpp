@@ -376,3 +376,18 @@ TEST_CASE("an op with several outputs: chunk's outputs are views, its backward o
   CHECK_THROWS_WITH(run("input 4x4x8 layout=hwc\nc: conv 8 1x1\ns: chunk 2\nx: relu from=s:2\nflatten\nfc 3\n", opts(2)),
                     Catch::Contains("'s' has 2 outputs, so 's:2' does not exist"));
 }
+
+TEST_CASE("a tensor too large for the allocator model is refused with its layer and line", "[limits]") {
+  // 36,028,797,018,960,000 x 64 x 4 B = 9,223,372,036,853,760,000 B: within 2 MiB of 2^63.
+  const Model& m = test::keep_model("input 36028797018960000\nrelu\n");
+  CHECK_THROWS_WITH(estimate(m, Options{}), Catch::Contains("t.memfit:1:1: layer 'input'") && Catch::Contains("overflows"));
+}
+
+TEST_CASE("a sweep is bounded before the work", "[limits]") {
+  // (100,001 layers + the loss) x 3 iterations = 300,006 steps a point; x 24 = 7,200,144 > 6,000,000;
+  // 6,000,000 / 300,006 = 19.99: at most 19 points
+  std::string big = "input 4\n";
+  for (int i = 0; i < 100000; ++i) big += "relu\n";
+  const Model& m = test::keep_model(big);
+  CHECK_THROWS_WITH(batch_sweep_json(m, Options{}, 64, 24), Catch::Contains("ask for at most 19 points"));
+}

@@ -1,6 +1,7 @@
 #include "memfit/estimate.hpp"
 
 #include <algorithm>
+#include <limits>
 
 namespace memfit {
 
@@ -22,6 +23,16 @@ Pipeline run_pipeline(const Model& model, const Options& options, i64 capacity_b
   p.plan = plan_training(p.graph, train);
   AllocatorConfig cfg = options.allocator;
   cfg.capacity_bytes = capacity_bytes;
+  // A storage within a segment's rounding of 2^63 cannot be modelled: refuse it here, where its
+  // layer is known (the allocator model would say the same without the layer).
+  for (const auto& t : p.plan.tensors)
+    if (t.bytes > std::numeric_limits<i64>::max() - cfg.round_large_bytes) {
+      const Layer* l = t.node >= 0 ? p.graph.nodes[static_cast<std::size_t>(t.node)].layer : nullptr;
+      throw Error(l ? l->pos : SourcePos{}, l ? l->name : "",
+                  "one tensor of " + format_bytes_exact(t.bytes) +
+                      " is too large to model: rounded up to the allocator's 2 MiB segments it overflows 64 bits",
+                  "use a smaller batch or smaller layers");
+    }
   SimOptions so;
   so.record_timeline = options.timeline && capacity_bytes == 0;
   p.sim = simulate(p.plan, cfg, so);

@@ -307,6 +307,14 @@ std::string batch_sweep_json(const Model& model, const Options& options, i64 up_
   if (n_points < 2) n_points = 2;
   ojson pts = ojson::array();
   i64 last = 0;
+  // Bounded before the work: each point replays the whole plan (about layers x iterations steps).
+  constexpr i64 kMaxSweepNodeSteps = 6 * 1000 * 1000;
+  const i64 steps_per_point = checked_mul(static_cast<i64>(model.layers.size()) + 1, options.train.n_iterations, "sweep size");
+  if (checked_mul(steps_per_point, n_points, "sweep size") > kMaxSweepNodeSteps)
+    throw Error({}, "", "a sweep of " + std::to_string(n_points) + " points over " + format_count(static_cast<i64>(model.layers.size())) +
+                            " layers x " + std::to_string(options.train.n_iterations) + " iterations is over " +
+                            format_count(kMaxSweepNodeSteps) + " node steps",
+                "ask for at most " + std::to_string(std::max<i64>(2, kMaxSweepNodeSteps / steps_per_point)) + " points");
   BatchReplayer replay(model, options);  // one plan for every point when its sizes scale with the batch
   for (int k = 0; k < n_points; ++k) {
     i64 b = 1 + (up_to - 1) * k / (n_points - 1);
