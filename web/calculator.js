@@ -1,7 +1,7 @@
 // The memfit calculator UI: one implementation for the full page (index.html), the embed page
 // (embed.html) and the <memfit-calculator> element. It only builds requests and draws the core's JSON;
 // every number comes from the WebAssembly module (memfit::handle_request).
-import { request, builtinModels, gpuCatalog, opRegistry } from './memfit-client.js';
+import { request, cancelStale, builtinModels, gpuCatalog, opRegistry } from './memfit-client.js';
 import { bytes, int, shape, esc, exactBytes } from './format.js';
 import { breakdownChart, timelineChart, sweepChart, dataTable, CATEGORIES } from './charts.js';
 
@@ -299,7 +299,15 @@ export function mountCalculator(host, opts = {}) {
     return o;
   }
   async function call(req, kind) {
-    const r = await request(req);
+    let r;
+    perf.sent = { kind, model: req.model && req.model.length, at: performance.now() };
+    try {
+      r = await request(req);
+    } catch (e) {
+      // cancelled because a newer run started: this run stops here, quietly
+      if (e && e.superseded) return new Promise(() => {});
+      throw e;
+    }
     perf.calls.push({ kind, ms: r.ms, model: req.model && req.model.length, at: performance.now() });
     return r;
   }
@@ -314,6 +322,7 @@ export function mountCalculator(host, opts = {}) {
   }
   async function run() {
     const my = ++seq;
+    if (cancelStale(300)) perf.cancelled = (perf.cancelled || 0) + 1;
     const st = { ...state };
     const base = { model: st.text, file: MODEL_FILE, options: options(st) };
     let r;

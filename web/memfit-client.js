@@ -35,16 +35,36 @@ export function request(req) {
   const w = getWorker();
   const id = nextId++;
   return new Promise((resolve, reject) => {
-    pending.set(id, { resolve, reject });
+    pending.set(id, { resolve, reject, sentAt: performance.now() });
     w.postMessage({ id, request: req });
   });
+}
+
+/**
+ * Drops work nobody waits for: when the oldest unanswered request (the one the worker is running:
+ * it answers in order) has run for at least minMs, the worker is terminated and a fresh one started;
+ * every unanswered request is rejected with an error whose `superseded` is true. Returns whether it
+ * did. A big model's sweep can take seconds; the page calls this before each new run.
+ */
+export function cancelStale(minMs = 300) {
+  if (!worker || pending.size === 0) return false;
+  let oldest = Infinity;
+  for (const p of pending.values()) oldest = Math.min(oldest, p.sentAt);
+  if (performance.now() - oldest < minMs) return false;
+  worker.terminate();
+  worker = null;
+  const err = Object.assign(new Error('superseded by a newer request'), { superseded: true });
+  for (const p of pending.values()) p.reject(err);
+  pending.clear();
+  getWorker();
+  return true;
 }
 
 let modelsPromise = null;
 let opsPromise = null;
 /** The op registry (memfit ops --json): [{kind, aliases, family, pytorch, summary, attrs, ...}]. */
 export function opRegistry() {
-  opsPromise ??= request({ command: 'ops' }).then((r) => r.result.ops);
+  opsPromise ??= request({ command: 'ops' }).then((r) => r.result.ops, (e) => { opsPromise = null; throw e; });
   return opsPromise;
 }
 let gpusPromise = null;

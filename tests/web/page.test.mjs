@@ -404,6 +404,30 @@ test('the syntax help lists every layer kind of the core\'s op registry (docs/op
   await page.close();
 });
 
+test('stale work is cancelled: a long request in the worker does not hold up the next one', async () => {
+  // A 20,000-layer model's largest-batch search takes seconds in the module. The page calls
+  // cancelStale() before each run: the worker running stale work is replaced, the stale request
+  // rejects as superseded, and the next request is answered at once.
+  const page = await open('#model=question_cnn', undefined, 'cancel');
+  await ready(page);
+  const r = await page.evaluate(async () => {
+    const client = await import('./memfit-client.js');
+    const big = 'model big\ninput 64\n' + Array.from({ length: 20000 }, (_, i) => (i % 2 ? 'relu' : 'fc 64')).join('\n') + '\n';
+    const t0 = performance.now();
+    const slow = client.request({ command: 'max-batch', model: big, options: { gpu: 'RTX 3090' } })
+      .then(() => 'answered', (e) => (e.superseded ? 'superseded' : 'error: ' + e.message));
+    await new Promise((res) => setTimeout(res, 500));
+    const cancelled = client.cancelStale(300);
+    const quick = await client.request({ command: 'estimate', model: 'input 8\nfc 2\n' });
+    return { cancelled, slow: await slow, quickMs: performance.now() - t0, quickOk: !quick.result.error };
+  });
+  assert.equal(r.cancelled, true);
+  assert.equal(r.slow, 'superseded');
+  assert.equal(r.quickOk, true);
+  assert.ok(r.quickMs < 5000, `the next request took ${Math.round(r.quickMs)} ms after the start`);
+  await page.close();
+});
+
 test('no console errors in these pages', () => {
   assert.deepEqual(consoleErrors, []);
 });
