@@ -391,3 +391,12 @@ TEST_CASE("a sweep is bounded before the work", "[limits]") {
   const Model& m = test::keep_model(big);
   CHECK_THROWS_WITH(batch_sweep_json(m, Options{}, 64, 24), Catch::Contains("ask for at most 19 points"));
 }
+
+TEST_CASE("the largest-batch search refuses models beyond its size limit, before the work", "[limits]") {
+  std::string big = "input 4\n";
+  for (i64 i = 0; i < kMaxSearchLayers; ++i) big += "relu\n";  // 50,001 layers with the input
+  const Model& m = test::keep_model(big);
+  Options o;
+  o.gpu = parse_gpu("8GiB");
+  CHECK_THROWS_WITH(max_batch(m, o), Catch::Contains("up to 50,000 layers; this one has 50,001"));
+}

@@ -107,6 +107,9 @@ struct LargestSearch {
 LargestSearch search_largest(const std::function<std::optional<bool>(i64)>& fits, i64 start, i64 limit,
                              i64 first_step = 1);
 inline constexpr i64 kBatchSearchLimit = i64{1} << 40;  // beyond any GPU: stops the doubling
+// Searches replay the plan a dozen times or more: they take models of at most this many layers
+// (about 6 s natively at the limit on a 2-core machine; bench/). An estimate takes kMaxLayers.
+inline constexpr i64 kMaxSearchLayers = 50000;
 
 // Largest batch for which the allocator model does not run out of the GPU's usable memory.
 // 0 when even batch 1 does not fit. Requires options.gpu.

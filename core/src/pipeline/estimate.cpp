@@ -316,6 +316,11 @@ SimResult BatchReplayer::simulate(i64 batch, i64 capacity_bytes) {
 MaxBatch max_batch(const Model& model, const Options& options) {
   if (!options.gpu)
     throw Error({}, "", "max-batch needs a GPU", "give --gpu NAME or --gpu SIZE (e.g. --gpu 24GiB)");
+  if (static_cast<i64>(model.layers.size()) > kMaxSearchLayers)
+    throw Error({model.file, 0, 0}, "",
+                "the largest-batch search takes models of up to " + format_count(kMaxSearchLayers) + " layers; this one has " +
+                    format_count(static_cast<i64>(model.layers.size())),
+                "estimate a given batch instead (estimate --batch N --gpu GPU answers in seconds)");
   const i64 usable = usable_bytes(options);
   if (usable <= 0) return {};
   BatchReplayer replay(model, options);
@@ -351,7 +356,8 @@ std::vector<Remedy> remedies(const Model& model, const Options& options) {
     Estimate e = estimate(model, o);
     out.push_back({std::move(change), std::move(why), o, e.device_bytes, e.peak_reserved_bytes, e.fits.value_or(false)});
   };
-  MaxBatch mb = max_batch(model, options);
+  // (a model beyond the search's size gets the other remedies only)
+  MaxBatch mb = static_cast<i64>(model.layers.size()) > kMaxSearchLayers ? MaxBatch{} : max_batch(model, options);
   if (mb.max_batch >= 1 && mb.max_batch < options.train.batch) {
     Options o = options;
     o.train.batch = mb.max_batch;
