@@ -12,6 +12,7 @@
 // case checks that both forms are one model.
 #include <catch2/catch.hpp>
 
+#include "cpu_live_util.hpp"
 #include "test_util.hpp"
 
 #include <cstdlib>
@@ -63,39 +64,8 @@ memfit::Options options(i64 batch, const std::string& optimizer = "sgd", const s
 // events of a batchnorm2d node's backward the CPU holds that many bytes more. CUDA does not; the
 // CPU's extra can move the measured peak into a batch norm's backward (here from relu's backward,
 // 384 B lower, to norm5's). The model has no dropout (no CPU mask term).
-struct Live {
-  std::vector<i64> start, peak, peak_cpu;
-};
-Live relative_live(const memfit::Estimate& e, int n_iterations) {
-  const std::size_t n = static_cast<std::size_t>(n_iterations) + 1;
-  std::vector<i64> start(n, -1), peak(n, -1), peak_cpu(n, -1);
-  i64 live = 0;
-  int cur = 0;
-  for (const auto& ev : e.plan.events) {
-    for (; cur < ev.iteration; ++cur) {
-      const std::size_t k = static_cast<std::size_t>(cur) + 1;
-      start[k] = peak[k] = peak_cpu[k] = live;
-    }
-    const std::size_t t = static_cast<std::size_t>(ev.tensor);
-    live += ev.is_free ? -e.plan.tensors[t].bytes : e.plan.tensors[t].bytes;
-    if (ev.iteration == 0) continue;
-    const std::size_t k = static_cast<std::size_t>(ev.iteration);
-    peak[k] = std::max(peak[k], live);
-    i64 scratch = 0;
-    if (ev.phase == memfit::Phase::backward && ev.node >= 0) {
-      const memfit::Node& nd = e.graph.nodes[static_cast<std::size_t>(ev.node)];
-      if (nd.rule->kind == std::string_view("batchnorm2d")) scratch = nd.in_types.at(0).bytes();
-    }
-    peak_cpu[k] = std::max(peak_cpu[k], live + scratch);
-  }
-  Live r;
-  for (std::size_t k = 1; k < n; ++k) {
-    r.start.push_back(start[k] - start[1]);
-    r.peak.push_back(peak[k] - start[1]);
-    r.peak_cpu.push_back(peak_cpu[k] - start[1]);
-  }
-  return r;
-}
+using memfit::test::Live;
+using memfit::test::relative_live;
 
 // memfit's live bytes around each concat's backward in the last iteration, in backward order
 // (decreasing node index, the order torch's engine runs them: highest sequence number first).

@@ -1,0 +1,88 @@
+// The plan's live bytes as the CPU profiler sees them, shared by the CPU reference tests
+// (tests/frozen_reference_test.cpp, tests/densenet_reference_test.cpp).
+#pragma once
+
+#include <algorithm>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "memfit/estimate.hpp"
+
+namespace memfit::test {
+
+// Raw live bytes of the plan (tests/live_bytes_test.cpp): per iteration the start and the peak,
+// relative to the live bytes when iteration 1 starts, overall and per phase; `_cpu` with the CPU's
+// extra bytes: each live dropout mask at 4 B/element (CPU dropout's float32 noise tensor) instead of
+// CUDA's 1, and while a batch norm's backward runs a second tensor of its input's size (CPU
+// native_batch_norm_backward's scratch; tests/densenet_reference_test.cpp measures it).
+struct Live {
+  std::vector<i64> start, peak, peak_cpu;
+  std::vector<std::map<std::string, i64>> phase_peak, phase_peak_cpu;  // phase name -> bytes
+};
+inline Live relative_live(const memfit::Estimate& e, int n_iterations) {
+  std::vector<bool> is_mask(e.plan.tensors.size(), false);
+  for (std::size_t t = 0; t < e.plan.tensors.size(); ++t) {
+    const memfit::PlanTensor& pt = e.plan.tensors[t];
+    if (pt.node < 0) continue;
+    const memfit::Node& nd = e.graph.nodes[static_cast<std::size_t>(pt.node)];
+    is_mask[t] = nd.rule->kind == std::string_view("dropout") && pt.bytes == nd.shape.out.numel();
+  }
+  const std::size_t n = static_cast<std::size_t>(n_iterations) + 1;
+  std::vector<i64> start(n, -1), peak(n, -1), peak_cpu(n, -1);
+  std::vector<std::map<std::string, i64>> ph(n), ph_cpu(n);
+  i64 live = 0, masks = 0;
+  int cur = 0;
+  memfit::Phase last_phase = memfit::Phase::setup;
+  for (const auto& ev : e.plan.events) {
+    for (; cur < ev.iteration; ++cur) {
+      const std::size_t k = static_cast<std::size_t>(cur) + 1;
+      start[k] = live;
+      peak[k] = live;
+      peak_cpu[k] = live + 3 * masks;
+    }
+    if (ev.iteration > 0 && ev.phase != last_phase) {
+      // a phase's peak includes the live bytes when it begins (its first event may be a free:
+      // SGD's step allocates nothing, and the loop's `out` is alive until the step returns)
+      const std::size_t k = static_cast<std::size_t>(ev.iteration);
+      const std::string pn = memfit::phase_name(ev.phase);
+      ph[k].try_emplace(pn, live);
+      ph_cpu[k].try_emplace(pn, live + 3 * masks);
+    }
+    last_phase = ev.phase;
+    const std::size_t t = static_cast<std::size_t>(ev.tensor);
+    const i64 b = ev.is_free ? -e.plan.tensors[t].bytes : e.plan.tensors[t].bytes;
+    live += b;
+    if (is_mask[t]) masks += b;
+    if (ev.iteration == 0) continue;
+    const std::size_t k = static_cast<std::size_t>(ev.iteration);
+    // CPU native_batch_norm_backward holds a second input-sized scratch while it runs (README)
+    i64 bn_scratch = 0;
+    if (ev.phase == memfit::Phase::backward && ev.node >= 0) {
+      const memfit::Node& bn = e.graph.nodes[static_cast<std::size_t>(ev.node)];
+      if (bn.rule->kind == std::string_view("batchnorm2d")) bn_scratch = bn.in_types.at(0).bytes();
+    }
+    const i64 cpu = live + 3 * masks + bn_scratch;
+    peak[k] = std::max(peak[k], live);
+    peak_cpu[k] = std::max(peak_cpu[k], cpu);
+    const std::string pn = memfit::phase_name(ev.phase);
+    auto [it, fresh] = ph[k].try_emplace(pn, live);
+    if (!fresh) it->second = std::max(it->second, live);
+    auto [jt, fresh_cpu] = ph_cpu[k].try_emplace(pn, cpu);
+    if (!fresh_cpu) jt->second = std::max(jt->second, cpu);
+  }
+  Live r;
+  for (std::size_t k = 1; k < n; ++k) {
+    r.start.push_back(start[k] - start[1]);
+    r.peak.push_back(peak[k] - start[1]);
+    r.peak_cpu.push_back(peak_cpu[k] - start[1]);
+    for (auto* m : {&ph[k], &ph_cpu[k]})
+      for (auto& [name, bytes] : *m) bytes -= start[1];
+    r.phase_peak.push_back(ph[k]);
+    r.phase_peak_cpu.push_back(ph_cpu[k]);
+  }
+  return r;
+}
+
+}  // namespace memfit::test
