@@ -400,3 +400,14 @@ TEST_CASE("the largest-batch search refuses models beyond its size limit, before
   o.gpu = parse_gpu("8GiB");
   CHECK_THROWS_WITH(max_batch(m, o), Catch::Contains("up to 50,000 layers; this one has 50,001"));
 }
+
+TEST_CASE("review finds: chunk bounds, in-place writes into chunk views, no copy when autograd records nothing", "[multi-output]") {
+  CHECK_THROWS_WITH(run("input 8\nc: chunk 9223372036854775807\nfc 2 from=c:0\n", opts()), Catch::Contains("must be from 1 to 4096"));
+  // PyTorch: "Output 0 of SplitBackward0 is a view and is being modified inplace ... returns multiple views"
+  CHECK_THROWS_WITH(run("input 8\nf: fc 8\nc: chunk 2\nx: relu from=c:1 inplace\nfc 2\n", opts()),
+                    Catch::Contains("one of the views 'c' returns"));
+  // relu6_ on a tensor that needs no grad (the batch itself): not recorded, so no copy of self
+  Estimate e = run("input 4x4x3 layout=hwc\nr: relu6 inplace\nc: conv 4 1x1\nflatten\nfc 2\n", opts(2));
+  for (const auto& ev : e.plan.events)
+    if (!ev.is_free && ev.node == row(e, "r").node) FAIL("relu6_ without autograd allocated " << e.plan.tensors[static_cast<std::size_t>(ev.tensor)].bytes << " B");
+}

@@ -214,6 +214,16 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
       }
     const int self = static_cast<int>(g.nodes.size());
     int my_root = n.mem.output == OpMemory::Output::fresh || n.in.empty() ? self : root[static_cast<std::size_t>(n.in[0])];
+    if (n.mem.output == OpMemory::Output::in_place && !n.in.empty()) {
+      // PyTorch refuses an in-place write into one of several views a function returned (chunk),
+      // when autograd records it: "... is a view and is being modified inplace ... returns multiple views".
+      const Node& src = g.nodes[static_cast<std::size_t>(n.in[0])];
+      if (src.n_outputs() > 1 && src.mem.output == OpMemory::Output::view && src.requires_grad)
+        throw Error(layer.pos, layer.name,
+                    "writes in place into '" + layer.inputs[0] + "', one of the views '" + src.layer->name +
+                        "' returns: PyTorch refuses in-place writes into such views",
+                    "drop inplace on '" + layer.name + "'");
+    }
     if (n.mem.output == OpMemory::Output::in_place) {
       if (saved_by[static_cast<std::size_t>(my_root)] >= 0) {
         const std::string& saver = g.nodes[static_cast<std::size_t>(saved_by[static_cast<std::size_t>(my_root)])].layer->name;

@@ -21,7 +21,9 @@ OpMemory save_result_memory(const OpCall& c, const OpShape&) {
 // the output's; cpu_saved_fixtures.json tiny_residual for silu_).
 OpMemory clone_self_when_inplace_memory(const OpCall& c, const OpShape&) {
   OpMemory m;
-  if (inplace_of(c.layer)) {
+  if (inplace_of(c.layer) && !c.in_requires_grad[0]) {
+    m.output = OpMemory::Output::in_place;  // not recorded by autograd: no copy is taken
+  } else if (inplace_of(c.layer)) {
     m.output = OpMemory::Output::in_place;
     m.extras = {{"self (copy before the in-place write)", c.in[0]}};
     m.saved = {{{TensorRef::extra, 0}, "self"}};

@@ -95,15 +95,18 @@ OpMemory concat_memory(const OpCall& c, const OpShape&) {
 // be smaller; fewer than n when size / n rounds up that far). Its backward (SplitBackward:
 // split_backward, derivatives.yaml `split.Tensor` / `unsafe_chunk`) concatenates the outputs'
 // gradients into one new tensor of the input's size; nothing is saved.
+constexpr i64 kMaxChunks = 4096;  // outputs of one node: each is a value the planner tracks
 OpShape chunk_shape(const OpCall& c) {
   i64 n = attr_int(c.layer, "chunks");
   i64 rank = static_cast<i64>(c.in[0].shape.size());
   i64 dim = attr_int(c.layer, "dim");
   if (dim < 0) dim += rank;
   if (dim <= 0 || dim >= rank) fail(c.layer, "chunk dim must be a non-batch dimension", "use dim=1 for channels");
-  if (n < 1) fail(c.layer, "chunks=" + std::to_string(n) + " must be at least 1", "e.g. chunk 2");
+  if (n < 1 || n > kMaxChunks)
+    fail(c.layer, "chunks=" + std::to_string(n) + " must be from 1 to " + std::to_string(kMaxChunks), "e.g. chunk 2");
   const i64 size = c.in[0].shape[static_cast<std::size_t>(dim)];
-  const i64 each = (size + n - 1) / n;
+  const i64 each = size / n + (size % n != 0);  // ceil without overflow
+  if (each < 1) fail(c.layer, "chunk of an empty dimension", "chunk a dimension of at least one element");
   OpShape s{c.in[0], {}, c.layer.attrs, {}};
   i64 left = size;
   bool first = true;
