@@ -411,3 +411,20 @@ TEST_CASE("review finds: chunk bounds, in-place writes into chunk views, no copy
   for (const auto& ev : e.plan.events)
     if (!ev.is_free && ev.node == row(e, "r").node) FAIL("relu6_ without autograd allocated " << e.plan.tensors[static_cast<std::size_t>(ev.tensor)].bytes << " B");
 }
+
+TEST_CASE("add under autocast: promoted in the kernel, no input copies; the gradient cast back per input", "[autocast]") {
+  // bf16 autocast: f is bfloat16 [4,64] (linear), sm float32 [4,64] (softmax runs in fp32).
+  // s = f + sm: float32 [4,64] = 1,024 B, and no float32 copy of f (PyTorch's add is in no autocast list).
+  Options o = opts(4);
+  o.train.precision = DType::bf16;
+  Estimate e = run("input 64\nf: fc 64\nsm: softmax from=f\ns: add from=f,sm\nfc 2\n", o);
+  CHECK(row(e, "s").out.dtype == DType::f32);
+  std::vector<i64> fwd, bwd;
+  for (const auto& ev : e.plan.events) {
+    if (ev.is_free || ev.iteration != 2 || ev.node != row(e, "s").node) continue;
+    (ev.phase == Phase::forward ? fwd : bwd).push_back(e.plan.tensors[static_cast<std::size_t>(ev.tensor)].bytes);
+  }
+  CHECK(fwd == std::vector<i64>{4 * 64 * 4});  // the output only
+  // backward: sm (float32) gets the gradient itself; f (bfloat16) a cast of it, 4 x 64 x 2 B = 512 B
+  CHECK(bwd == std::vector<i64>{4 * 64 * 2});
+}

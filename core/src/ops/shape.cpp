@@ -54,7 +54,17 @@ OpShape add_shape(const OpCall& c) {
                " and '" + c.layer.inputs[i] + "' is " + str(c.in[i].shape) + " (per sample, C x H x W)",
            "make the channel counts and sizes match, e.g. add a 1x1 conv with the right stride on the shortcut");
     }
-  return {c.in[0], {}, c.layer.attrs};
+  // add is in none of autocast's lists: mixed floating inputs are promoted inside the kernel (no
+  // copies; c10 promoteTypes: float16 + bfloat16 -> float32), and `a.add_(b)` keeps a's dtype.
+  TensorType out = c.in[0];
+  if (!inplace_of(c.layer))
+    for (std::size_t i = 1; i < c.in.size(); ++i)
+      if (c.in[i].dtype != out.dtype) {
+        bool both_half = (out.dtype == DType::f16 || out.dtype == DType::bf16) &&
+                         (c.in[i].dtype == DType::f16 || c.in[i].dtype == DType::bf16);
+        out.dtype = both_half || c.in[i].dtype == DType::f32 || out.dtype == DType::f32 ? DType::f32 : out.dtype;
+      }
+  return {out, {}, c.layer.attrs};
 }
 // `out += identity` (torchvision's residual blocks) writes into input 0; `a + b` allocates.
 OpMemory add_memory(const OpCall& c, const OpShape&) {
@@ -203,7 +213,6 @@ void shape_rules(std::vector<OpRule>& out) {
                  .attrs = {A("inplace", VT::boolean, "false")},
                  .min_inputs = 2,
                  .max_inputs = -1,
-                 .autocast = Autocast::promote,
                  .family = OpFamily::shape,
                  .pytorch = "a + b (out += b in place)",
                  .summary = "element-wise sum; saves nothing, passes its gradient on to every input",

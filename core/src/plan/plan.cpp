@@ -445,6 +445,14 @@ class Planner {
         gi = grad_[g0];  // single-output ops only (graph.cpp checks)
         ref(gi);
         slice = nd.mem.grad_in[j] == OpMemory::GradIn::slice || grad_slice_[g0];
+        // the engine casts a gradient to its input's dtype (validate_outputs): add of bf16 and fp32
+        // hands the bf16 input a bfloat16 copy of the float32 gradient
+        if (nd.in_types[j].dtype != nd.shape.out.dtype) {
+          int cast = alloc(nd.in_types[j].bytes(), Category::activation_grad);
+          unref(gi);
+          gi = cast;
+          slice = false;
+        }
       }
       const TensorType& prod_type = g_.nodes[prod].out_type(nd.in_out[j]);
       if (nd.in_types[j].dtype != prod_type.dtype) {  // ToCopyBackward of an autocast cast
