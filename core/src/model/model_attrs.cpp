@@ -79,6 +79,18 @@ Value parse_attr_text(const AttrSpec& spec, const std::string& text, const Sourc
   return v;
 }
 
+const AttrSpec* find_attr(const OpRule& rule, std::string_view key) {
+  for (const auto& s : rule.attrs)
+    if (key == s.key) return &s;
+  return nullptr;
+}
+
+std::string attr_keys(const OpRule& rule) {
+  std::string keys;
+  for (const auto& s : rule.attrs) keys += (keys.empty() ? "" : ", ") + std::string(s.key);
+  return keys;
+}
+
 void fill_defaults(const OpRule& rule, Layer& layer) {
   for (const auto& spec : rule.attrs) {
     if (layer.attrs.count(spec.key)) continue;

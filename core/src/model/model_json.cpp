@@ -395,12 +395,9 @@ Model parse_model_json(std::string_view src, std::string_view file) {
         l.attrs["shape"] = v;
         continue;
       }
-      const AttrSpec* spec = nullptr;
-      for (const auto& s : rule->attrs)
-        if (key == s.key) spec = &s;
+      const AttrSpec* spec = find_attr(*rule, key);
       if (!spec) {
-        std::string keys;
-        for (const auto& s : rule->attrs) keys += (keys.empty() ? "" : ", ") + std::string(s.key);
+        const std::string keys = attr_keys(*rule);
         auto kp = ls.keys.find(key);
         throw Error(kp == ls.keys.end() ? vpos : pos(kp->second.key), l.name,
                     std::string(rule->kind) + " has no option '" + key + "'",

@@ -35,6 +35,9 @@ inline constexpr std::size_t kMaxJsonValues = 4'000'000;  // JSON: values in the
 Value parse_attr_text(const AttrSpec& spec, const std::string& text, const SourcePos& pos, const std::string& layer);
 // Adds every attribute the rule declares but the layer does not set; a missing required one is an error.
 void fill_defaults(const OpRule& rule, Layer& layer);
+// The rule's option named `key` (nullptr if none), and "a, b, c" for the error that names them.
+const AttrSpec* find_attr(const OpRule& rule, std::string_view key);
+std::string attr_keys(const OpRule& rule);
 
 // A UTF-8 byte-order mark (EF BB BF) at the start is an editor's marker, not content: both readers skip it.
 std::string_view strip_bom(std::string_view src);

@@ -591,12 +591,9 @@ class TextParser {
         given.push_back({rule->positional[next_pos++], {text, k}});
       }
       for (auto& [key, vt] : given) {
-        const AttrSpec* spec = nullptr;
-        for (const auto& s : rule->attrs)
-          if (key == s.key) spec = &s;
+        const AttrSpec* spec = find_attr(*rule, key);
         if (!spec) {
-          std::string keys;
-          for (const auto& s : rule->attrs) keys += (keys.empty() ? "" : ", ") + std::string(s.key);
+          const std::string keys = attr_keys(*rule);
           error(ln, vt.second, layer.name, std::string(rule->kind) + " has no option '" + key + "'",
                 keys.empty() ? "it takes no options" : "its options are: " + keys);
         }

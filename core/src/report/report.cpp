@@ -103,7 +103,7 @@ ojson estimate_object(const Model& model, const Estimate& e) {
   ojson j;
   j["memfit"] = kVersion;
   j["model"] = {{"name", e.model_name}, {"file", e.model_file}, {"layers", model.layers.size()}};
-  Workspaces ws = o.workspaces ? *o.workspaces : default_workspaces(o.gpu);
+  const Workspaces ws = effective_train(o).workspaces;  // as the planner ran
   j["settings"] = {{"batch", o.train.batch},
                    {"dtype", precision_name(o.train.precision)},
                    {"optimizer", optimizer_name(o.train.optimizer)},
