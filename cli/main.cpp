@@ -51,8 +51,10 @@ void add_settings(CLI::App* c, memfit::OptionStrings& s) {
     c->add_option_function<std::string>(flag, [&dst](const std::string& v) { dst = v; }, help);
   };
   opt("--batch,-b", s.batch, "batch size (default 64)");
-  opt("--dtype", s.dtype, "fp32 (default), fp16 or bf16 (torch.autocast mixed precision)");
-  opt("--optimizer", s.optimizer, "sgd (default), sgd-momentum, adam, adamw, adagrad, rmsprop");
+  opt("--dtype", s.dtype,
+      "fp32 (default), fp16 or bf16 (torch.autocast mixed precision), bf16-true or fp16-true (model.to(dtype))");
+  opt("--optimizer", s.optimizer,
+      "sgd (default), sgd-momentum, adam, adamw, adagrad, rmsprop; bitsandbytes: adamw8bit, paged_adamw, paged_adamw8bit");
   opt("--optimizer-impl", s.optimizer_impl, "foreach (default on CUDA), fused or for-loop");
   opt("--zero-grad", s.zero_grad, "set-to-none (default) or zero");
   opt("--gpu", s.gpu, "a GPU from 'memfit gpus' or a size: 24GiB, 12GB, 12000MiB");
@@ -64,6 +66,13 @@ void add_settings(CLI::App* c, memfit::OptionStrings& s) {
   opt("--grad-accum", s.grad_accumulation, "micro-batches of --batch per optimizer step (default 1)");
   opt("--freeze", s.freeze, "freeze these layers/regions (globs, comma-separated): requires_grad=False");
   opt("--train", s.train, "train only these layers/regions (globs); every other parameter is frozen");
+  opt("--lora", s.lora, "PEFT LoRA adapters: r=16,alpha=32,dropout=0.05,targets=q_proj,v_proj (or all-linear; 'on': PEFT defaults)");
+  opt("--lora-dtype", s.lora_dtype, "LoRA adapter dtype: fp32 (default, PEFT's autocast_adapter_dtype), bf16 or fp16");
+  c->add_flag_function("--qlora", [&s](std::int64_t) { s.qlora = "on"; },
+                       "QLoRA: base linears as bitsandbytes NF4 4-bit (double quant, bf16 compute) + LoRA");
+  c->add_flag_function("--grad-scaler", [&s](std::int64_t) { s.grad_scaler = "on"; },
+                       "torch.amp.GradScaler (default on for --dtype fp16)");
+  c->add_flag_function("--no-grad-scaler", [&s](std::int64_t) { s.grad_scaler = "off"; }, "fp16 autocast without GradScaler");
 }
 
 }  // namespace

@@ -23,12 +23,19 @@ inline constexpr const char* kDefaultModel = "question_cnn";
 struct OptionStrings {
   std::optional<std::string> batch, dtype, optimizer, optimizer_impl, zero_grad, gpu, context, cublas_workspace,
       cudnn_workspace, iterations, pytorch, grad_accumulation, freeze, train;
+  // Fine-tuning (docs/fine-tuning.md): lora "r=16,alpha=32,dropout=0.05,targets=q_proj,v_proj" (or "on"
+  // for PEFT's defaults), lora_dtype fp32|bf16|fp16, qlora on|off, grad_scaler on|off (default: on
+  // for fp16 autocast).
+  std::optional<std::string> lora, lora_dtype, qlora, grad_scaler;
   bool timeline = false, events = false;
 };
 Options make_options(const OptionStrings& s);
 
 // Parse single option values shared by the CLI and the module ("fp16", "adam", "foreach", ...).
-DType parse_precision(std::string_view s);
+DType parse_precision(std::string_view s);  // the autocast dtype; f32 for fp32 and the *-true forms
+// "bf16-true" / "fp16-true": model.to(dtype) (f32 for everything else)
+DType parse_param_dtype(std::string_view s);
+LoraSettings parse_lora(std::string_view spec);
 Optimizer parse_optimizer(std::string_view s);
 OptimizerImpl parse_optimizer_impl(std::string_view s);
 
@@ -39,6 +46,8 @@ OptimizerImpl parse_optimizer_impl(std::string_view s);
 //                       "zero_grad": "set_to_none", "gpu": "RTX 3090", "context": "426MiB",
 //                       "cublas_workspace": "...", "cudnn_workspace": "...", "iterations": "3",
 //                       "grad_accumulation": "1", "freeze": "features.*", "train": "fc,layer4",
+//                       "lora": "r=16,alpha=32,dropout=0.05,targets=q_proj,v_proj", "lora_dtype": "fp32",
+//                       "qlora": "on", "grad_scaler": "off",
 //                       "timeline": true, "events": true},
 //           "sweep_up_to": 256, "sweep_points": 24}
 // Result: the command's JSON (as `memfit <command> --json` prints it), or {"error": {...}}.

@@ -61,9 +61,12 @@ inline constexpr i64 kMaxSizeBytes = i64{1} << 50;
 // Throws Error (with `what` as context) on anything else, and on sizes above kMaxSizeBytes.
 i64 parse_size(std::string_view text, std::string_view what);
 
-enum class DType : std::uint8_t { f32, f16, bf16, i64, b8 };
+// u8: torch.uint8, the storage of bitsandbytes' packed 4-bit weights (two 4-bit codes per byte), of
+// their quantized absmax and of 8-bit optimizer states (bitsandbytes/functional.py quantize_4bit,
+// optim/optimizer.py Optimizer2State.init_state).
+enum class DType : std::uint8_t { f32, f16, bf16, i64, b8, u8 };
 i64 dtype_size(DType t);
-const char* dtype_name(DType t);  // PyTorch's names: float32, float16, bfloat16, int64, bool
+const char* dtype_name(DType t);  // PyTorch's names: float32, float16, bfloat16, int64, bool, uint8
 
 // One documented category enum (after PyTorch's mem_tracker.py _MemRefType), shared by plan,
 // allocator model and report.

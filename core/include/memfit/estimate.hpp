@@ -51,11 +51,12 @@ struct Estimate {
   i64 total_optimizer_bytes = 0, total_saved_bytes = 0, input_bytes = 0, workspace_bytes = 0;
   // the peak: the worse of the first and the steady-state iteration
   i64 peak_allocated_bytes = 0, peak_reserved_bytes = 0, device_bytes = 0;
+  i64 managed_bytes = 0;  // paged optimizer state (CUDA managed memory): in device_bytes, not in reserved
   Phase peak_phase = Phase::setup;
   int peak_node = -1, peak_iteration = 0;
   // verdict (only with a GPU)
   std::optional<bool> fits;
-  i64 usable_bytes = 0;    // the GPU's CUDA total minus the context: what the allocator can reserve
+  i64 usable_bytes = 0;    // the GPU's CUDA total minus the context and managed memory: what the allocator can reserve
   i64 headroom_bytes = 0;  // usable minus the peak reserved (negative: missing)
   bool fits_only_by_freeing_cache = false;  // needed the allocator's release-and-retry path
   std::vector<RuleOfThumb> rules_of_thumb;
@@ -69,6 +70,7 @@ struct Pipeline {
   Graph graph;
   Plan plan;
   SimResult sim;
+  std::vector<std::string> notes;  // what the fine-tuning / precision settings assume (finetune_notes)
 };
 Pipeline run_pipeline(const Model& model, const Options& options, i64 capacity_bytes = 0);
 

@@ -3,6 +3,7 @@
 // regions (the block/repeat nesting) over the flat list. Built once per estimate; read-only after.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,6 +22,11 @@ struct GraphSettings {
   TorchRules rules = TorchRules::v2;
   std::vector<std::string> freeze;  // these parameters are frozen
   std::vector<std::string> train;   // only these parameters train (the rest are frozen)
+  // model.to(param_dtype): float32 parameters and buffers, and a float32 input batch, take this dtype
+  // (f32: unchanged). Layers listed in layer_param_dtype keep theirs at that dtype instead (LoRA
+  // adapters stay float32 in a bfloat16 model).
+  DType param_dtype = DType::f32;
+  std::map<std::string, DType, std::less<>> layer_param_dtype;
 };
 
 struct Node {
@@ -67,6 +73,9 @@ struct Graph {
   bool loss_appended = false;  // the model did not end in a loss: nn.CrossEntropyLoss was added
   TensorType target;           // int64 [N] class indices
   std::unique_ptr<Layer> appended_loss;
+  // The model the nodes point into when the pipeline built it (LoRA / QLoRA insert layers into a
+  // copy of the user's model: core/src/pipeline/finetune.cpp); null when nodes point into the caller's.
+  std::shared_ptr<const Model> owned_model;
   int model_output = -1;      // node whose output the training loop holds as `out`
   int model_output_out = 0;   // which of its outputs
   int n_values = 0;           // outputs over all nodes (the planner's value ids)

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -11,7 +12,9 @@
 
 namespace memfit {
 
-enum class Optimizer : std::uint8_t { sgd, sgd_momentum, adam, adamw, adagrad, rmsprop };
+// adamw8bit, paged_adamw, paged_adamw8bit: bitsandbytes' AdamW8bit, PagedAdamW (32-bit state) and
+// PagedAdamW8bit (bitsandbytes/optim/adamw.py, optim/optimizer.py Optimizer2State).
+enum class Optimizer : std::uint8_t { sgd, sgd_momentum, adam, adamw, adagrad, rmsprop, adamw8bit, paged_adamw, paged_adamw8bit };
 enum class OptimizerImpl : std::uint8_t { foreach, fused, for_loop };
 const char* optimizer_name(Optimizer o);
 const char* optimizer_impl_name(OptimizerImpl i);
@@ -23,10 +26,40 @@ struct Workspaces {
   i64 cudnn_conv_bytes = 0;  // per convolution call, forward and backward (not modelled by default: 0)
 };
 
+// LoRA as PEFT's LoraConfig defines it (src/peft/tuners/lora/config.py: r=8, lora_alpha=8,
+// lora_dropout=0.0, bias="none"); memfit inserts the adapter layers (core/src/pipeline/finetune.cpp).
+struct LoraSettings {
+  i64 r = 8;
+  double alpha = 8.0;
+  double dropout = 0.0;  // 0: nn.Identity (no mask), as PEFT builds it
+  // target_modules: a layer whose name is a target or ends in "." + target; "all-linear": every
+  // linear except the output head. Empty: q_proj, v_proj (PEFT's default for llama/mistral/qwen2:
+  // utils/constants.py TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING).
+  std::vector<std::string> targets;
+  // The adapters' dtype. get_peft_model(autocast_adapter_dtype=True), the default, makes float16 and
+  // bfloat16 adapter weights float32 (peft/tuners/tuners_utils.py cast_adapter_dtype).
+  DType dtype = DType::f32;
+};
+
+// QLoRA: base linears as bitsandbytes Linear4bit, as the usual BitsAndBytesConfig(load_in_4bit=True,
+// bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+// and prepare_model_for_kbit_training (float32 for every other parameter) make them.
+struct QloraSettings {
+  DType compute = DType::bf16;
+  bool double_quant = true;
+};
+
 struct TrainSettings {
   i64 batch = 64;                // samples per forward/backward (the micro-batch with accumulation)
   int grad_accumulation = 1;     // micro-batches per optimizer step (gradients accumulate in .grad)
   DType precision = DType::f32;  // f32, or torch.autocast with f16 / bf16 (parameters stay f32)
+  // model.to(dtype) ("bf16-true"): floating parameters, buffers, their .grad, optimizer state and
+  // activations in this dtype; f32 = the model as built. Exclusive with autocast (`precision`).
+  DType param_dtype = DType::f32;
+  // torch.amp.GradScaler: loss scaled before backward, gradients unscaled in place before the step.
+  bool grad_scaler = false;
+  std::optional<LoraSettings> lora;    // PEFT LoRA adapters on the target linears
+  std::optional<QloraSettings> qlora;  // base linears in 4-bit (requires lora)
   Optimizer optimizer = Optimizer::sgd;
   OptimizerImpl impl = OptimizerImpl::foreach;
   bool set_to_none = true;  // optimizer.zero_grad(set_to_none=True), PyTorch >= 2.0 default
@@ -87,6 +120,10 @@ struct SavedRecord {
 
 struct Plan {
   std::vector<PlanTensor> tensors;
+  // Paged optimizer state (bitsandbytes F.get_paged: cudaMallocManaged), outside PyTorch's caching
+  // allocator: not in `tensors`/`events` (max_memory_allocated/reserved never see it), but on the
+  // GPU while it is resident (nvidia-smi). Also counted in node_optimizer_bytes.
+  i64 managed_bytes = 0;
   std::vector<PlanEvent> events;
   std::vector<SavedRecord> saved;
   std::vector<i64> node_grad_bytes;       // per node: parameter gradient bytes (f32)

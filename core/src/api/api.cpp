@@ -130,6 +130,10 @@ std::string handle_request(std::string_view request_json) {
           (k == "timeline" ? s.timeline : s.events) = v.get<bool>();
           continue;
         }
+        if ((k == "qlora" || k == "grad_scaler") && v.is_boolean()) {
+          (k == "qlora" ? s.qlora : s.grad_scaler) = v.get<bool>() ? "on" : "off";
+          continue;
+        }
         // Strings as typed on the command line; plain numbers are accepted as their decimal text (batch 64).
         if (!v.is_string() && !v.is_number())
           bad_field("options." + k, v, "a string or a number", "send e.g. \"" + k + "\": \"64\"");
@@ -148,6 +152,10 @@ std::string handle_request(std::string_view request_json) {
         else if (k == "grad_accumulation") s.grad_accumulation = text;
         else if (k == "freeze") s.freeze = text;
         else if (k == "train") s.train = text;
+        else if (k == "lora") s.lora = text;
+        else if (k == "lora_dtype") s.lora_dtype = text;
+        else if (k == "qlora") s.qlora = text;
+        else if (k == "grad_scaler") s.grad_scaler = text;
         else throw Error({}, "", "unknown option '" + k + "'", "see core/include/memfit/api.hpp");
       }
     }

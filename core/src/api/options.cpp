@@ -1,6 +1,8 @@
 // Settings as the user typed them (CLI flags, the request API's "options") to Options: the one place
 // that reads option strings, so the CLI and the WebAssembly module accept and refuse the same values.
 #include <charconv>
+#include <cmath>
+#include <string>
 
 #include "memfit/api.hpp"
 #include "memfit/report.hpp"
@@ -43,6 +45,23 @@ std::vector<std::string> parse_globs(const std::string& text, const char* flag) 
 // so one that large could never be allocated anyway. The tighter bound than kMaxSizeBytes keeps
 // workspace x calls (one per conv call, per iteration) far from 2^63.
 constexpr i64 kMaxWorkspaceBytes = i64{1} << 40;
+
+// on/off switches (--qlora, --grad-scaler, and their request fields)
+bool parse_switch(const std::string& v, const char* what) {
+  if (v == "on" || v == "true" || v == "1" || v == "yes") return true;
+  if (v == "off" || v == "false" || v == "0" || v == "no") return false;
+  throw Error({}, "", std::string(what) + " '" + v + "' is not on or off", std::string("give ") + what + " on or off");
+}
+
+DType parse_half_or_float(const std::string& v, const char* what) {
+  if (v == "fp32" || v == "float32") return DType::f32;
+  if (v == "bf16" || v == "bfloat16") return DType::bf16;
+  if (v == "fp16" || v == "float16") return DType::f16;
+  throw Error({}, "", std::string(what) + " '" + v + "' is not a floating dtype", "use fp32, bf16 or fp16");
+}
+
+// LoRA ranks people use are 4 to 256; 65,536 is past any layer's width and keeps r x features small.
+constexpr i64 kMaxLoraRank = 65536;
 i64 parse_workspace(const std::string& s, const char* what) {
   i64 v = parse_size(s, what);
   if (v > kMaxWorkspaceBytes)
@@ -57,7 +76,10 @@ Options make_options(const OptionStrings& s) {
   Options o;
   // Any batch whose bytes fit 64 bits is accepted; overflow is reported by the estimate itself.
   if (s.batch) o.train.batch = parse_positive(*s.batch, "batch", i64{1} << 50);
-  if (s.dtype) o.train.precision = parse_precision(*s.dtype);
+  if (s.dtype) {
+    o.train.precision = parse_precision(*s.dtype);
+    o.train.param_dtype = parse_param_dtype(*s.dtype);
+  }
   if (s.optimizer) o.train.optimizer = parse_optimizer(*s.optimizer);
   if (s.optimizer_impl) o.train.impl = parse_optimizer_impl(*s.optimizer_impl);
   if (s.zero_grad) {
@@ -85,26 +107,113 @@ Options make_options(const OptionStrings& s) {
   if (s.train) o.train.train = parse_globs(*s.train, "--train");
   if (!o.train.freeze.empty() && !o.train.train.empty())
     throw Error({}, "", "both --freeze and --train are given", "give one: --freeze what stays fixed, or --train what learns");
+  if (s.lora) o.train.lora = parse_lora(*s.lora);
+  if (s.lora_dtype) {
+    if (!o.train.lora) throw Error({}, "", "--lora-dtype without --lora", "add --lora (e.g. --lora r=16,alpha=32,targets=q_proj,v_proj)");
+    o.train.lora->dtype = parse_half_or_float(*s.lora_dtype, "--lora-dtype");
+  }
+  if (s.qlora && parse_switch(*s.qlora, "--qlora")) {
+    o.train.qlora = QloraSettings{};
+    if (!o.train.lora) o.train.lora = LoraSettings{};  // QLoRA trains LoRA adapters (PEFT's defaults)
+    if (o.train.param_dtype != DType::f32)
+      throw Error({}, "", "--qlora with --dtype " + *s.dtype,
+                  "QLoRA keeps every parameter that is not 4-bit in float32 (prepare_model_for_kbit_training): give "
+                  "--dtype bf16 (autocast, as the usual QLoRA recipe trains) or fp32");
+  }
+  // GradScaler is what fp16 autocast training uses (torch.amp docs: "gradient scaling ... to prevent
+  // underflow"); bf16 needs none.
+  o.train.grad_scaler = s.grad_scaler ? parse_switch(*s.grad_scaler, "--grad-scaler") : o.train.precision == DType::f16;
   o.timeline = s.timeline;
   o.events = s.events;
   return o;
 }
 
+DType parse_param_dtype(std::string_view s) {
+  if (s == "bf16-true" || s == "bfloat16-true") return DType::bf16;
+  if (s == "fp16-true" || s == "float16-true") return DType::f16;
+  return DType::f32;
+}
+
+LoraSettings parse_lora(std::string_view spec_view) {
+  LoraSettings l;
+  const std::string spec(spec_view);
+  const std::string example = "--lora r=16,alpha=32,dropout=0.05,targets=q_proj,v_proj";
+  if (spec.empty() || spec == "on" || spec == "default") return l;
+  auto number = [&](const std::string& key, const std::string& v) {
+    if (v.empty() || v.find_first_not_of("0123456789+-.eE") != std::string::npos)
+      throw Error({}, "", "--lora " + key + "='" + v + "' is not a number", "give e.g. " + example);
+    std::size_t used = 0;
+    double d = 0;
+    try {
+      d = std::stod(v, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != v.size() || !std::isfinite(d)) throw Error({}, "", "--lora " + key + "='" + v + "' is not a number", "give e.g. " + example);
+    return d;
+  };
+  bool in_targets = false;
+  std::size_t start = 0;
+  while (start <= spec.size()) {
+    std::size_t comma = spec.find(',', start);
+    std::string item = spec.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    start = comma == std::string::npos ? spec.size() + 1 : comma + 1;
+    if (item.empty()) throw Error({}, "", "--lora '" + spec + "' has an empty item", "give " + example);
+    auto eq = item.find('=');
+    if (eq == std::string::npos) {
+      // names after targets= continue the list: targets=q_proj,v_proj
+      if (!in_targets) throw Error({}, "", "--lora item '" + item + "' is not key=value", "give " + example);
+      l.targets.push_back(item);
+      continue;
+    }
+    const std::string key = item.substr(0, eq), v = item.substr(eq + 1);
+    in_targets = false;
+    if (key == "r") {
+      i64 r = 0;
+      auto res = std::from_chars(v.data(), v.data() + v.size(), r);
+      if (res.ec != std::errc() || res.ptr != v.data() + v.size() || r < 1 || r > kMaxLoraRank)
+        throw Error({}, "", "--lora r='" + v + "' is not a whole number from 1 to " + std::to_string(kMaxLoraRank),
+                    "give e.g. r=16");
+      l.r = r;
+    } else if (key == "alpha" || key == "lora_alpha") {
+      l.alpha = number(key, v);
+      if (!(l.alpha > 0)) throw Error({}, "", "--lora alpha must be positive", "give e.g. alpha=32");
+    } else if (key == "dropout" || key == "lora_dropout") {
+      l.dropout = number(key, v);
+      if (!(l.dropout >= 0 && l.dropout < 1))
+        throw Error({}, "", "--lora dropout=" + v + " is not in [0, 1)", "give e.g. dropout=0.05 (0 = no dropout)");
+    } else if (key == "targets" || key == "target_modules") {
+      if (v.empty()) throw Error({}, "", "--lora targets= is empty", "give e.g. targets=q_proj,v_proj or targets=all-linear");
+      l.targets.push_back(v);
+      in_targets = true;
+    } else {
+      throw Error({}, "", "unknown --lora key '" + key + "'", "use r, alpha, dropout and targets: " + example);
+    }
+  }
+  return l;
+}
+
 DType parse_precision(std::string_view s) {
   if (s == "fp32" || s == "float32") return DType::f32;
+  if (s == "bf16-true" || s == "bfloat16-true" || s == "fp16-true" || s == "float16-true") return DType::f32;
   if (s == "fp16" || s == "float16" || s == "amp-fp16") return DType::f16;
   if (s == "bf16" || s == "bfloat16" || s == "amp-bf16") return DType::bf16;
   throw Error({}, "", "unknown dtype '" + std::string(s) + "'",
-              "use fp32, fp16 or bf16 (fp16/bf16 = torch.autocast mixed precision, parameters stay float32)");
+              "use fp32, fp16 or bf16 (torch.autocast mixed precision, parameters stay float32), or bf16-true / fp16-true "
+              "(model.to(dtype): parameters, gradients and optimizer state in half)");
 }
 
 Optimizer parse_optimizer(std::string_view s) {
   for (Optimizer o : {Optimizer::sgd, Optimizer::sgd_momentum, Optimizer::adam, Optimizer::adamw, Optimizer::adagrad,
-                      Optimizer::rmsprop})
+                      Optimizer::rmsprop, Optimizer::adamw8bit, Optimizer::paged_adamw, Optimizer::paged_adamw8bit})
     if (s == optimizer_name(o)) return o;
   if (s == "momentum" || s == "sgd_momentum") return Optimizer::sgd_momentum;
+  // transformers' TrainingArguments spellings (adamw_bnb_8bit, paged_adamw_32bit, paged_adamw_8bit)
+  if (s == "adamw-8bit" || s == "adamw_8bit" || s == "adamw_bnb_8bit") return Optimizer::adamw8bit;
+  if (s == "paged-adamw" || s == "paged_adamw_32bit") return Optimizer::paged_adamw;
+  if (s == "paged-adamw8bit" || s == "paged_adamw_8bit") return Optimizer::paged_adamw8bit;
   throw Error({}, "", "unknown optimizer '" + std::string(s) + "'",
-              "use sgd, sgd-momentum, adam, adamw, adagrad or rmsprop");
+              "use sgd, sgd-momentum, adam, adamw, adagrad, rmsprop, or bitsandbytes' adamw8bit, paged_adamw, paged_adamw8bit");
 }
 
 OptimizerImpl parse_optimizer_impl(std::string_view s) {

@@ -122,6 +122,7 @@ i64 dtype_size(DType t) {
     case DType::bf16: return 2;
     case DType::i64: return 8;
     case DType::b8: return 1;
+    case DType::u8: return 1;
   }
   return 0;
 }
@@ -133,6 +134,7 @@ const char* dtype_name(DType t) {
     case DType::bf16: return "bfloat16";
     case DType::i64: return "int64";
     case DType::b8: return "bool";
+    case DType::u8: return "uint8";
   }
   return "?";
 }

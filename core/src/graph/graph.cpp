@@ -208,6 +208,9 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
     OpCall call{.layer = layer, .in = n.in_types, .in_requires_grad = in_rg, .batch = gs.batch, .rules = gs.rules};
     try {
       n.shape = rule->shape(call);
+      // model.to(dtype): the batch is cast too when it is floating (token ids stay int64); what the
+      // input layer produces is what the loop feeds the model.
+      if (n.in.empty() && gs.param_dtype != DType::f32 && n.shape.out.dtype == DType::f32) n.shape.out.dtype = gs.param_dtype;
       n.shape.out.bytes();  // checks the element count and bytes fit 64 bits
       for (const auto& t : n.shape.extra_outs) t.bytes();
     } catch (const Error& e) {
@@ -222,7 +225,17 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
       } catch (const Error& e) {
         throw Error(layer.pos, layer.name, e.problem(), "use smaller sizes");
       }
+      // model.to(dtype) casts floating parameters and buffers (torch/nn/modules/module.py _apply with
+      // `t.to(dtype) if t.is_floating_point()`); int64 counters and packed uint8 weights keep theirs.
+      if (p.dtype == DType::f32) {
+        auto own = gs.layer_param_dtype.find(layer.name);
+        p.dtype = own != gs.layer_param_dtype.end() ? own->second : gs.param_dtype;
+      }
       if (p.is_buffer) {
+        p.trainable = false;
+      } else if (!is_float(p.dtype)) {
+        // "Only Tensors of floating point and complex dtype can require gradients" (c10 TensorImpl):
+        // bitsandbytes' Params4bit is created with requires_grad=False.
         p.trainable = false;
       } else if (!globs.empty()) {
         bool hit = false;
@@ -235,7 +248,9 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
       }
       if (!p.is_buffer && !p.trainable) g.n_frozen_params = checked_add(g.n_frozen_params, p.numel(), "parameter count");
       has_trainable = has_trainable || p.trainable;
-      bool cast = !p.is_buffer && is_float(p.dtype) && rule->autocast == Autocast::lower && gs.compute != DType::f32;
+      // autocast_mode.cpp cached_cast casts an eligible floating argument whose dtype differs.
+      bool cast = !p.is_buffer && is_float(p.dtype) && rule->autocast == Autocast::lower && gs.compute != DType::f32 &&
+                  p.dtype != gs.compute;
       n.param_cast.push_back(cast);
       n.param_cached.push_back(cast && p.trainable);
       call.param_requires_grad.push_back(p.trainable);

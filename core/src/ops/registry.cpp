@@ -137,6 +137,7 @@ void register_builtins(Registry& r) {
   rules::norm_rules(rules);
   rules::activation_rules(rules);
   rules::loss_rules(rules);
+  rules::peft_rules(rules);
   for (auto& rule : rules) add_rule(r, std::move(rule));
 }
 

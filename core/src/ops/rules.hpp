@@ -55,5 +55,6 @@ void norm_rules(std::vector<OpRule>& out);
 void activation_rules(std::vector<OpRule>& out);
 void loss_rules(std::vector<OpRule>& out);
 void tensor_rules(std::vector<OpRule>& out);
+void peft_rules(std::vector<OpRule>& out);  // peft.cpp: scale, to, linear4bit (fine-tuning)
 
 }  // namespace memfit::rules

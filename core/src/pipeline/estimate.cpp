@@ -3,7 +3,23 @@
 #include <algorithm>
 #include <limits>
 
+#include "memfit/finetune.hpp"
+
 namespace memfit {
+
+namespace {
+// The graph of the model as the settings train it: LoRA / QLoRA transform a copy of the model first
+// (core/src/pipeline/finetune.cpp), which the graph then owns (its nodes point into it).
+Graph training_graph(const Model& model, const TrainSettings& t, std::vector<std::string>* notes = nullptr) {
+  FinetunedModel f = apply_finetuning(model, t);
+  GraphSettings gs = finetune_graph_settings(t, f);
+  Graph g = build_graph(f.model ? *f.model : model, gs);
+  if (notes) *notes = finetune_notes(t, f);
+  g.owned_model = std::move(f.model);
+  return g;
+}
+bool paged_optimizer(Optimizer o) { return o == Optimizer::paged_adamw || o == Optimizer::paged_adamw8bit; }
+}  // namespace
 
 TrainSettings effective_train(const Options& o) {
   TrainSettings t = o.train;
@@ -19,7 +35,7 @@ i64 usable_bytes(const Options& o) {
 Pipeline run_pipeline(const Model& model, const Options& options, i64 capacity_bytes) {
   Pipeline p;
   TrainSettings train = effective_train(options);
-  p.graph = build_graph(model, graph_settings(train));
+  p.graph = training_graph(model, train, &p.notes);
   p.plan = plan_training(p.graph, train);
   AllocatorConfig cfg = options.allocator;
   cfg.capacity_bytes = capacity_bytes;
@@ -99,6 +115,7 @@ Estimate estimate(const Model& model, const Options& options) {
   e.model_name = model.name;
   e.model_file = model.file;
   Pipeline p = run_pipeline(model, options);
+  e.notes = std::move(p.notes);  // what fine-tuning and precision settings assume
   e.graph = std::move(p.graph);
   e.plan = std::move(p.plan);
   e.sim = std::move(p.sim);
@@ -158,10 +175,14 @@ Estimate estimate(const Model& model, const Options& options) {
     e.peak_node = ev.node;
     e.peak_iteration = ev.iteration;
   }
-  e.device_bytes = checked_add(e.peak_reserved_bytes, options.context_bytes, "device bytes");
+  // Paged optimizer state lives in CUDA managed memory, beside the caching allocator: nvidia-smi shows
+  // it while it is resident on the GPU, so it counts against the GPU's memory here.
+  e.managed_bytes = e.plan.managed_bytes;
+  e.device_bytes = checked_add(checked_add(e.peak_reserved_bytes, options.context_bytes, "device bytes"), e.managed_bytes,
+                               "device bytes");
 
   if (options.gpu) {
-    e.usable_bytes = usable_bytes(options);
+    e.usable_bytes = usable_bytes(options) - e.managed_bytes;
     AllocatorConfig cfg = options.allocator;
     cfg.capacity_bytes = e.usable_bytes;
     bool ok = e.usable_bytes > 0;
@@ -197,6 +218,21 @@ Estimate estimate(const Model& model, const Options& options) {
   if (!nodes.back().requires_grad)
     e.notes.push_back("nothing in this model requires grad (it has no parameters): PyTorch's loss.backward() would fail "
                       "with \"element 0 of tensors does not require grad\"; only the forward pass is modelled");
+  if (e.managed_bytes > 0)
+    e.notes.push_back("paged optimizer state: " + format_mib(e.managed_bytes) + " in CUDA managed memory (bitsandbytes "
+                      "F.get_paged, cudaMallocManaged; parameters of at least 1e5 elements), outside "
+                      "torch.cuda.max_memory_allocated/reserved but on the GPU while resident, so counted in the verdict; "
+                      "under memory pressure the driver pages it to CPU memory, so a run that misses by less than this "
+                      "may still train, slower");
+  if (options.train.optimizer == Optimizer::adamw8bit || options.train.optimizer == Optimizer::paged_adamw ||
+      options.train.optimizer == Optimizer::paged_adamw8bit)
+    e.notes.push_back(std::string("optimizer ") + optimizer_name(options.train.optimizer) +
+                      " as bitsandbytes' Optimizer2State allocates it (optim/optimizer.py, bitsandbytes 0.43 to 0.45): " +
+                      (options.train.optimizer == Optimizer::paged_adamw ? "two float32 states per parameter"
+                                                                          : "two uint8 states per parameter with a float32 absmax "
+                                                                            "per 256 elements (float32 states for parameters under "
+                                                                            "4,096 elements)") +
+                      "; updates in place. Not checked on a GPU: bitsandbytes needs CUDA");
   before_loss_note(e);
   rules_of_thumb(e);
   return e;
@@ -275,7 +311,7 @@ BatchReplayer::BatchReplayer(const Model& model, const Options& options) : model
     Options o = options_;
     o.train.batch = b;
     TrainSettings t = effective_train(o);
-    return plan_training(build_graph(model, graph_settings(t)), t);
+    return plan_training(training_graph(model, t), t);
   };
   Plan p1, p2, p3;
   try {
@@ -334,7 +370,13 @@ MaxBatch max_batch(const Model& model, const Options& options) {
                 "the largest-batch search takes models of up to " + format_count(kMaxSearchLayers) + " layers; this one has " +
                     format_count(static_cast<i64>(model.layers.size())),
                 "estimate a given batch instead (estimate --batch N --gpu GPU answers in seconds)");
-  const i64 usable = usable_bytes(options);
+  i64 usable = usable_bytes(options);
+  if (paged_optimizer(options.train.optimizer)) {
+    // managed memory does not depend on the batch: the plan at batch 1 says how much
+    Options one = options;
+    one.train.batch = 1;
+    usable -= run_pipeline(model, one).plan.managed_bytes;
+  }
   if (usable <= 0) return {};
   BatchReplayer replay(model, options);
   auto fits = [&](i64 b) -> std::optional<bool> {
@@ -401,7 +443,12 @@ std::vector<Remedy> remedies(const Model& model, const Options& options) {
     o.train.impl = OptimizerImpl::fused;
     attempt("--optimizer-impl fused", "the fused step allocates no parameter-sized temporaries", o);
   }
-  if (options.train.precision == DType::f32) {
+  if (opt == Optimizer::adam || opt == Optimizer::adamw) {
+    Options o = options;
+    o.train.optimizer = Optimizer::adamw8bit;
+    attempt("--optimizer adamw8bit", "bitsandbytes' 8-bit Adam state: 2 bytes per parameter instead of 8", o);
+  }
+  if (options.train.precision == DType::f32 && options.train.param_dtype == DType::f32) {
     Options o = options;
     o.train.precision = DType::bf16;
     attempt("--dtype bf16", "autocast halves most activations (parameters and gradients stay float32)", o);

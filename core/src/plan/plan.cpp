@@ -27,6 +27,9 @@ const char* optimizer_name(Optimizer o) {
     case Optimizer::adamw: return "adamw";
     case Optimizer::adagrad: return "adagrad";
     case Optimizer::rmsprop: return "rmsprop";
+    case Optimizer::adamw8bit: return "adamw8bit";
+    case Optimizer::paged_adamw: return "paged_adamw";
+    case Optimizer::paged_adamw8bit: return "paged_adamw8bit";
   }
   return "?";
 }
@@ -44,11 +47,27 @@ namespace {
 
 // A 0-dim float32 tensor: the fused/capturable optimizers' per-parameter `step` on the device.
 constexpr i64 kScalarF32Bytes = 4;
+// torch/amp/grad_scaler.py unscale_: `inv_scale = self._scale.double().reciprocal().float()`.
+constexpr i64 kScalarF64Bytes = 8;
+
+// bitsandbytes optim/optimizer.py (bitsandbytes-foundation/bitsandbytes):
+// Optimizer2State(min_8bit_size=4096): `if p.numel() < config["min_8bit_size"]: dtype = torch.float32`.
+constexpr i64 kBnbMin8bitSize = 4096;
+// Optimizer2State.init_state, block_wise: `blocks = n // 256; blocks += 1 if n % 256 > 0` float32
+// absmax1 and absmax2.
+constexpr i64 kBnbStateBlockSize = 256;
+// Optimizer8bit.get_state_buffer: `if not self.is_paged or p.numel() < 1e5: torch.zeros_like(...)`
+// else F.get_paged (cudaMallocManaged).
+constexpr i64 kBnbPagedMinNumel = 100000;
+// fill_qmap: create_dynamic_map(signed=True) and (signed=False), 256 float32 entries each, moved to the
+// device once (`self.name2qmap["dynamic"].to(p.device)`).
+constexpr i64 kBnbQmapBytes = 256 * 4;
 
 struct Param {
   int node;
   int index;      // within the node's params
-  i64 bytes;      // float32 storage
+  i64 bytes;      // its storage (float32, or the model's dtype)
+  i64 numel = 0;
   int storage = -1;
   int grad = -1;  // .grad storage, -1 = None
   std::vector<int> state;  // optimizer state storages
@@ -122,7 +141,9 @@ class Planner {
   std::vector<int> loop_held_;
   bool fwd_blas_ready_ = false, bwd_blas_ready_ = false, fwd_lt_ready_ = false, bwd_lt_ready_ = false;
   std::unordered_map<int, int> first_saver_;
-  bool recorded_ = false;  // the first micro-batch of iteration 1 has been recorded  // storage -> node that saved it first (iteration 1)
+  bool recorded_ = false;
+  int scale_ = -1, scaled_loss_ = -1;  // GradScaler's _scale; this backward's scaled loss
+  bool qmaps_ready_ = false;           // bitsandbytes' quantization maps are on the device  // the first micro-batch of iteration 1 has been recorded  // storage -> node that saved it first (iteration 1)
 
   int alloc(i64 bytes, Category c) {
     int id = static_cast<int>(p_.tensors.size());
@@ -150,7 +171,7 @@ class Planner {
         param_storage_[i].push_back(t);
         if (ps[k].trainable) {
           node_params_[i].push_back(static_cast<int>(params_.size()));
-          params_.push_back({static_cast<int>(i), static_cast<int>(k), bytes, t, -1, {}});
+          params_.push_back({static_cast<int>(i), static_cast<int>(k), bytes, ps[k].numel(), t, -1, {}});
         } else {
           node_params_[i].push_back(-1);
         }
@@ -412,8 +433,24 @@ class Planner {
     std::fill(grad_.begin(), grad_.end(), -1);
     std::fill(grad_slice_.begin(), grad_slice_.end(), false);
     node_ = static_cast<int>(n - 1);
-    // loss.backward(): torch.ones_like(loss)
-    grad_[vid(n - 1, 0)] = alloc(g_.nodes[n - 1].shape.out.bytes(), Category::activation_grad);
+    const i64 loss_bytes = g_.nodes[n - 1].shape.out.bytes();
+    if (!s_.grad_scaler) {
+      // loss.backward(): torch.ones_like(loss)
+      grad_[vid(n - 1, 0)] = alloc(loss_bytes, Category::activation_grad);
+      return;
+    }
+    // scaler.scale(loss).backward() (torch/amp/grad_scaler.py): the first call creates
+    // `_scale = torch.full((), init_scale, dtype=float32)` and `_growth_tracker = torch.full((), 0,
+    // dtype=int32)`, kept for the run; `loss * self._scale` is a new tensor (MulBackward saves the
+    // scale, already held); backward seeds it with ones and hands the loss grad * scale, a new tensor.
+    if (scale_ < 0) {
+      scale_ = alloc(kScalarF32Bytes, Category::optimizer_state);
+      alloc(kScalarF32Bytes, Category::optimizer_state);  // _growth_tracker (int32)
+    }
+    scaled_loss_ = alloc(loss_bytes, Category::activation);
+    int seed = alloc(loss_bytes, Category::activation_grad);
+    grad_[vid(n - 1, 0)] = alloc(loss_bytes, Category::activation_grad);
+    unref(seed);
   }
 
   void backward_node(std::size_t i) {
@@ -469,7 +506,7 @@ class Planner {
       Param& pr = params_[static_cast<std::size_t>(pi)];
       int gw;
       if (nd.param_cast[k]) {  // grad of the low-precision copy, then ToCopyBackward to float32
-        int low = alloc(pr.bytes / dtype_size(DType::f32) * dtype_size(g_.compute), Category::temporary);
+        int low = alloc(checked_mul(pr.numel, dtype_size(g_.compute), "gradient bytes"), Category::temporary);
         gw = alloc(pr.bytes, Category::gradient);
         unref(low);
       } else {
@@ -509,6 +546,8 @@ class Planner {
         gk = -1;
       }
     }
+    if (scaled_loss_ >= 0) unref(scaled_loss_);  // the scaled loss was a temporary of the statement
+    scaled_loss_ = -1;
     if (iter_ == 1) recorded_ = true;  // the per-layer report reads the first micro-batch only
   }
 
@@ -535,10 +574,65 @@ class Planner {
 
   // torch/optim/*.py (docs/pytorch-behaviour.md section 2). foreach: one temporary per parameter for
   // each _foreach_* call that returns new tensors, all alive until the step returns.
+  // bitsandbytes Optimizer2State.init_state (optim/optimizer.py): two state buffers per parameter,
+  // uint8 with float32 absmax per 256-element block for 8-bit (parameters under min_8bit_size keep
+  // float32 state), float32 for 32-bit; get_state_buffer makes them paged (managed memory, outside the
+  // caching allocator) for paged optimizers and parameters of at least 1e5 elements. The update kernels
+  // (optimizer_update_8bit_blockwise / _32bit) work in place: no temporaries.
+  void bnb_init_state(Param& pr) {
+    const bool paged = s_.optimizer == Optimizer::paged_adamw || s_.optimizer == Optimizer::paged_adamw8bit;
+    const bool eight = s_.optimizer != Optimizer::paged_adamw && pr.numel >= kBnbMin8bitSize;
+    auto buffer = [&](i64 bytes) {
+      if (paged && pr.numel >= kBnbPagedMinNumel) {
+        p_.managed_bytes = checked_add(p_.managed_bytes, bytes, "paged optimizer bytes");
+        p_.node_optimizer_bytes[pr.node] += bytes;
+      } else {
+        add_state(pr, bytes);
+      }
+    };
+    if (!eight) {
+      buffer(checked_mul(pr.numel, dtype_size(DType::f32), "optimizer state bytes"));  // state1
+      buffer(checked_mul(pr.numel, dtype_size(DType::f32), "optimizer state bytes"));  // state2
+      return;
+    }
+    if (!qmaps_ready_) {
+      qmaps_ready_ = true;
+      alloc(kBnbQmapBytes, Category::optimizer_state);  // name2qmap["dynamic"]
+      alloc(kBnbQmapBytes, Category::optimizer_state);  // name2qmap["udynamic"]
+      p_.node_optimizer_bytes[pr.node] += 2 * kBnbQmapBytes;
+    }
+    const i64 blocks = pr.numel / kBnbStateBlockSize + (pr.numel % kBnbStateBlockSize > 0 ? 1 : 0);
+    buffer(pr.numel);                                          // state1, uint8
+    buffer(pr.numel);                                          // state2, uint8
+    add_state(pr, checked_mul(blocks, dtype_size(DType::f32), "optimizer state bytes"));  // absmax1
+    add_state(pr, checked_mul(blocks, dtype_size(DType::f32), "optimizer state bytes"));  // absmax2
+  }
+
+  // scaler.step(optimizer) -> unscale_ (torch/amp/grad_scaler.py): inv_scale =
+  // _scale.double().reciprocal().float() and found_inf = torch.full((), 0.0); _unscale_grads_ copies
+  // both to the device through _MultiDeviceReplicator (`.to(device, copy=True)`) and unscales the
+  // gradients in place (_amp_foreach_non_finite_check_and_unscale_). The found_inf copy stays in
+  // found_inf_per_device until update() resets the per-optimizer state; update works in place.
+  int unscale_grads() {
+    int d = alloc(kScalarF64Bytes, Category::temporary);
+    int r = alloc(kScalarF64Bytes, Category::temporary);
+    unref(d);
+    int inv = alloc(kScalarF32Bytes, Category::temporary);
+    unref(r);
+    int found = alloc(kScalarF32Bytes, Category::temporary);
+    int inv_copy = alloc(kScalarF32Bytes, Category::temporary);
+    int found_copy = alloc(kScalarF32Bytes, Category::temporary);
+    unref(inv_copy);  // _unscale_grads_ returns only the found_inf copies
+    unref(inv);
+    unref(found);
+    return found_copy;
+  }
+
   void optimizer_step() {
     phase_ = Phase::optimizer;
     bool first = iter_ == 1;
     std::vector<int> temps;
+    const int found_inf = s_.grad_scaler ? unscale_grads() : -1;
     auto temp_all = [&] {
       for (auto& pr : params_)
         if (pr.grad >= 0) {
@@ -596,9 +690,19 @@ class Planner {
           per_param_loop(false);  // avg = square_avg.sqrt().add_(eps)
         }
         break;
+      case Optimizer::adamw8bit:
+      case Optimizer::paged_adamw:
+      case Optimizer::paged_adamw8bit:
+        if (first)
+          for (auto& pr : params_) {
+            node_ = pr.node;
+            bnb_init_state(pr);
+          }
+        break;
     }
     for (int t : temps) unref(t);
     node_ = -1;
+    if (found_inf >= 0) unref(found_inf);  // scaler.update()
   }
 };
 
@@ -672,6 +776,17 @@ Plan plan_training(const Graph& g, const TrainSettings& s) {
     throw Error({}, "", "the plan would have " + format_count(work) + " node steps (layers x iterations x micro-batches), over " +
                             format_count(kMaxPlanNodeSteps),
                 "use fewer --iterations (3 shows the first and the steady state) or fewer micro-batches");
+  if (s.precision != DType::f32 && s.param_dtype != DType::f32)
+    throw Error({}, "", "autocast and a half model (model.to(dtype)) together",
+                "give one --dtype: fp16/bf16 (autocast, float32 parameters) or bf16-true/fp16-true");
+  if (s.grad_scaler)
+    for (const auto& nd : g.nodes)
+      for (const auto& p : nd.shape.params)
+        if (p.trainable && p.dtype == DType::f16)
+          throw Error(nd.layer->pos, nd.layer->name,
+                      "GradScaler cannot unscale its float16 gradients: PyTorch raises \"Attempting to unscale FP16 "
+                      "gradients.\" (torch/amp/grad_scaler.py _unscale_grads_)",
+                      "use --no-grad-scaler with a float16 model, or --dtype bf16-true, or fp16 autocast (--dtype fp16)");
   Plan p;
   p.events.reserve(g.nodes.size() * 12 * static_cast<std::size_t>(s.n_iterations) *
                        static_cast<std::size_t>(s.grad_accumulation) + 64);

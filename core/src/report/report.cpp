@@ -104,8 +104,22 @@ ojson estimate_object(const Model& model, const Estimate& e) {
   j["memfit"] = kVersion;
   j["model"] = {{"name", e.model_name}, {"file", e.model_file}, {"layers", model.layers.size()}};
   const Workspaces ws = effective_train(o).workspaces;  // as the planner ran
+  ojson lora = nullptr, qlora = nullptr;
+  if (o.train.lora)
+    lora = {{"r", o.train.lora->r},
+            {"alpha", o.train.lora->alpha},
+            {"dropout", o.train.lora->dropout},
+            {"targets", o.train.lora->targets.empty() ? std::vector<std::string>{"q_proj", "v_proj"} : o.train.lora->targets},
+            {"dtype", dtype_name(o.train.lora->dtype)}};
+  if (o.train.qlora)
+    qlora = {{"quant_type", "nf4"}, {"compute_dtype", dtype_name(o.train.qlora->compute)}, {"double_quant", o.train.qlora->double_quant}};
   j["settings"] = {{"batch", o.train.batch},
-                   {"dtype", precision_name(o.train.precision)},
+                   {"dtype", o.train.param_dtype == DType::bf16  ? "bf16-true"
+                             : o.train.param_dtype == DType::f16 ? "fp16-true"
+                                                                 : precision_name(o.train.precision)},
+                   {"grad_scaler", o.train.grad_scaler},
+                   {"lora", lora},
+                   {"qlora", qlora},
                    {"optimizer", optimizer_name(o.train.optimizer)},
                    {"optimizer_impl", optimizer_impl_name(o.train.impl)},
                    {"zero_grad", o.train.set_to_none ? "set_to_none" : "zero"},
@@ -139,13 +153,15 @@ ojson estimate_object(const Model& model, const Estimate& e) {
                  {"optimizer_bytes", e.total_optimizer_bytes},
                  {"saved_activation_bytes", e.total_saved_bytes},
                  {"input_bytes", e.input_bytes},
-                 {"workspace_bytes", e.workspace_bytes}};
+                 {"workspace_bytes", e.workspace_bytes},
+                 {"managed_bytes", e.managed_bytes}};
   ojson breakdown;
   for (int c = 0; c < n_categories; ++c)
     breakdown[category_name(static_cast<Category>(c))] = e.sim.peak_breakdown[static_cast<std::size_t>(c)];
   j["peak"] = {{"allocated_bytes", e.peak_allocated_bytes},
                {"reserved_bytes", e.peak_reserved_bytes},
                {"device_bytes", e.device_bytes},
+               {"managed_bytes", e.managed_bytes},
                {"context_bytes", o.context_bytes},
                {"phase", phase_name(e.peak_phase)},
                {"layer", node_or_null(e, e.peak_node)},

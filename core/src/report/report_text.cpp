@@ -41,14 +41,23 @@ std::string short_name(const std::string& name) {
   return name.substr(0, cut) + "...";
 }
 
-const char* precision_label(DType t) {
-  return t == DType::f16 ? "fp16 autocast" : t == DType::bf16 ? "bf16 autocast" : "fp32";
+std::string precision_label(const TrainSettings& t) {
+  std::string l = t.param_dtype == DType::bf16 ? "bf16-true (model.to(bfloat16))"
+                  : t.param_dtype == DType::f16 ? "fp16-true (model.to(float16))"
+                  : t.precision == DType::f16   ? "fp16 autocast"
+                  : t.precision == DType::bf16  ? "bf16 autocast"
+                                                : "fp32";
+  if (t.grad_scaler) l += " + GradScaler";
+  if (t.qlora) l += ", QLoRA (NF4 base)";
+  if (t.lora)
+    l += ", LoRA r=" + std::to_string(t.lora->r);
+  return l;
 }
 
 void header(std::ostringstream& o, const Estimate& e) {
   const Options& op = e.options;
   o << "memfit " << kVersion << " - " << e.model_name << " (" << e.model_file << ")\n";
-  o << "batch " << op.train.batch << ", " << precision_label(op.train.precision) << ", optimizer "
+  o << "batch " << op.train.batch << ", " << precision_label(op.train) << ", optimizer "
     << optimizer_name(op.train.optimizer) << " (" << optimizer_impl_name(op.train.impl) << "), zero_grad("
     << (op.train.set_to_none ? "set_to_none=True" : "set_to_none=False") << ")";
   if (op.train.grad_accumulation > 1) o << ", " << op.train.grad_accumulation << " micro-batches per step";
@@ -126,7 +135,7 @@ std::string render_text(const Model& model, const Estimate& e, bool explain) {
       o << "    " << (p.is_buffer ? "buffer " : p.trainable ? "param " : "frozen param ") << p.name << " " << shape_x(p.shape) << ": "
         << format_count(p.numel()) << " x " << dtype_size(p.dtype) << " B = " << format_bytes_exact(t.bytes()) << "\n";
     }
-    if (r.grad_bytes) o << "    gradient (.grad, float32, same shapes as the params) = " << format_bytes_exact(r.grad_bytes) << "\n";
+    if (r.grad_bytes) o << "    gradient (.grad, the params' shapes and dtypes) = " << format_bytes_exact(r.grad_bytes) << "\n";
     if (r.optimizer_bytes)
       o << "    optimizer state (" << optimizer_name(options.train.optimizer) << ") = " << format_bytes_exact(r.optimizer_bytes)
         << "\n";
@@ -143,7 +152,7 @@ std::string render_text(const Model& model, const Estimate& e, bool explain) {
   }
   o << "\n";
   o << "parameters      " << format_count(e.total_params) << " (" << mib(e.total_param_bytes) << ")";
-  if (explain) o << " = " << format_count(e.total_params) << " x 4 B = " << format_bytes_exact(e.total_param_bytes);
+  if (explain) o << " = " << format_bytes_exact(e.total_param_bytes) << " (the elements times their dtype's size)";
   if (e.graph.n_frozen_params > 0)
     o << ", of which frozen " << format_count(e.graph.n_frozen_params) << " (no .grad, no optimizer state)";
   o << "\n";
@@ -165,6 +174,8 @@ std::string render_text(const Model& model, const Estimate& e, bool explain) {
   o << "  torch.cuda.max_memory_reserved   " << pad(mib(e.peak_reserved_bytes), 14, true) << "  ("
     << format_bytes_exact(e.peak_reserved_bytes) << ")\n";
   o << "  + CUDA context                   " << pad(mib(options.context_bytes), 14, true) << "\n";
+  if (e.managed_bytes > 0)
+    o << "  + paged optimizer state (managed) " << pad(mib(e.managed_bytes), 14, true) << "  (outside the allocator)\n";
   o << "  = on the GPU (nvidia-smi)        " << pad(mib(e.device_bytes), 14, true) << "\n";
   if (explain)
     o << "    allocated = sum of live blocks, each request rounded up to a multiple of 512 B;\n"
