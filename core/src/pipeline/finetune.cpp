@@ -164,7 +164,8 @@ FinetunedModel apply_finetuning(const Model& model, const TrainSettings& s) {
     // LoraLayer.update_layer: scaling = lora_alpha / r (use_rslora=False, the default)
     out->layers.push_back(make_layer("scale", scale_name, {b_name}, {{"factor", number_text(lora.alpha / static_cast<double>(lora.r))}}, l.pos));
     out->layers.push_back(make_layer("add", add_name, {base_name, scale_name}, {}, l.pos));
-    out->layers.push_back(make_layer("to", L, {add_name}, {{"dtype", dtype_name(result_dtype)}}, l.pos));
+    // (Linear4bit returns its input's dtype whatever autocast does: `.to(inp_dtype)`)
+    out->layers.push_back(make_layer("to", L, {add_name}, {{"dtype", dtype_name(quantize ? s.param_dtype : result_dtype)}}, l.pos));
     f.layer_param_dtype[a_name] = lora.dtype;
     f.layer_param_dtype[b_name] = lora.dtype;
     f.adapted.push_back(L);

@@ -709,7 +709,12 @@ class Planner {
 }  // namespace
 
 GraphSettings graph_settings(const TrainSettings& s) {
-  return {.batch = s.batch, .compute = s.precision, .rules = s.rules, .freeze = s.freeze, .train = s.train};
+  return {.batch = s.batch,
+          .compute = s.precision,
+          .rules = s.rules,
+          .freeze = s.freeze,
+          .train = s.train,
+          .param_dtype = s.param_dtype};
 }
 
 const char* step_kind_name(Step::Kind k) {
