@@ -312,3 +312,21 @@ TEST_CASE("fine-tuning options through the request API", "[finetune][api]") {
   std::string bad = handle_request(R"({"command":"estimate","options":{"qlora":"maybe"}})");
   CHECK(bad.find("is not on or off") != std::string::npos);
 }
+
+TEST_CASE("autocast: cat promotes inside its kernel in PyTorch 2, torch 1.13 cast its inputs first", "[finetune][autocast]") {
+  // a: conv (lowered: float16 output under fp16 autocast); b: relu of the float32 batch; cat(a, b)
+  const char* src = "input 3x8x8 layout=chw\na: conv 4 3x3 pad=1\nb: relu from=input\nc: concat from=a,b\nflatten\nfc 10\n";
+  OptionStrings s;
+  s.dtype = "fp16";
+  s.grad_scaler = "off";
+  Estimate v2 = run(src, opts(s));
+  // PyTorch 2: no input copies; the result in the promoted dtype (float16 + float32 -> float32)
+  CHECK(row(v2, "c").out.dtype == DType::f32);
+  const int c2 = node_of(v2, "c");
+  CHECK(bytes_of(v2, Category::activation, Phase::forward, 2, c2) == 4 * 7 * 8 * 8 * 4);  // the output only
+  // torch 1.13 (promote list): a's float16 output is copied to float32 (4 x 4 x 8 x 8 x 4 B) first
+  s.pytorch = "1.13";
+  Estimate v1 = run(src, opts(s));
+  const int c1 = node_of(v1, "c");
+  CHECK(bytes_of(v1, Category::activation, Phase::forward, 2, c1) == 4 * 7 * 8 * 8 * 4 + 4 * 4 * 8 * 8 * 4);
+}

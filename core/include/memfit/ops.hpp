@@ -5,6 +5,7 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -146,6 +147,8 @@ struct OpRule {
   std::vector<const char*> positional = {};  // attribute keys that may be given by position, in order
   int min_inputs = 1, max_inputs = 1;        // max -1: any number
   Autocast autocast = Autocast::keep;
+  // Where torch 1.13's autocast lists differ (TorchRules::v1_13): its policy for this op.
+  std::optional<Autocast> autocast_1_13 = std::nullopt;
   bool is_loss = false;
   OpFamily family = OpFamily::shape;
   const char* pytorch = "";  // the PyTorch module or function it stands for, e.g. "nn.Conv2d"

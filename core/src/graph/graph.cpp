@@ -198,7 +198,8 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
     for (std::size_t j = 0; j < n.in.size(); ++j) {
       Node& prod = g.nodes[static_cast<std::size_t>(n.in[j])];
       TensorType t = prod.out_type(n.in_out[j]);
-      t.dtype = autocast_dtype(rule->autocast, gs.compute, t.dtype, widest);
+      const Autocast policy = gs.rules == TorchRules::v1_13 && rule->autocast_1_13 ? *rule->autocast_1_13 : rule->autocast;
+      t.dtype = autocast_dtype(policy, gs.compute, t.dtype, widest);
       n.in_types.push_back(std::move(t));
       any_rg = any_rg || prod.requires_grad;
       in_rg.push_back(prod.requires_grad);

@@ -84,7 +84,9 @@ OpShape concat_shape(const OpCall& c) {
            "make the spatial sizes match (same pooling/stride on every branch)");
     out[dim] = checked_add(out[dim], s[dim], "concat size");
   }
-  return {with_shape(c.in[0], out), {}, c.layer.attrs};
+  // cat computes in the inputs' promoted dtype (TensorIterator-style result_type over the list);
+  // under torch 1.13's autocast the inputs were already cast to the widest (promote list)
+  return {TensorType{out, promoted_dtype(c)}, {}, c.layer.attrs};
 }
 // cat always copies into a new tensor (one input too: DenseNet's torch.cat([x], 1)). Its backward
 // hands each input a narrow() of the gradient: a slice that is not dense, except with one input,
@@ -219,7 +221,12 @@ void shape_rules(std::vector<OpRule>& out) {
                  .positional = {"dim"},
                  .min_inputs = 1,
                  .max_inputs = -1,
-                 .autocast = Autocast::promote,
+                 // PyTorch 2's autocast lists (aten/src/ATen/autocast_mode.h AT_FORALL_PROMOTE: addcdiv, addcmul,
+                 // atan2, bilinear, cross, dot, vdot, grid_sampler, index_put, tensordot, scatter_add) have no
+                 // cat: it promotes inside the kernel, no input copies. torch 1.13's autocast_mode.cpp listed
+                 // `KERNEL(ADD_NS(cat), "cat", Tensor (TensorList, int64_t), promote)`: copies of the narrower inputs.
+                 .autocast = Autocast::keep,
+                 .autocast_1_13 = Autocast::promote,
                  .family = OpFamily::shape,
                  .pytorch = "torch.cat",
                  .summary = "concatenation; saves nothing, each input gets a slice of its gradient",
