@@ -231,7 +231,7 @@ class _Converter:
         self.name = name
         self.layers = []
         self.names = set()
-        self.ref = {}                      # node -> layer name | tuple of names | _BAD | None (constant)
+        self.ref = {}                      # node -> layer name | tuple of names (chunk) | None (a constant)
         self.problems = []
         self.module_layer = {}             # id(module) -> layer name (first call)
         self.param_owner = {}              # id(parameter) -> layer name
@@ -242,7 +242,16 @@ class _Converter:
     # -- helpers
     def problem(self, node, why):
         self.problems.append((node.name, _target_text(node), why))
-        self.ref[node] = _BAD
+        # Go on as if the node had produced what it produced when run, so that every other node
+        # without a memfit kind is reported too (the user sees them all at once); the document
+        # itself is not returned.
+        info = self.info.get(node)
+        if isinstance(info, tuple):
+            self.ref[node] = tuple("?%s:%d" % (node.name, k) for k in range(len(info)))
+        elif _is_tensor(info):
+            self.ref[node] = "?" + node.name
+        else:
+            self.ref[node] = None
 
     def unique(self, base):
         name, k = base, 1
@@ -300,11 +309,6 @@ class _Converter:
         return doc
 
     def convert(self, node):
-        # a node computed from an unsupported one is not reported again
-        deps = [a for a in node.all_input_nodes]
-        if any(self.ref.get(a) is _BAD for a in deps):
-            self.ref[node] = _BAD
-            return
         info = self.info.get(node)
         if node.op == "placeholder":
             if not _is_tensor(info):
@@ -365,8 +369,8 @@ class _Converter:
                                   "logits the loss reads)" % type(val).__name__))
             return
         r = self.ref.get(val)
-        if r is _BAD:
-            return
+        if self.problems:
+            return  # the layers are incomplete; the output check would only repeat a reported problem
         if not isinstance(r, str):
             self.problems.append(("output", val.name, "the model's output is not one tensor"))
             return
@@ -403,14 +407,6 @@ class _Converter:
             if not p.requires_grad:
                 self.freeze.append(name + "." + pname)
         return name
-
-
-class _Bad:
-    def __repr__(self):
-        return "<unsupported>"
-
-
-_BAD = _Bad()
 
 
 def _has_tensor(info):
