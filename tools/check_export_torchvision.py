@@ -163,9 +163,12 @@ def check_model(name, shape, kwargs, memfit, tmp, out_dir):
     path = write_doc(doc, tmp, name)
     if out_dir:
         write_doc(doc, out_dir, name)
-    est = memfit_estimate(memfit, path, ["--batch", str(BATCH), "--pytorch", "1.13"])
-    row["params_memfit"] = est["params"]
-    row["saved_memfit"] = est["saved_bytes"]
+    try:
+        est = memfit_estimate(memfit, path, ["--batch", str(BATCH), "--pytorch", "1.13"])
+        row["params_memfit"] = est["params"]
+        row["saved_memfit"] = est["saved_bytes"]
+    except RuntimeError as e:
+        row["problems"].append(str(e))
 
     # the reference: the real torchvision module
     g = torch.Generator().manual_seed(0)
@@ -179,12 +182,17 @@ def check_model(name, shape, kwargs, memfit, tmp, out_dir):
 
     # the export rebuilt by memfit_torch (the module the CPU live references run)
     torch.manual_seed(0)
-    rebuilt = mt.build_module(doc)
-    row["params_rebuilt"] = mt.param_count(rebuilt)
-    rd = [m for _, m in rebuilt.memfit_modules() if isinstance(m, nn.Dropout) and not m.inplace and m.p > 0]
-    rtotal, rnoise = saved_bytes(rebuilt, x, target, rd)
-    row["saved_rebuilt"] = rtotal - 3 * rnoise
-    del rebuilt
+    try:
+        rebuilt = mt.build_module(doc)
+        row["params_rebuilt"] = mt.param_count(rebuilt)
+        rd = [m for _, m in rebuilt.memfit_modules() if isinstance(m, nn.Dropout) and not m.inplace and m.p > 0]
+        rtotal, rnoise = saved_bytes(rebuilt, x, target, rd)
+        row["saved_rebuilt"] = rtotal - 3 * rnoise
+        del rebuilt
+    except ValueError as e:
+        row["problems"].append("memfit_torch.build_module: %s" % e)
+    if row["problems"]:
+        return row
 
     if row["params_memfit"] != row["params_torchvision"]:
         row["problems"].append("params: torchvision %d, memfit %d" % (row["params_torchvision"], row["params_memfit"]))
