@@ -201,6 +201,12 @@ class TestShapes(unittest.TestCase):
         self.assertEqual((L["transpose"]["dim0"], L["transpose"]["dim1"]), (1, 2))
         self.assertEqual(L["view_1"]["shape"], "8x4x4")
         self.assertEqual(L["mul"]["from"], ["sigmoid", "view_1"])
+        if MEMFIT:
+            est = memfit_estimate(doc, "--batch", "2")
+            self.assertEqual(est["totals"]["params"], sum(p.numel() for p in net.parameters()))
+            shapes = {l["name"]: l["output_shape"] for l in est["layers"]}
+            self.assertEqual(shapes["view"], [2, 2, 4, 4, 4])  # what torch's view produced at batch 2
+            self.assertEqual(shapes["mul"], [2, 8, 4, 4])
 
     def test_view_to_features_is_flatten(self):
         class M(nn.Module):

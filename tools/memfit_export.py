@@ -509,7 +509,8 @@ def _m_layer_norm(cv, node, m):
                            % len(m.normalized_shape))
     cv.ref[node] = cv.emit(cv.module_layer_name(node, m), "layer_norm", [_single_input(cv, node)],
                            normalized_shape=int(m.normalized_shape[0]), eps=float(m.eps),
-                           elementwise_affine=bool(m.elementwise_affine))
+                           elementwise_affine=bool(m.elementwise_affine),
+                           bias=getattr(m, "bias", None) is not None or not m.elementwise_affine)
 
 
 def _m_simple(kind, inplace=False, **fixed):
@@ -597,7 +598,7 @@ _MODULES = {
     nn.LeakyReLU: _m_leaky,
     nn.Sigmoid: _m_simple("sigmoid"),
     nn.Tanh: _m_simple("tanh"),
-    nn.GELU: _m_simple("gelu"),
+    nn.GELU: lambda cv, node, m: _m_simple("gelu", approximate=getattr(m, "approximate", "none"))(cv, node, m),
     nn.SiLU: _m_simple("silu", inplace=True),
     nn.Hardswish: _m_simple("hardswish", inplace=True),
     nn.Hardsigmoid: _m_simple("hardsigmoid", inplace=True),
@@ -671,6 +672,12 @@ def _f_activation(kind, inplace_pos=None, always_inplace=False, with_inplace=Tru
             attrs["inplace"] = bool(ip)
         cv.ref[node] = cv.emit(cv.functional_name(node, kind), kind, [x], **attrs)
     return h
+
+
+def _f_gelu(cv, node):
+    x = _single_input(cv, node)
+    cv.ref[node] = cv.emit(cv.functional_name(node, "gelu"), "gelu", [x],
+                           approximate=str(_arg(node, 1, "approximate", "none", cv)))
 
 
 def _f_hardtanh(cv, node):
@@ -869,7 +876,7 @@ _FUNCTIONS = {
     F.hardsigmoid: _f_activation("hardsigmoid", inplace_pos=1),
     torch.sigmoid: _f_activation("sigmoid", with_inplace=False), ".sigmoid": _f_activation("sigmoid", with_inplace=False),
     torch.tanh: _f_activation("tanh", with_inplace=False), ".tanh": _f_activation("tanh", with_inplace=False),
-    F.gelu: _f_activation("gelu", with_inplace=False),
+    F.gelu: lambda cv, node: _f_gelu(cv, node),
     F.dropout: _f_dropout,
     F.softmax: _f_softmax("softmax"), torch.softmax: _f_softmax("softmax"), ".softmax": _f_softmax("softmax"),
     F.log_softmax: _f_softmax("log_softmax"), torch.log_softmax: _f_softmax("log_softmax"),

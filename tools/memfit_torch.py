@@ -240,12 +240,17 @@ def _size_list(v, sep):
 
 
 def _broadcast(name, *shapes):
-    """Per-sample broadcast shape (every operand has the batch dim, so right-aligned broadcasting of
-    the per-sample shapes is PyTorch's)."""
+    """Per-sample shape of PyTorch's broadcast of the batched operands. Broadcasting aligns the
+    batched shapes from the right, so operands of different rank pair the batch with another dim:
+    broadcast [B] + shape with a batch B no dim equals, and the batch must come out as dim 0."""
+    b = 1 + max([1] + [d for s in shapes for d in s])
     try:
-        return list(torch.broadcast_shapes(*[tuple(s) for s in shapes]))
+        out = list(torch.broadcast_shapes(*[(b,) + tuple(s) for s in shapes]))
     except RuntimeError:
-        raise ValueError("layer %r: shapes %s do not broadcast" % (name, shapes))
+        out = None
+    if out is None or len(out) != 1 + max(len(s) for s in shapes) or out[0] != b:
+        raise ValueError("layer %r: per-sample shapes %s do not broadcast with the batch as dim 0" % (name, shapes))
+    return out[1:]
 
 
 def _chunk_sizes(size, chunks):
@@ -571,7 +576,7 @@ def _make_layer(layer, in_shapes):
     if kind == "tanh":
         return nn.Tanh()
     if kind == "gelu":
-        return nn.GELU()
+        return nn.GELU(approximate=str(layer.get("approximate", "none")))
     if kind == "silu":
         return nn.SiLU(inplace=bool(layer.get("inplace", False)))
     if kind == "batchnorm2d":
@@ -614,8 +619,11 @@ def _make_layer(layer, in_shapes):
     if kind == "matmul":
         return MatMul()
     if kind == "layer_norm":
-        return nn.LayerNorm(int(layer["normalized_shape"]), eps=float(layer.get("eps", 1e-5)),
-                            elementwise_affine=bool(layer.get("elementwise_affine", True)))
+        ln = nn.LayerNorm(int(layer["normalized_shape"]), eps=float(layer.get("eps", 1e-5)),
+                          elementwise_affine=bool(layer.get("elementwise_affine", True)))
+        if ln.elementwise_affine and not bool(layer.get("bias", True)):
+            ln.register_parameter("bias", None)  # nn.LayerNorm(bias=False) of torch >= 2.1; F.layer_norm takes None
+        return ln
     if kind == "stochastic_depth":
         return StochasticDepth(float(layer["p"]), str(layer.get("mode", "row")))
     if kind == "cross_entropy":
