@@ -269,6 +269,31 @@ class TestFrozen(unittest.TestCase):
         self.assertEqual(info["freeze_globs"], ["1.bias"])
 
 
+class TestFrozenTorchvision(unittest.TestCase):
+    def test_resnet18_fine_tuning_matches_the_recorded_reference(self):
+        # torchvision's resnet18 with only layer4 and fc trainable, as a fine-tuning script sets it up:
+        # the export's freeze list, passed to memfit as globs, gives the saved bytes torch 1.13 measured
+        # for that setting (tests/reference/cpu_saved_frozen.json, batch 8)
+        if not MEMFIT:
+            self.skipTest("no --memfit")
+        try:
+            import torchvision
+        except ImportError:
+            self.skipTest("no torchvision")
+        torch.manual_seed(0)
+        net = torchvision.models.resnet18(weights=None)
+        for n, p in net.named_parameters():
+            p.requires_grad_(n.startswith(("layer4.", "fc.")))
+        doc, info = export(net, (3, 224, 224), name="resnet18", return_info=True)
+        self.assertEqual(info["freeze_globs"], ["conv1", "bn1", "layer1", "layer2", "layer3"])
+        with open(os.path.join(ROOT, "tests", "reference", "cpu_saved_frozen.json")) as f:
+            ref = [m for m in json.load(f)["models"] if m["name"] == "resnet18" and m["frozen"]["train"] == "layer4,fc"][0]
+        b8 = [b for b in ref["batches"] if b["batch"] == 8][0]
+        est = memfit_estimate(doc, "--batch", "8", "--pytorch", "1.13", "--freeze", ",".join(info["freeze_globs"]))
+        self.assertEqual(est["totals"]["saved_activation_bytes"], b8["saved_total_bytes"] - b8["saved_input_bytes"])
+        self.assertEqual(est["totals"]["frozen_params"], sum(p.numel() for p in net.parameters() if not p.requires_grad))
+
+
 class TestUnsupported(unittest.TestCase):
     def test_all_problems_are_reported_together(self):
         class Bad(nn.Module):

@@ -13,6 +13,9 @@ emits.  This module is the single source of truth for how the reference tools
     `net.loss`, memfit name = that layer's name).  If the model has no
     cross_entropy layer, `net.loss` is nn.CrossEntropyLoss with memfit name
     "loss" (memfit appends the same layer under that name).
+    A layer with several outputs (chunk) is read as `name:K` in `from` (output K), as memfit names them.
+    The N-d kinds (reshape, permute, transpose, contiguous, slice, mul, matmul, layer_norm, hardswish,
+    hardsigmoid, stochastic_depth, identity) are built for models written by tools/memfit_export.py.
 * make_batch(model_json, batch, device, dtype) -> (x, target)
 * training_step(model, x, target, optimizer, loss_fn) -- the measured loop:
       optimizer.zero_grad(set_to_none=True)
