@@ -676,6 +676,17 @@ class MemfitNet(nn.Module):
         else:
             self.output_name = self.loss_from
         self.shapes = shapes
+        # tools/memfit_export.py records requires_grad=False parameters as a top-level "freeze" list of
+        # exact "layer.param" names (no globs); the module starts with those frozen, as the exported one was
+        mods = dict(self.memfit_modules())
+        self.frozen_at_export = list(m.get("freeze") or [])
+        for entry in self.frozen_at_export:
+            layer, _, pname = str(entry).rpartition(".")
+            prm = dict(mods[layer].named_parameters()).get(pname) if layer in mods else None
+            if prm is None:
+                raise ValueError("\"freeze\" entry %r names no parameter of this model (layer.param, e.g. "
+                                 "\"fc.weight\"); re-export the model or fix the list" % entry)
+            prm.requires_grad_(False)
         self._last_use = {}
         for step, (_, _, src) in enumerate(self.plan):
             for s in src:

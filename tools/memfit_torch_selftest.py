@@ -108,6 +108,15 @@ def main():
             assert list(o.shape[1:]) == shapes[name], (name, list(o.shape), shapes[name])
     assert not outs["t"].is_contiguous() and outs["k"].is_contiguous()
 
+    # an exported model's "freeze" list (exact layer.param names) is applied by build_module
+    fz = model({"name": "c", "kind": "conv2d", "from": ["input"], "out_channels": 2, "kernel": 1},
+               {"name": "fc", "kind": "linear", "from": ["c"], "out_features": 2})
+    fz["freeze"] = ["c.bias"]
+    net = mt.build_module(fz)
+    assert [n for n, p in net.named_parameters() if not p.requires_grad] == ["layers.c.bias"]
+    fz["freeze"] = ["c.gamma"]
+    raises(lambda: mt.build_module(fz), "names no parameter")
+
     # globs (memfit's graph.cpp): `*` crosses dots, `?` one character; a glob naming a dotted prefix
     # selects the region under it; `layer.param` selects one parameter; both options or an unused glob: error
     names = ["conv1", "layer4", "layer4.0.conv1", "layer4.1.bn2", "layer40.x", "fc", "fc2"]
