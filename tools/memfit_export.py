@@ -651,10 +651,7 @@ def _f_view(cv, node):
 
 def _f_flatten(cv, node):
     x = _single_input(cv, node)
-    start = _arg(node, 1, "start_dim", 0, cv)
-    if node.op == "call_method":
-        start = _arg(node, 1, "start_dim", 0, cv)
-    end = _arg(node, 2, "end_dim", -1, cv)
+    start = _arg(node, 1, "start_dim", 0, cv)  # end_dim other than -1 gives a reshape (by the result's shape)
     rank = len(cv.info[x].shape)
     if _dim(start, rank) == 0:
         raise _Unsupported("flatten from dim 0 merges the batch")
