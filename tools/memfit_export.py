@@ -49,10 +49,17 @@ import operator
 import os
 import sys
 
-import torch
-import torch.fx
-import torch.nn as nn
-import torch.nn.functional as F
+try:
+    import torch
+    import torch.fx
+    import torch.nn as nn
+    import torch.nn.functional as F
+except ImportError as _e:
+    if __name__ != "__main__":
+        raise
+    print("memfit_export: torch is not importable with %s (%s): run the exporter with the Python your model "
+          "runs with (it needs torch >= 1.13)" % (sys.executable, _e), file=sys.stderr)
+    sys.exit(2)
 
 FORMAT = "memfit-model/1"
 TRACE_BATCHES = (2, 3)  # two batch sizes: a tensor whose per-sample shape differs between them mixes the batch
