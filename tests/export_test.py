@@ -312,8 +312,8 @@ class TestUnsupported(unittest.TestCase):
         with self.assertRaises(ExportError) as cm:
             export(Bad(), (3, 4, 4), name="bad")
         got = {(n, t) for n, t, _ in cm.exception.problems}
-        self.assertEqual(got, {("sin", "torch.sin"), ("up", "up"), ("mul", "operator.mul"),
-                               ("scale", "scale")})
+        self.assertEqual(got, {("sin", "torch.sin"), ("up", "nn.Upsample"), ("mul", "operator.mul"),
+                               ("scale", "nn.Parameter [1, 4, 1, 1]")})
         text = str(cm.exception)
         self.assertIn("bad: 4 operation(s)", text)
         self.assertIn("docs/export.md", text)  # says what to do

@@ -248,7 +248,7 @@ class _Converter:
 
     # -- helpers
     def problem(self, node, why):
-        self.problems.append((node.name, _target_text(node), why))
+        self.problems.append((_node_text(node), _target_text(node, self.root), why))
         # Go on as if the node had produced what it produced when run, so that every other node
         # without a memfit kind is reported too (the user sees them all at once); the document
         # itself is not returned.
@@ -420,10 +420,28 @@ def _has_tensor(info):
     return _is_tensor(info) or (isinstance(info, tuple) and any(_is_tensor(t) for t in info))
 
 
-def _target_text(node):
+def _node_text(node):
+    # a module call or a parameter is best named by its dotted path (fx's node name mangles the dots);
+    # a functional op by fx's node name (`add_1`), which is also what its memfit layer would be called
+    if node.op in ("call_module", "get_attr"):
+        return node.target
+    return node.name
+
+
+def _target_text(node, root=None):
     t = node.target
     if node.op == "call_module":
-        return t
+        cls = type(root.get_submodule(t)) if root is not None else None
+        if cls is None:
+            return t
+        mod = cls.__module__
+        return ("nn." if mod.startswith("torch.nn.") else mod + ".") + cls.__qualname__
+    if node.op == "get_attr":
+        try:
+            v = root.get_parameter(t) if root is not None else None
+            return "nn.Parameter %s" % list(v.shape)
+        except AttributeError:
+            return "tensor attribute"
     if node.op == "call_method":
         return "Tensor." + t
     if callable(t):
