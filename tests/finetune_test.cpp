@@ -264,6 +264,10 @@ TEST_CASE("adamw8bit: uint8 states with a float32 absmax per 256, float32 under 
   CHECK(e.managed_bytes == 0);
   // no foreach temporaries: the update kernels work in place
   CHECK(bytes_of(e, Category::temporary, Phase::optimizer, 2) == 0);
+  // --optimizer-impl has no meaning for bitsandbytes' kernels: refused rather than ignored
+  OptionStrings f = s;
+  f.optimizer_impl = "fused";
+  CHECK_THROWS_WITH(run(kMlp3, opts(f)), Catch::Contains("does not apply to bitsandbytes"));
 }
 
 TEST_CASE("paged optimizers: states of >= 1e5 elements in managed memory, counted in the verdict", "[finetune][optim][paged]") {

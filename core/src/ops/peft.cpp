@@ -153,7 +153,6 @@ void peft_rules(std::vector<OpRule>& out) {
                  .shape = scale_shape,
                  .memory = scale_memory});
   out.push_back({.kind = "to",
-                 .aliases = {"cast"},
                  .attrs = {A("dtype", VT::text, nullptr)},
                  .positional = {"dtype"},
                  .family = OpFamily::shape,

@@ -782,6 +782,12 @@ Plan plan_training(const Graph& g, const TrainSettings& s) {
     throw Error({}, "", "the plan would have " + format_count(work) + " node steps (layers x iterations x micro-batches), over " +
                             format_count(kMaxPlanNodeSteps),
                 "use fewer --iterations (3 shows the first and the steady state) or fewer micro-batches");
+  const bool bnb = s.optimizer == Optimizer::adamw8bit || s.optimizer == Optimizer::paged_adamw ||
+                   s.optimizer == Optimizer::paged_adamw8bit;
+  if (bnb && s.impl != OptimizerImpl::foreach)
+    throw Error({}, "", std::string("--optimizer-impl ") + optimizer_impl_name(s.impl) + " does not apply to bitsandbytes' " +
+                            optimizer_name(s.optimizer) + " (one CUDA kernel per parameter, in place)",
+                "leave out --optimizer-impl");
   if (s.precision != DType::f32 && s.param_dtype != DType::f32)
     throw Error({}, "", "autocast and a half model (model.to(dtype)) together",
                 "give one --dtype: fp16/bf16 (autocast, float32 parameters) or bf16-true/fp16-true");

@@ -59,7 +59,11 @@ void header(std::ostringstream& o, const Estimate& e) {
   const Options& op = e.options;
   o << "memfit " << kVersion << " - " << e.model_name << " (" << e.model_file << ")\n";
   o << "batch " << op.train.batch << ", " << precision_label(op.train) << ", optimizer "
-    << optimizer_name(op.train.optimizer) << " (" << optimizer_impl_name(op.train.impl) << "), zero_grad("
+    << optimizer_name(op.train.optimizer);
+  const Optimizer opt = op.train.optimizer;
+  if (opt != Optimizer::adamw8bit && opt != Optimizer::paged_adamw && opt != Optimizer::paged_adamw8bit)
+    o << " (" << optimizer_impl_name(op.train.impl) << ")";
+  o << ", zero_grad("
     << (op.train.set_to_none ? "set_to_none=True" : "set_to_none=False") << ")";
   if (op.train.grad_accumulation > 1) o << ", " << op.train.grad_accumulation << " micro-batches per step";
   auto globs = [](const std::vector<std::string>& g) {
