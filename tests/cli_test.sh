@@ -59,6 +59,15 @@ grep -q "larger than 16 MiB" /tmp/memfit_cli_err || { echo "FAIL: stdin /dev/zer
 # text); names are cut to 40 bytes, so a row is ~130 bytes and the whole output well under 1 MB.
 { echo "input 8"; echo "block b"; printf '  %s: relu\n' "$(head -c 4000 /dev/zero | tr '\0' n)"; echo "end"
   echo "r: repeat 2000 b"; echo "fc 2"; } > /tmp/memfit_long_names.memfit
+# Fine-tuning flags (docs/fine-tuning.md): LoRA on the reference MLP, QLoRA + a paged 8-bit optimizer, errors
+check "lora" 0 "$BIN" estimate "$SRC/tests/reference/fixtures/lora_mlp.memfit" --lora r=8,alpha=16,targets=fc1,fc2 --dtype bf16-true --json
+grep -q '"lora": {' /tmp/memfit_cli_out || { echo "FAIL: settings.lora missing"; fail=$((fail + 1)); }
+check "qlora paged" 0 "$BIN" estimate "$SRC/tests/reference/fixtures/lora_stack.memfit" --qlora --dtype bf16 --optimizer paged_adamw8bit --gpu 24GiB
+grep -q "linear4bit" /tmp/memfit_cli_out || { echo "FAIL: no linear4bit layer"; fail=$((fail + 1)); }
+check "lora no target" 2 "$BIN" estimate "$SRC/tests/reference/fixtures/lora_mlp.memfit" --lora targets=q_proj
+grep -q "no layer matches the LoRA targets" /tmp/memfit_cli_err || { echo "FAIL: LoRA target message"; cat /tmp/memfit_cli_err; fail=$((fail + 1)); }
+check "bad lora spec" 2 "$BIN" estimate --lora r=0
+check "help lists fine-tuning flags" 0 bash -c "'$BIN' estimate --help | grep -q -- '--qlora' && '$BIN' estimate --help | grep -q -- '--lora-dtype' && '$BIN' estimate --help | grep -q -- '--grad-scaler'"
 check "long layer names" 0 "$BIN" estimate /tmp/memfit_long_names.memfit
 size=$(wc -c < /tmp/memfit_cli_out)
 [ "$size" -lt 1000000 ] || { echo "FAIL: text output of long names is $size bytes"; fail=$((fail + 1)); }

@@ -6,8 +6,10 @@ import { bytes, int, shape, esc, exactBytes } from './format.js';
 import { breakdownChart, timelineChart, sweepChart, dataTable, CATEGORIES } from './charts.js';
 
 export const DEFAULTS = { preset: 'question_cnn', batch: 64, dtype: 'fp32', optimizer: 'sgd', impl: 'foreach', gpu: 'RTX 3090' };
-const DTYPES = [['fp32', 'fp32 (float32)'], ['fp16', 'fp16 (autocast mixed precision)'], ['bf16', 'bf16 (autocast mixed precision)']];
-const OPTIMIZERS = [['sgd', 'SGD'], ['sgd-momentum', 'SGD with momentum'], ['adam', 'Adam'], ['adamw', 'AdamW'], ['adagrad', 'Adagrad'], ['rmsprop', 'RMSprop']];
+const DTYPES = [['fp32', 'fp32 (float32)'], ['fp16', 'fp16 (autocast mixed precision)'], ['bf16', 'bf16 (autocast mixed precision)'],
+  ['bf16-true', 'bf16-true (model.to(bfloat16))'], ['fp16-true', 'fp16-true (model.to(float16))']];
+const OPTIMIZERS = [['sgd', 'SGD'], ['sgd-momentum', 'SGD with momentum'], ['adam', 'Adam'], ['adamw', 'AdamW'], ['adagrad', 'Adagrad'], ['rmsprop', 'RMSprop'],
+  ['adamw8bit', 'AdamW 8-bit (bitsandbytes)'], ['paged_adamw', 'Paged AdamW (bitsandbytes)'], ['paged_adamw8bit', 'Paged AdamW 8-bit (bitsandbytes)']];
 const IMPLS = [['foreach', 'foreach (default on CUDA)'], ['fused', 'fused'], ['for-loop', 'for-loop']];
 const CUSTOM = '__custom__';
 const MODEL_FILE = 'model';  // the file name the core puts in errors for the editor's text
