@@ -151,6 +151,10 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
   g.compute = gs.compute;
   g.target = {{gs.batch}, DType::i64};
   const auto& globs = gs.freeze.empty() ? gs.train : gs.freeze;
+  // the model's own frozen parameters (exact "layer.param" names); --train replaces them
+  std::map<std::string, bool, std::less<>> model_frozen;  // name -> matched a parameter
+  if (gs.train.empty())
+    for (const auto& name : model.frozen) model_frozen.emplace(name, false);
   std::vector<bool> glob_used(globs.size(), false);
   std::map<std::string, int, std::less<>> by_name;
   // storage root of each node's output (in-place and view outputs share their input's), and the
@@ -222,6 +226,13 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
       } catch (const Error& e) {
         throw Error(layer.pos, layer.name, e.problem(), "use smaller sizes");
       }
+      if (!p.is_buffer && !model_frozen.empty()) {
+        auto it = model_frozen.find(layer.name + "." + p.name);
+        if (it != model_frozen.end()) {
+          it->second = true;
+          p.trainable = false;
+        }
+      }
       if (p.is_buffer) {
         p.trainable = false;
       } else if (!globs.empty()) {
@@ -231,7 +242,7 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
             hit = true;
             glob_used[k] = true;
           }
-        p.trainable = gs.freeze.empty() ? hit : !hit;
+        p.trainable = gs.freeze.empty() ? hit : (!hit && p.trainable);
       }
       if (!p.is_buffer && !p.trainable) g.n_frozen_params = checked_add(g.n_frozen_params, p.numel(), "parameter count");
       has_trainable = has_trainable || p.trainable;
@@ -298,6 +309,10 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
     add_node(layer);
   }
   if (g.nodes.size() < 2) throw Error(model.layers[0].pos, model.layers[0].name, "the model has only an input", "add layers");
+  for (const auto& [name, matched] : model_frozen)
+    if (!matched)
+      throw Error(model.frozen_pos, "", "\"freeze\" names '" + name + "', which is no parameter of the model",
+                  "name parameters as 'layer.param' (e.g. 'conv1.weight'); 'memfit model MODEL --json' lists the layers");
   for (std::size_t k = 0; k < globs.size(); ++k)
     if (!glob_used[k])
       throw Error({}, "", std::string(gs.freeze.empty() ? "--train" : "--freeze") + " '" + globs[k] +

@@ -286,6 +286,7 @@ std::string model_json(const Model& model) {
     layers.push_back(std::move(jl));
   }
   j["layers"] = std::move(layers);
+  if (!model.frozen.empty()) j["freeze"] = model.frozen;
   return dump(j);
 }
 
