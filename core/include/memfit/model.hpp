@@ -34,6 +34,9 @@ struct Model {
   std::string name;
   std::string file;  // as given by the caller, used in error messages
   std::vector<Layer> layers;
+  // What the source could not say and memfit assumed (the ONNX importer: which PyTorch module a node
+  // stands for); the estimate repeats them in its notes.
+  std::vector<std::string> notes;
 };
 
 // Parsers. `file` names the source in errors. Throws Error (file:line:col, layer, what to do).

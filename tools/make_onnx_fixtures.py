@@ -1,0 +1,105 @@
+#!/usr/bin/python3
+"""Writes the small ONNX fixtures of tests/fixtures/onnx/ with torch.onnx.export (CPU, torch 1.13).
+
+Each model is tiny (a few channels) so the files stay far below 200 KB; the C++ tests compare the
+imported model with a hand-written .memfit twin (tests/fixtures/onnx/*.memfit). Run from the repo root:
+    python3 tools/make_onnx_fixtures.py
+BatchNorm must not be folded into the convolution (torch.onnx's eval peephole does that in eval mode),
+so models are exported in training mode: BatchNormalization and Dropout then appear as nodes.
+"""
+import os
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "onnx")
+TRAIN = torch.onnx.TrainingMode.TRAINING
+
+
+class TinyCnn(nn.Module):
+    """conv-bn-relu, maxpool, a residual add, global average pool, flatten, fc: the CNN twin."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu2 = nn.ReLU6()
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x):
+        x = self.pool(self.relu(self.bn1(self.conv1(x))))
+        y = self.relu2(self.conv2(x))
+        x = x + y
+        x = torch.flatten(self.gap(x), 1)
+        return self.fc(x)
+
+
+class Mlp(nn.Module):
+    """MatMul + Add (a Linear on a 3-d input exports as MatMul, Add), Gelu's Erf pattern, LayerNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.act = nn.GELU()
+        self.norm = nn.LayerNorm(16)
+        self.fc2 = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc2(self.norm(self.act(self.fc1(x))))
+
+
+class Unsupported(nn.Module):
+    """Two kinds memfit cannot map (Sin, Cos): the importer must list both nodes at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(torch.sin(x) + torch.cos(x))
+
+
+class BigFc(nn.Module):
+    """A 10M-parameter (40 MB) initializer: the importer must not read its bytes."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2500, 4000)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def export(model, x, name, opset=14, **kw):
+    path = os.path.join(OUT, name)
+    model.train()
+    torch.manual_seed(0)
+    torch.onnx.export(model, x, path, training=TRAIN, do_constant_folding=False, opset_version=opset,
+                      input_names=["input"], output_names=["output"], **kw)
+    return path
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    torch.manual_seed(0)
+    export(TinyCnn(), torch.randn(2, 3, 16, 16), "tiny_cnn.onnx",
+           dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    # opset 17: LayerNormalization is one node (below 17 torch.onnx decomposes it into ReduceMean, Sub, Pow ...)
+    export(Mlp(), torch.randn(2, 6, 8), "mlp_seq.onnx", opset=17,
+           dynamic_axes={"input": {0: "batch", 1: "seq"}, "output": {0: "batch", 1: "seq"}})
+    export(Unsupported(), torch.randn(2, 4), "unsupported.onnx")
+    # nn.LayerNorm below opset 17: Sub, Pow, Sqrt, Div are all listed (ReduceMean and Add are mapped)
+    export(Mlp(), torch.randn(2, 6, 8), "layernorm_opset14.onnx")
+    if len(sys.argv) > 1 and sys.argv[1] == "--big":
+        # written to a temporary place by the tests that need it, never committed (40 MB)
+        export(BigFc(), torch.randn(2, 2500), sys.argv[2])
+
+
+if __name__ == "__main__":
+    main()
