@@ -96,6 +96,13 @@ def main():
     export(Unsupported(), torch.randn(2, 4), "unsupported.onnx")
     # nn.LayerNorm below opset 17: Sub, Pow, Sqrt, Div are all listed (ReduceMean and Add are mapped)
     export(Mlp(), torch.randn(2, 6, 8), "layernorm_opset14.onnx")
+    # The same CNN with its weights in an external data file (data_location = EXTERNAL), which is not
+    # committed: memfit must import the graph without it.
+    import onnx
+    m = onnx.load(os.path.join(OUT, "tiny_cnn.onnx"))
+    onnx.save_model(m, os.path.join(OUT, "tiny_cnn_external.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="tiny_cnn_external.weights", size_threshold=0)
+    os.remove(os.path.join(OUT, "tiny_cnn_external.weights"))
     if len(sys.argv) > 1 and sys.argv[1] == "--big":
         # written to a temporary place by the tests that need it, never committed (40 MB)
         export(BigFc(), torch.randn(2, 2500), sys.argv[2])

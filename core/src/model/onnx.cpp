@@ -1245,7 +1245,8 @@ std::pair<std::string, i64> parse_dim_setting(std::string_view text) {
   i64 v = 0;
   auto r = std::from_chars(value.data(), value.data() + value.size(), v);
   if (eq == std::string_view::npos || name.empty() || r.ec != std::errc() || r.ptr != value.data() + value.size() || v <= 0 || v > kMaxDim)
-    throw Error({}, "", "--dim '" + std::string(text) + "' is not NAME=SIZE with a size in 1..2^40", "write e.g. --dim seq=128");
+    throw Error({}, "", "the dimension setting '" + std::string(text) + "' is not NAME=SIZE with a size in 1..2^40",
+                "write e.g. --dim seq=128 (in a request: \"dims\": {\"seq\": 128})");
   return {name, v};
 }
 
