@@ -85,7 +85,38 @@ def export(model, x, name, opset=14, **kw):
     return path
 
 
+def corpus():
+    """Bad .onnx files for tests/corpus/ (each has a .case file next to it naming the expected error)."""
+    import onnx
+    from onnx import TensorProto, helper
+    out = os.path.join(OUT, "..", "..", "corpus", "onnx")
+    os.makedirs(out, exist_ok=True)
+    good = open(os.path.join(OUT, "tiny_cnn.onnx"), "rb").read()
+    open(os.path.join(out, "truncated.onnx"), "wb").write(good[: len(good) // 2])
+    open(os.path.join(out, "not_onnx.onnx"), "wb").write(b"input 50x50x3 layout=hwc\nconv 32 3x3\n")
+
+    def save(name, nodes, inputs, outputs, inits=()):
+        g = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+        open(os.path.join(out, name), "wb").write(m.SerializeToString())  # no checker: these are meant to be bad
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    save("cycle.onnx", [helper.make_node("Relu", ["z"], ["y"], name="a"), helper.make_node("Add", ["y", "x"], ["z"], name="b")], [x], [y])
+    neg = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", -7])
+    save("negative_dim.onnx", [helper.make_node("Relu", ["x"], ["y"], name="r")], [neg], [y])
+    w = TensorProto(name="fc.weight", data_type=TensorProto.FLOAT, dims=[4, 1 << 50])  # no data: a size bomb
+    save("huge_dim.onnx", [helper.make_node("MatMul", ["x", "fc.weight"], ["y"], name="/fc/MatMul")], [x], [y], [w])
+    sym = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 4])
+    save("symbolic_dim.onnx", [helper.make_node("Relu", ["x"], ["r"], name="/act/Relu"),
+                               helper.make_node("Flatten", ["r"], ["y"], name="/Flatten", axis=1)], [sym], [y])
+    save("unsupported.onnx", [helper.make_node("Sin", ["x"], ["s"], name="/Sin"), helper.make_node("Cos", ["s"], ["y"], name="/Cos")], [x], [y])
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--corpus":
+        corpus()
+        return
     os.makedirs(OUT, exist_ok=True)
     torch.manual_seed(0)
     export(TinyCnn(), torch.randn(2, 3, 16, 16), "tiny_cnn.onnx",

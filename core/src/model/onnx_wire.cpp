@@ -103,7 +103,9 @@ class Cursor {
   i64 len_end(i64 end) {
     i64 at = pos_;
     std::uint64_t n = varint(end);
-    if (n > static_cast<std::uint64_t>(end - pos_)) bad("a length of " + std::to_string(n) + " bytes that runs past its message", at);
+    if (n > static_cast<std::uint64_t>(end - pos_))
+      bad("a length of " + std::to_string(n) + " bytes that runs past " +
+              (n <= static_cast<std::uint64_t>(size_ - pos_) ? "its message" : "the end of the file (truncated?)"), at);
     return pos_ + static_cast<i64>(n);
   }
 
