@@ -210,6 +210,10 @@ class Importer {
   void drop_dead_layers(const std::string& output_ref);
 };
 
+// Ops PyTorch code calls as functions or tensor methods, not as modules (see layer_name).
+const std::set<std::string> kFunctionalOps = {"Add", "Mul", "Sub", "Div", "Concat", "Flatten", "Reshape", "Transpose",
+                                             "Squeeze", "Unsqueeze", "Split", "Slice", "ReduceMean", "MatMul"};
+
 // Module paths as torch.onnx writes them: "/layer1/layer1.0/conv1/Conv" -> "layer1.0.conv1". Each
 // scope is either already qualified by its parent ("layer1.0" inside "layer1") or one attribute
 // name ("conv1"); the last part is the op ("Conv", "Conv_1"). Names of other exporters are kept.
@@ -231,7 +235,13 @@ std::string Importer::layer_name(const ONode& n) {
       if (!path.empty() && p.rfind(path + ".", 0) == 0) path = p;
       else path = path.empty() ? p : path + "." + p;
     }
-    if (path.empty()) path = parts.empty() ? raw : parts.back();
+    // A functional op inside a module's forward (x + identity, torch.flatten) is not a submodule: it gets
+    // the op's own name under the module ("layer1.0.add"), so the module's path stays a region.
+    std::string op_part;
+    for (char ch : parts.empty() ? raw : parts.back()) op_part += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (path.empty()) path = op_part;
+    else if (kFunctionalOps.count(n.op_type) && !(n.op_type == "MatMul" && n.input.size() == 2 && vals_.count(n.input[1]) && vals_.at(n.input[1]).init))
+      path += "." + op_part;
   } else {
     path = raw;
   }
