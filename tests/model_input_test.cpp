@@ -40,7 +40,7 @@ TEST_CASE("bad models give positioned errors with a fix", "[input]") {
       {"kernel larger than input", "input 4x4x3 layout=hwc\nc: conv 8 7x7\n", "bad.memfit:2:1: layer 'c': conv: kernel (7"},
       {"channel mismatch at add",
        "input 8x8x3 layout=hwc\na: conv 8 3x3 pad=1\nb: conv 16 3x3 pad=1\nsum: add from=a,b\n",
-       "bad.memfit:4:1: layer 'sum': add needs inputs of the same shape"},
+       "bad.memfit:4:1: layer 'sum': inputs do not broadcast: 'a' is 8x8x8x8 and 'b' is 8x16x8x8"},
       {"missing reference", "input 8x8x3 layout=hwc\na: conv 8 3x3\nadd from=a,zz\n", "bad.memfit:3:5: layer 'add1': no earlier layer is named 'zz'"},
       {"ambiguous input", "input 50x50x3\nconv 8 3x3\n", "bad.memfit:1:7: layer 'input': a 3-number shape is ambiguous"},
       {"empty file", "", "bad.memfit:1:1: the model has no layers"},

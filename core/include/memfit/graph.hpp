@@ -38,6 +38,9 @@ struct Node {
   // made per call.
   std::vector<bool> param_cast, param_cached;
   bool requires_grad = false;  // does the output require grad (so autograd records the op)
+  // Per input: the `view` gradient the rule hands on cannot be a view of the incoming gradient
+  // (its layout allows none: graph.cpp gradient-layout pass), so backward allocates it.
+  std::vector<bool> grad_copies;
   int n_consumers = 0;             // over all outputs
   std::vector<int> out_consumers;  // per output
   int first_value = 0;             // the value id of output 0; output k is first_value + k

@@ -49,5 +49,6 @@ Model parse_model_json(std::string_view source, std::string_view file);
 inline constexpr i64 kMaxLayers = 200000;       // after expanding blocks and repeats
 inline constexpr int kMaxBlockNesting = 32;     // block calls inside blocks
 inline constexpr std::size_t kMaxSourceBytes = 16 * 1024 * 1024;
+inline constexpr int kMaxInputRank = 8;  // numbers in a per-sample input shape (PyTorch allows 25 dims)
 
 }  // namespace memfit

@@ -17,9 +17,21 @@ namespace memfit {
 struct TensorType {
   std::vector<i64> shape;  // batch first, PyTorch order (N, C, H, W)
   DType dtype = DType::f32;
+  // Element strides of a view that is not row-major contiguous (transpose, permute, slice); empty
+  // for a contiguous tensor, which is what every op that allocates returns. Only layout decisions
+  // read them: whether a reshape is a view or a copy (PyTorch's computeStride), what contiguous()
+  // copies. Elementwise ops keep their input's layout, as TensorIterator does.
+  std::vector<i64> strides;
   i64 numel() const;  // checked
   i64 bytes() const;  // checked
+  std::vector<i64> layout() const;  // the strides, row-major ones when `strides` is empty
+  bool is_contiguous() const;       // at::TensorImpl::compute_contiguous: size-1 dims ignored
 };
+
+// aten/src/ATen/TensorUtils.cpp computeStride: the strides `new_shape` gets as a view of a tensor
+// with `shape` and `strides`, or nothing when no view exists (reshape then copies, view() throws).
+bool view_strides(const std::vector<i64>& shape, const std::vector<i64>& strides, const std::vector<i64>& new_shape,
+                  std::vector<i64>& out);
 
 struct ParamSpec {
   std::string name;  // PyTorch's attribute name: weight, bias, running_mean, ...
@@ -89,6 +101,13 @@ struct OpMemory {
   enum class GradIn : std::uint8_t { fresh, pass, view, slice };
   std::vector<GradIn> grad_in;
   std::vector<TensorType> bwd_temps;  // live while the node's backward runs
+  // How a `view` input gradient is formed, for the gradient-layout pass in graph.cpp. reshape:
+  // grad.reshape(input's shape) (ViewBackward, UnsafeViewBackward), a copy when the incoming
+  // gradient's strides allow no view (a transpose's backward makes it non-contiguous: channel
+  // shuffle). permute: the inverse of `permutation` (output dim k is input dim permutation[k]),
+  // always a view.
+  enum class GradView : std::uint8_t { reshape, permute } grad_view = GradView::reshape;
+  std::vector<int> permutation;
   std::vector<Workspace> fwd_workspaces, bwd_workspaces;
 };
 

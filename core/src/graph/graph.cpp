@@ -72,6 +72,51 @@ void build_regions(Graph& g) {
   }
 }
 
+// The layout of the gradient each value receives, from the last node back: a gradient an op
+// allocates is contiguous; one handed on (add, clone) has its source's layout; a view gradient is
+// the rule's view of the incoming one (a permute's backward permutes its strides back; a reshape's
+// backward is a view when computeStride allows, else a copy, marked in grad_copies). A value with
+// several consumers gets a sum: contiguous. Only the copies change memory (channel shuffle:
+// view, transpose, contiguous, view; the first view's backward copies: measured, torch 1.13).
+void gradient_layouts(Graph& g) {
+  std::vector<std::vector<i64>> layout(static_cast<std::size_t>(g.n_values));  // empty: contiguous
+  for (std::size_t i = g.nodes.size(); i-- > 1;) {
+    Node& nd = g.nodes[i];
+    if (!nd.requires_grad) continue;
+    const TensorType& out = nd.shape.out;
+    const std::vector<i64>& out_grad = layout[static_cast<std::size_t>(nd.first_value)];
+    for (std::size_t j = 0; j < nd.in.size(); ++j) {
+      const Node& prod = g.nodes[static_cast<std::size_t>(nd.in[j])];
+      const std::size_t v = static_cast<std::size_t>(prod.first_value + nd.in_out[j]);
+      if (prod.out_consumers[static_cast<std::size_t>(nd.in_out[j])] != 1) continue;  // a sum, or nobody
+      const TensorType& in = prod.out_type(nd.in_out[j]);
+      std::vector<i64> st;
+      switch (nd.mem.grad_in[j]) {
+        case OpMemory::GradIn::fresh: break;
+        case OpMemory::GradIn::pass: st = out_grad; break;
+        case OpMemory::GradIn::slice: st = out_grad.empty() ? TensorType{out.shape}.layout() : out_grad; break;
+        case OpMemory::GradIn::view:
+          if (nd.mem.grad_view == OpMemory::GradView::permute) {
+            const std::vector<i64> full = out_grad.empty() ? TensorType{out.shape}.layout() : out_grad;
+            st.assign(in.shape.size(), 0);
+            for (std::size_t k = 0; k < nd.mem.permutation.size(); ++k)
+              st[static_cast<std::size_t>(nd.mem.permutation[k])] = full[k];
+            if (TensorType{in.shape, in.dtype, st}.is_contiguous()) st.clear();
+          } else if (!out_grad.empty()) {
+            if (!view_strides(out.shape, out_grad, in.shape, st)) {
+              nd.grad_copies[j] = true;
+              st.clear();
+            } else if (TensorType{in.shape, in.dtype, st}.is_contiguous()) {
+              st.clear();
+            }
+          }
+          break;
+      }
+      layout[v] = std::move(st);
+    }
+  }
+}
+
 }  // namespace
 
 bool glob_match(std::string_view p, std::string_view s) {
@@ -196,6 +241,7 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
       call.param_requires_grad.push_back(p.trainable);
     }
     n.requires_grad = any_rg || has_trainable;
+    n.grad_copies.assign(n.in.size(), false);
     n.mem = rule->memory(call, n.shape);
     if (!n.shape.extra_outs.empty())
       for (auto gi : n.mem.grad_in)
@@ -278,6 +324,7 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
   g.model_output = g.nodes.back().in.empty() ? -1 : g.nodes.back().in[0];
   g.model_output_out = g.nodes.back().in.empty() ? 0 : g.nodes.back().in_out[0];
   build_regions(g);
+  gradient_layouts(g);
   return g;
 }
 

@@ -378,7 +378,7 @@ Model parse_model_json(std::string_view src, std::string_view file) {
         continue;
       }
       if (l.kind == "input" && key == "shape") {
-        bool ok = val.is_array() && (val.size() == 1 || val.size() == 3);
+        bool ok = val.is_array() && !val.empty() && val.size() <= static_cast<std::size_t>(kMaxInputRank);
         std::string text;
         for (std::size_t i = 0; ok && i < val.size(); ++i) {
           i64 d = 0;
@@ -386,7 +386,8 @@ Model parse_model_json(std::string_view src, std::string_view file) {
           if (ok) text += (i ? "x" : "") + std::to_string(d);
         }
         if (!ok)
-          throw Error(vpos, l.name, "input shape must be [C, H, W] (PyTorch order) or [features], positive integers",
+          throw Error(vpos, l.name, "input shape must be the per-sample shape in PyTorch order ([C, H, W], [T, D], [features]), 1 to " +
+                          std::to_string(kMaxInputRank) + " positive integers",
                       "write \"shape\": [3, 50, 50]");
         Value v;
         v.type = Value::Type::text;

@@ -683,8 +683,14 @@ class TextParser {
         error(ln, tok0, name, "layout '" + layout + "' must be an order of the letters c, h, w", "use layout=hwc or layout=chw");
       i64 c = dims[layout.find('c')], h = dims[layout.find('h')], w = dims[layout.find('w')];
       chw = {c, h, w};
+    } else if (dims.size() <= static_cast<std::size_t>(kMaxInputRank)) {
+      // [T, D] sequences, 4-d volumes: PyTorch order, nothing to disambiguate
+      if (kv.count("layout"))
+        error(ln, kv["layout"].second, name, "layout= is only for a 3-number (image) shape",
+              "remove layout=: other shapes are read in PyTorch order");
+      chw = dims;
     } else {
-      error(ln, tok0, name, "input shapes have 1 (features) or 3 (image) numbers", fix);
+      error(ln, tok0, name, "an input shape has at most " + std::to_string(kMaxInputRank) + " numbers per sample", fix);
     }
     std::string text;
     for (std::size_t i = 0; i < chw.size(); ++i) text += (i ? "x" : "") + std::to_string(chw[i]);

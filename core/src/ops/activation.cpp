@@ -73,6 +73,43 @@ OpMemory dropout_memory(const OpCall& c, const OpShape&) {
   return m;
 }
 
+// ---- gelu: approximate none (erf) or tanh; both save self.
+OpShape gelu_shape(const OpCall& c) {
+  const std::string& a = attr(c.layer, "approximate").text;
+  if (a != "none" && a != "tanh")
+    fail(c.layer, "approximate must be none or tanh, not '" + a + "'", "write approximate=tanh (nn.GELU(approximate='tanh'))");
+  return same_shape(c);
+}
+
+// ---- stochastic_depth: torchvision.ops.stochastic_depth in training: a noise tensor of shape
+// [N, 1, ...] ("row") or [1, ...] ("batch"), bernoulli_ then div_ in place, and `input * noise`,
+// which saves only the noise (the input's gradient needs it; the noise needs none). p=0 returns
+// the input itself (torchvision/ops/stochastic_depth.py).
+OpShape stochastic_depth_shape(const OpCall& c) {
+  double p = attr_real(c.layer, "p");
+  if (!(p >= 0.0 && p <= 1.0))
+    fail(c.layer, "drop probability p=" + attr(c.layer, "p").text + " is not between 0 and 1 (torchvision refuses it)",
+         "give p from 0 to 1, e.g. stochastic_depth 0.2");
+  const std::string& mode = attr(c.layer, "mode").text;
+  if (mode != "row" && mode != "batch") fail(c.layer, "mode must be row or batch, not '" + mode + "'", "write mode=row");
+  if (p == 0.0) return same_shape(c);
+  return {with_shape(c.in[0], c.in[0].shape), {}, c.layer.attrs};
+}
+OpMemory stochastic_depth_memory(const OpCall& c, const OpShape&) {
+  OpMemory m;
+  if (attr_real(c.layer, "p") == 0.0) {
+    m.output = OpMemory::Output::view;
+    m.grad_in = {GradIn::pass};
+    return m;
+  }
+  std::vector<i64> noise(c.in[0].shape.size(), 1);
+  if (attr(c.layer, "mode").text == "row") noise[0] = c.in[0].shape[0];
+  m.extras = {{"noise", with_shape(c.in[0], noise)}};
+  m.saved = {{{TensorRef::extra, 0}, "other (noise)"}};
+  m.grad_in = {GradIn::fresh};
+  return m;
+}
+
 // ---- softmax / log_softmax: save result. Output dtype float32 under autocast (fp32 list).
 OpShape softmax_shape(const OpCall& c) {
   i64 dim = attr_int(c.layer, "dim");
@@ -129,11 +166,12 @@ void activation_rules(std::vector<OpRule>& out) {
                  .shape = same_shape,
                  .memory = save_result_memory});
   out.push_back({.kind = "gelu",
+                 .attrs = {A("approximate", VT::text, "none")},
                  .family = OpFamily::activation,
                  .pytorch = "nn.GELU",
                  .summary = "saves its input",
                  .source = derivs,
-                 .shape = same_shape,
+                 .shape = gelu_shape,
                  .memory = save_self_memory});
   out.push_back({.kind = "silu",
                  .aliases = {"swish"},
@@ -144,6 +182,31 @@ void activation_rules(std::vector<OpRule>& out) {
                  .source = derivs,
                  .shape = same_shape,
                  .memory = clone_self_when_inplace_memory});
+  out.push_back({.kind = "hardswish",
+                 .attrs = {A("inplace", VT::boolean, "false")},
+                 .family = OpFamily::activation,
+                 .pytorch = "nn.Hardswish",
+                 .summary = "saves its input (in place: a copy of it)",
+                 .source = derivs,
+                 .shape = same_shape,
+                 .memory = clone_self_when_inplace_memory});
+  out.push_back({.kind = "hardsigmoid",
+                 .attrs = {A("inplace", VT::boolean, "false")},
+                 .family = OpFamily::activation,
+                 .pytorch = "nn.Hardsigmoid",
+                 .summary = "saves its input (in place: a copy of it)",
+                 .source = derivs,
+                 .shape = same_shape,
+                 .memory = clone_self_when_inplace_memory});
+  out.push_back({.kind = "stochastic_depth",
+                 .attrs = {A("p", VT::real, nullptr), A("mode", VT::text, "row")},
+                 .positional = {"p"},
+                 .family = OpFamily::activation,
+                 .pytorch = "torchvision.ops.StochasticDepth",
+                 .summary = "train mode; saves a noise tensor [N, 1, ...] (row) or [1, ...] (batch)",
+                 .source = "torchvision/ops/stochastic_depth.py; derivatives.yaml mul.Tensor",
+                 .shape = stochastic_depth_shape,
+                 .memory = stochastic_depth_memory});
   out.push_back({.kind = "dropout",
                  .attrs = {A("p", VT::real, "0.5"), A("inplace", VT::boolean, "false")},
                  .positional = {"p"},

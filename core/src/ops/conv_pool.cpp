@@ -175,12 +175,25 @@ OpShape adaptive_shape(const OpCall& c) {
 
 // ---- linear: F.linear lowers to addmm(bias, input, weight.t()) for 2-d input. derivatives.yaml
 // addmm saves mat1 only if mat2 needs grad and mat2 only if mat1 needs grad.
+// On N-d input (Linear.cpp linear) the leading dims are folded: addmm on input.view(-1, D) (3-d
+// contiguous with bias) or matmul, which reshapes: either way a view of the input when its strides
+// allow (measured, torch 1.13: the saved mat1 is the input's storage), else a contiguous copy.
+bool linear_folds(const TensorType& t) {
+  if (t.shape.size() <= 2) return true;
+  i64 rows = 1;
+  for (std::size_t k = 0; k + 1 < t.shape.size(); ++k) rows = checked_mul(rows, t.shape[k], "linear's rows");
+  std::vector<i64> st;
+  return view_strides(t.shape, t.layout(), {rows, t.shape.back()}, st);
+}
 OpShape linear_shape(const OpCall& c) {
-  need_rank(c, 2, "N,features", "add a flatten layer before it");
+  if (c.in[0].shape.size() < 2) need_rank(c, 2, "N,features", "add a flatten layer before it");
   i64 out = attr_int(c.layer, "out_features");
   if (out <= 0) fail(c.layer, "out_features must be positive", "e.g. fc 500");
-  OpShape s{with_shape(c.in[0], {c.in[0].shape[0], out}), {}, c.layer.attrs};
-  s.params.push_back({"weight", {out, c.in[0].shape[1]}});
+  std::vector<i64> shape = c.in[0].shape;
+  const i64 in_features = shape.back();
+  shape.back() = out;
+  OpShape s{with_shape(c.in[0], shape), {}, c.layer.attrs};
+  s.params.push_back({"weight", {out, in_features}});
   if (attr_bool(c.layer, "bias")) s.params.push_back({"bias", {out}});
   return s;
 }
@@ -189,6 +202,15 @@ OpShape linear_shape(const OpCall& c) {
 // addmm_out_cuda_impl's useLtInterface); backward's mm calls are plain cuBLAS on autograd's thread.
 OpMemory linear_memory(const OpCall& c, const OpShape& s) {
   OpMemory m;
+  if (!linear_folds(c.in[0])) {
+    m.extras = {{"input (contiguous copy)", with_shape(c.in[0], c.in[0].shape)}};
+    m.saved = {{.ref = {TensorRef::extra, 0}, .role = "mat1 (input copy)", .when = {SaveIf::param_needs_grad, 0}},
+               {.ref = {TensorRef::param, 0}, .role = "mat2 (weight.t())", .when = {SaveIf::input_needs_grad, 0}}};
+    m.grad_in = {GradIn::fresh};
+    m.fwd_workspaces = {Workspace::cublas};
+    m.bwd_workspaces = {Workspace::cublas};
+    return m;
+  }
   m.saved = {{.ref = {TensorRef::input, 0}, .role = "mat1 (input)", .when = {SaveIf::param_needs_grad, 0}},
              {.ref = {TensorRef::param, 0}, .role = "mat2 (weight.t())", .when = {SaveIf::input_needs_grad, 0}}};
   m.grad_in = {GradIn::fresh};

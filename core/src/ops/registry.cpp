@@ -24,6 +24,57 @@ i64 TensorType::numel() const {
   return n;
 }
 i64 TensorType::bytes() const { return checked_mul(numel(), dtype_size(dtype), "a tensor's bytes"); }
+std::vector<i64> TensorType::layout() const {
+  if (!strides.empty()) return strides;
+  std::vector<i64> st(shape.size());
+  i64 step = 1;
+  for (std::size_t k = shape.size(); k-- > 0;) {
+    st[k] = step;
+    step = checked_mul(step, std::max<i64>(shape[k], 1), "a tensor's strides");
+  }
+  return st;
+}
+bool TensorType::is_contiguous() const {
+  if (strides.empty()) return true;
+  i64 expected = 1;
+  for (std::size_t k = shape.size(); k-- > 0;) {
+    if (shape[k] == 1) continue;
+    if (strides[k] != expected) return false;
+    expected = checked_mul(expected, shape[k], "a tensor's strides");
+  }
+  return true;
+}
+
+// Follows computeStride_impl (aten/src/ATen/TensorUtils.cpp): walk the old dims from the last,
+// splitting them into chunks of contiguous memory; each chunk must be covered exactly by
+// consecutive new dims.
+bool view_strides(const std::vector<i64>& shape, const std::vector<i64>& strides, const std::vector<i64>& new_shape,
+                  std::vector<i64>& out) {
+  out.assign(new_shape.size(), 1);
+  if (shape.empty()) return true;
+  const i64 n_view = static_cast<i64>(new_shape.size());
+  i64 view_d = n_view - 1;
+  i64 chunk_base_stride = strides.back();
+  i64 tensor_numel = 1, view_numel = 1;
+  for (i64 tensor_d = static_cast<i64>(shape.size()) - 1; tensor_d >= 0; --tensor_d) {
+    tensor_numel = checked_mul(tensor_numel, shape[static_cast<std::size_t>(tensor_d)], "a view's size");
+    bool chunk_ends = tensor_d == 0 || (shape[static_cast<std::size_t>(tensor_d - 1)] != 1 &&
+                                        strides[static_cast<std::size_t>(tensor_d - 1)] != tensor_numel * chunk_base_stride);
+    if (!chunk_ends) continue;
+    while (view_d >= 0 && (view_numel < tensor_numel || new_shape[static_cast<std::size_t>(view_d)] == 1)) {
+      out[static_cast<std::size_t>(view_d)] = view_numel * chunk_base_stride;
+      view_numel = checked_mul(view_numel, new_shape[static_cast<std::size_t>(view_d)], "a view's size");
+      --view_d;
+    }
+    if (view_numel != tensor_numel) return false;
+    if (tensor_d > 0) {
+      chunk_base_stride = strides[static_cast<std::size_t>(tensor_d - 1)];
+      tensor_numel = 1;
+      view_numel = 1;
+    }
+  }
+  return view_d == -1;
+}
 i64 ParamSpec::numel() const {
   i64 n = 1;
   for (i64 d : shape) n = checked_mul(n, d, "a parameter's element count");
@@ -81,6 +132,7 @@ void add_rule(Registry& r, OpRule rule) {
 void register_builtins(Registry& r) {
   std::vector<OpRule> rules;
   rules::shape_rules(rules);
+  rules::tensor_rules(rules);
   rules::conv_pool_rules(rules);
   rules::norm_rules(rules);
   rules::activation_rules(rules);

@@ -39,10 +39,21 @@ inline OpMemory save_self_memory(const OpCall&, const OpShape&) {
 }
 inline AttrSpec A(const char* k, VT t, const char* d) { return {k, t, d}; }
 
+// "2x3x4" (sep 'x') or "0,2,1" (sep ','): a list attribute; errors name the layer and show `example`.
+std::vector<i64> int_list(const Layer& l, const char* key, char sep, const char* example);
+// "2x58x28x28" for messages (per sample: from dim `from`).
+std::string shape_text(const std::vector<i64>& s, std::size_t from = 1);
+// numpy / torch broadcasting of all inputs' shapes (aten/src/ATen/ExpandUtils.cpp infer_size).
+std::vector<i64> broadcast_shape(const OpCall& c, const char* fix);
+// The dtype an element-wise op of mixed floating inputs computes in (c10 promoteTypes: float16 +
+// bfloat16 -> float32); none of these ops is in an autocast list, so there are no input copies.
+DType promoted_dtype(const OpCall& c);
+
 void shape_rules(std::vector<OpRule>& out);
 void conv_pool_rules(std::vector<OpRule>& out);
 void norm_rules(std::vector<OpRule>& out);
 void activation_rules(std::vector<OpRule>& out);
 void loss_rules(std::vector<OpRule>& out);
+void tensor_rules(std::vector<OpRule>& out);
 
 }  // namespace memfit::rules

@@ -41,36 +41,30 @@ OpMemory view_memory(const OpCall&, const OpShape&) {
 }
 
 // ---- add / concat
+// add with broadcasting (a bias, a position embedding). add is in none of autocast's lists: mixed
+// floating inputs are promoted inside the kernel (no copies), and `a.add_(b)` keeps a's dtype.
 OpShape add_shape(const OpCall& c) {
-  for (std::size_t i = 1; i < c.in.size(); ++i)
-    if (c.in[i].shape != c.in[0].shape) {
-      auto str = [](const std::vector<i64>& s) {
-        std::string o;
-        for (std::size_t k = 1; k < s.size(); ++k) o += (k > 1 ? "x" : "") + std::to_string(s[k]);
-        return o;
-      };
+  TensorType out{broadcast_shape(c, "make the channel counts and sizes match, e.g. add a 1x1 conv with the right stride on the shortcut"),
+                 promoted_dtype(c)};
+  if (inplace_of(c.layer)) {
+    if (out.shape != c.in[0].shape)
       fail(c.layer,
-           "add needs inputs of the same shape, but '" + c.layer.inputs[0] + "' is " + str(c.in[0].shape) +
-               " and '" + c.layer.inputs[i] + "' is " + str(c.in[i].shape) + " (per sample, C x H x W)",
-           "make the channel counts and sizes match, e.g. add a 1x1 conv with the right stride on the shortcut");
-    }
-  // add is in none of autocast's lists: mixed floating inputs are promoted inside the kernel (no
-  // copies; c10 promoteTypes: float16 + bfloat16 -> float32), and `a.add_(b)` keeps a's dtype.
-  TensorType out = c.in[0];
-  if (!inplace_of(c.layer))
-    for (std::size_t i = 1; i < c.in.size(); ++i)
-      if (c.in[i].dtype != out.dtype) {
-        bool both_half = (out.dtype == DType::f16 || out.dtype == DType::bf16) &&
-                         (c.in[i].dtype == DType::f16 || c.in[i].dtype == DType::bf16);
-        out.dtype = both_half || c.in[i].dtype == DType::f32 || out.dtype == DType::f32 ? DType::f32 : out.dtype;
-      }
+           "in-place add into '" + c.layer.inputs[0] + "' (" + shape_text(c.in[0].shape) +
+               ") would have to grow it to " + shape_text(out.shape) + " (per sample, C x H x W)",
+           "make the shapes match, e.g. add a 1x1 conv with the right stride on the shortcut, or drop inplace");
+    out = c.in[0];
+  } else if (out.shape == c.in[0].shape) {
+    out.strides = c.in[0].strides;  // TensorIterator keeps input 0's layout
+  }
   return {out, {}, c.layer.attrs};
 }
-// `out += identity` (torchvision's residual blocks) writes into input 0; `a + b` allocates.
-OpMemory add_memory(const OpCall& c, const OpShape&) {
+// `out += identity` (torchvision's residual blocks) writes into input 0; `a + b` allocates. add saves
+// nothing and hands its gradient to every input; the engine sums it down to a broadcast input's
+// shape (validate_outputs: at::sum_to), a new tensor.
+OpMemory add_memory(const OpCall& c, const OpShape& s) {
   OpMemory m;
   if (inplace_of(c.layer)) m.output = OpMemory::Output::in_place;
-  m.grad_in.assign(c.in.size(), GradIn::pass);  // add saves nothing; both inputs get the same grad
+  for (const auto& t : c.in) m.grad_in.push_back(t.shape == s.out.shape ? GradIn::pass : GradIn::fresh);
   return m;
 }
 OpShape concat_shape(const OpCall& c) {

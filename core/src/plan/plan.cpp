@@ -439,7 +439,7 @@ class Planner {
       if (!g_.nodes[prod].requires_grad) continue;
       int gi;
       bool slice = false;
-      if (nd.mem.grad_in[j] == OpMemory::GradIn::fresh) {
+      if (nd.mem.grad_in[j] == OpMemory::GradIn::fresh || nd.grad_copies[j]) {
         gi = alloc(nd.in_types[j].bytes(), Category::activation_grad);
       } else {
         gi = grad_[g0];  // single-output ops only (graph.cpp checks)
