@@ -41,7 +41,7 @@ class TinyCnn(nn.Module):
 
 
 class Mlp(nn.Module):
-    """MatMul + Add (a Linear on a 3-d input exports as MatMul, Add), Gelu's Erf pattern, LayerNorm."""
+    """MatMul + Add (a Linear on a 3-d input exports as MatMul, Add), Gelu's Erf pattern, LayerNorm, Flatten."""
 
     def __init__(self):
         super().__init__()
@@ -51,7 +51,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(16, 4)
 
     def forward(self, x):
-        return self.fc2(self.norm(self.act(self.fc1(x))))
+        # flattened so that the appended nn.CrossEntropyLoss gets [N, classes]
+        return self.fc2(self.norm(self.act(self.fc1(x)))).flatten(1)
 
 
 class Unsupported(nn.Module):

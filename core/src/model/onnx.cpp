@@ -347,6 +347,9 @@ void Importer::read_input() {
   }
   if (shape.size() < 2)
     throw Error({file_, 0, 0}, "", "the graph input '" + in.name + "' is 1-d (only a batch)", "memfit needs per-sample features");
+  if (static_cast<i64>(shape.size()) - 1 > kMaxInputRank)
+    throw Error({file_, 0, 0}, "", "the graph input '" + in.name + "' has " + std::to_string(shape.size() - 1) + " dimensions per sample",
+                "memfit takes at most " + std::to_string(kMaxInputRank) + " (model.hpp kMaxInputRank)");
   Layer l;
   l.name = "input";
   l.kind = "input";
@@ -964,6 +967,7 @@ void Importer::map_node(int index) {
     if (!x.activation) return unsupported(n, "a GELU pattern on a constant");
     ONode named = n;
     named.name = g->second.second;
+    named.op_type = "Gelu";  // a module (nn.GELU), named by its path, not as a functional op
     std::string name = layer_name(named);
     if (add_layer(n, "gelu", {x.ref}, {}, x.shape, name))
       note("x * 0.5 * (1 + erf(x / sqrt(2))) (Div, Erf, Add, Mul, Mul) is modelled as nn.GELU()");
@@ -991,9 +995,10 @@ void Importer::map_node(int index) {
   if (op == "Sigmoid") return same("sigmoid");
   if (op == "Tanh") return same("tanh");
   if (op == "HardSwish") return same("hardswish");
-  if (op == "Gelu") {
-    if (n.attr("approximate") && n.attr("approximate")->s != "none") return unsupported(n, "the tanh approximation");
-    return same("gelu");
+  if (op == "Gelu") {  // opset 20; approximate is "none" or "tanh", as nn.GELU's
+    std::string a = n.attr("approximate") ? n.attr("approximate")->s : "none";
+    if (a != "none" && a != "tanh") return unsupported(n, "approximate='" + a + "'");
+    return same("gelu", {{"approximate", a}});
   }
   if (op == "LeakyRelu") return same("leaky_relu", {{"negative_slope", float_text(attr_f(n, "alpha", 0.01))}});
   if (op == "HardSigmoid") {
@@ -1126,9 +1131,9 @@ void Importer::map_node(int index) {
     if (in(n, 2) && !bi) return;
     if (sc) check_param(n, sc, {xs.back()}, "scale");
     if (bi) check_param(n, bi, {xs.back()}, "bias");
-    if (static_cast<bool>(sc) != static_cast<bool>(bi)) return unsupported(n, "a scale without a bias (nn.LayerNorm has both or neither)");
+    if (bi && !sc) return unsupported(n, "a bias without a scale (nn.LayerNorm has none such)");
     same("layer_norm", {{"normalized_shape", std::to_string(xs.back())}, {"eps", float_text(attr_f(n, "epsilon", 1e-5))},
-                        {"elementwise_affine", sc ? "true" : "false"}});
+                        {"elementwise_affine", sc ? "true" : "false"}, {"bias", bi ? "true" : "false"}});
     return;
   }
   if (op == "ReduceMean") {
