@@ -46,7 +46,7 @@ constexpr i64 kMaxDim = i64{1} << 40;
 constexpr i64 kDefaultOpset = 1;
 // Opsets where an op moved an attribute to an input (onnx/docs/Changelog.md).
 constexpr i64 kOpsetClipInputs = 11, kOpsetSliceInputs = 10, kOpsetDropoutInputs = 12, kOpsetSoftmaxLastAxis = 13,
-              kOpsetSplitInput = 13, kOpsetUnsqueezeInput = 13, kOpsetReduceMeanInput = 18;
+              kOpsetSplitInput = 13, kOpsetUnsqueezeInput = 13, kOpsetReduceMeanInput = 18, kOpsetPadInput = 11;
 
 bool near(double a, double b) { return std::fabs(a - b) <= kConstTolerance * std::max(1.0, std::fabs(b)); }
 
@@ -561,10 +561,12 @@ bool Importer::eval_constant(const ONode& n) {
     } else if (const Attribute* b = n.attr("value_int")) {
       out.dims_known = out.values_known = true;
       out.values = {static_cast<double>(b->i)};
+      out.dtype = onnx::kInt64;
     } else if (const Attribute* c = n.attr("value_ints")) {
       out.dims_known = out.values_known = true;
       out.dims = {static_cast<i64>(c->ints.size())};
       for (i64 x : c->ints) out.values.push_back(static_cast<double>(x));
+      out.dtype = onnx::kInt64;
     } else if (const Attribute* d = n.attr("value_float")) {
       out.dims_known = out.values_known = true;
       out.values = {d->f};
@@ -609,6 +611,7 @@ bool Importer::eval_constant(const ONode& n) {
     out = *x;
     out.init = nullptr;  // a computed copy, not the parameter itself
     out.transposed = false;
+    if (op == "Cast") out.dtype = static_cast<int>(attr_i(n, "to", x->dtype));
     set_output(n, 0, out);
     return true;
   }
@@ -632,6 +635,7 @@ bool Importer::eval_constant(const ONode& n) {
     const Val* iv = in(n, 1);
     out.dims_known = iv->dims_known;
     out.dims = iv->dims;
+    out.dtype = x->dtype;
     set_output(n, 0, out);
     return true;
   }
@@ -645,6 +649,7 @@ bool Importer::eval_constant(const ONode& n) {
     }
     out.dims_known = true;
     out.dims = {static_cast<i64>(out.values.size())};
+    out.dtype = x->dtype;
     set_output(n, 0, out);
     return true;
   }
@@ -655,7 +660,8 @@ bool Importer::eval_constant(const ONode& n) {
     out.values_known = true;
     for (std::size_t k = 0; k < len; ++k) {
       double a = x->values[x->values.size() == 1 ? 0 : k], b = y->values[y->values.size() == 1 ? 0 : k];
-      bool ints = x->dtype == onnx::kInt64 || x->dtype == onnx::kInt32;
+      // integer tensors divide as integers (ONNX Div on int64 truncates): x.chunk's sizes are computed so
+      bool ints = x->dtype == onnx::kInt64 || x->dtype == onnx::kInt32 || y->dtype == onnx::kInt64 || y->dtype == onnx::kInt32;
       double r = op == "Mul" ? a * b : op == "Add" ? a + b : op == "Sub" ? a - b : (b == 0 ? NAN : ints ? std::trunc(a / b) : a / b);
       if (!std::isfinite(r)) return false;
       out.values.push_back(r);
@@ -948,7 +954,7 @@ const std::set<std::string> kMappedOps = {
     "Constant", "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Identity", "Conv", "MaxPool",
     "AveragePool", "GlobalAveragePool", "Gemm", "MatMul", "Add", "Mul", "Sub", "Div", "Relu", "Sigmoid", "Tanh",
     "HardSwish", "Gelu", "Erf", "LeakyRelu", "HardSigmoid", "Clip", "Softmax", "LogSoftmax", "Flatten", "Reshape",
-    "Transpose", "Split", "Slice", "BatchNormalization", "Dropout", "LayerNormalization", "ReduceMean"};
+    "Transpose", "Split", "Slice", "BatchNormalization", "Dropout", "LayerNormalization", "ReduceMean", "Pad"};
 
 void Importer::map_node(int index) {
   const ONode& n = g_.node[static_cast<std::size_t>(index)];
@@ -1152,6 +1158,12 @@ void Importer::map_node(int index) {
     return;
   }
   if (op == "Identity") return alias(n, *x);
+  if (op == "Pad") {
+    // torch.onnx writes a Pad of zeros before some pools (DenseNet's transitions): nothing happens
+    std::vector<i64> pads = opset_ >= kOpsetPadInput ? (in(n, 1) ? values_as_ints(n, in(n, 1), "pads") : std::vector<i64>{}) : attr_ints(n, "pads");
+    if (std::all_of(pads.begin(), pads.end(), [](i64 p) { return p == 0; })) return alias(n, *x);
+    return unsupported(n, "non-zero padding (memfit has no pad layer; a convolution's or pool's own padding is modelled)");
+  }
   unsupported(n, op == "ConvTranspose" ? "transposed convolutions are not modelled" : "");
 }
 
