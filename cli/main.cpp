@@ -40,7 +40,18 @@ std::string file_head(const std::string& path) {
 
 memfit::Model load_model(const std::string& arg, const memfit::DimValues& dims) {
   std::string name = arg.empty() ? memfit::kDefaultModel : arg;
-  if (name == "-") return memfit::parse_model(read_bounded(std::cin), "<stdin>");
+  if (name == "-") {
+    std::string text = read_bounded(std::cin);
+    // an ONNX model piped in: read from memory (a pipe cannot seek), so the 16 MiB bound applies here
+    if (memfit::looks_like_onnx(text)) {
+      if (text.size() > memfit::kMaxSourceBytes)
+        throw memfit::Error({"<stdin>", 0, 0}, "", "an ONNX model on standard input is larger than 16 MiB",
+                            "give the .onnx file's path instead (it is then read without its weights)");
+      memfit::MemoryByteSource src(text);
+      return memfit::import_onnx(src, "<stdin>", dims);
+    }
+    return memfit::parse_model(text, "<stdin>");
+  }
   std::error_code ec;
   // An ifstream opens a directory on Linux and reads nothing ("the model has no layers").
   if (std::filesystem::is_directory(name, ec))
