@@ -238,6 +238,21 @@ TEST_CASE("onnx: a symbolic dimension needs --dim, named in the error", "[onnx]"
   }
 }
 
+TEST_CASE("onnx: x.view(x.size(0), -1) (Shape, Gather, Unsqueeze, Concat, Reshape) is evaluated to a flatten", "[onnx]") {
+  const Model& m = import_fixture("view_flatten.onnx");
+  std::vector<std::string> kinds;
+  for (const auto& l : m.layers) kinds.push_back(l.kind);
+  CHECK(kinds == std::vector<std::string>{"input", "conv2d", "flatten", "linear"});
+  // ViewFlatten by hand: conv 3->2 3x3 stride 2 on 16x16 gives 7x7; fc 98 -> 3
+  const Model& twin = keep(parse_model("input 3x16x16 layout=chw\nconv: conv 2 3x3 stride=2\nflatten\nfc: fc 3\n", "twin.memfit"));
+  for (i64 batch : {1, 16}) {
+    Estimate a = est(m, batch), b = est(twin, batch);
+    CHECK(a.total_params == 2 * 3 * 3 * 3 + 2 + 98 * 3 + 3);
+    CHECK(a.total_saved_bytes == b.total_saved_bytes);
+    CHECK(a.peak_reserved_bytes == b.peak_reserved_bytes);
+  }
+}
+
 TEST_CASE("onnx: every unsupported node is listed at once", "[onnx]") {
   std::string err;
   try {

@@ -55,6 +55,19 @@ class Mlp(nn.Module):
         return self.fc2(self.norm(self.act(self.fc1(x)))).flatten(1)
 
 
+class ViewFlatten(nn.Module):
+    """x.view(x.size(0), -1) with a dynamic batch: torch.onnx writes Shape -> Gather -> Unsqueeze -> Concat -> Reshape."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, stride=2)
+        self.fc = nn.Linear(2 * 7 * 7, 3)
+
+    def forward(self, x):
+        x = self.conv(x)
+        return self.fc(x.view(x.size(0), -1))
+
+
 class Unsupported(nn.Module):
     """Two kinds memfit cannot map (Sin, Cos): the importer must list both nodes at once."""
 
@@ -125,6 +138,7 @@ def main():
     # opset 17: LayerNormalization is one node (below 17 torch.onnx decomposes it into ReduceMean, Sub, Pow ...)
     export(Mlp(), torch.randn(2, 6, 8), "mlp_seq.onnx", opset=17,
            dynamic_axes={"input": {0: "batch", 1: "seq"}, "output": {0: "batch", 1: "seq"}})
+    export(ViewFlatten(), torch.randn(2, 3, 16, 16), "view_flatten.onnx", dynamic_axes={"input": {0: "batch"}})
     export(Unsupported(), torch.randn(2, 4), "unsupported.onnx")
     # nn.LayerNorm below opset 17: Sub, Pow, Sqrt, Div are all listed (ReduceMean and Add are mapped)
     export(Mlp(), torch.randn(2, 6, 8), "layernorm_opset14.onnx")
