@@ -253,6 +253,23 @@ TEST_CASE("onnx: x.view(x.size(0), -1) (Shape, Gather, Unsqueeze, Concat, Reshap
   }
 }
 
+TEST_CASE("onnx: x.chunk(2, dim=1), exported as two Slices with computed bounds, is one chunk", "[onnx]") {
+  const Model& m = import_fixture("channel_split.onnx");
+  std::vector<std::string> kinds;
+  for (const auto& l : m.layers) kinds.push_back(l.kind);
+  CHECK(kinds == std::vector<std::string>{"input", "conv2d", "chunk", "conv2d", "concat", "flatten"});
+  // ChannelSplit written by hand (tools/make_onnx_fixtures.py)
+  const Model& twin = keep(parse_model("input 3x8x8 layout=chw\nconv: conv 4 1x1\nsplit: chunk 2\nbranch: conv 2 1x1 from=split:1\n"
+                                       "cat: concat from=split,branch\nflatten\n", "twin.memfit"));
+  for (i64 batch : {1, 16}) {
+    Estimate a = est(m, batch), b = est(twin, batch);
+    CHECK(a.total_params == 3 * 4 + 4 + 2 * 2 + 2);
+    CHECK(a.total_saved_bytes == b.total_saved_bytes);
+    CHECK(a.peak_allocated_bytes == b.peak_allocated_bytes);
+    CHECK(a.peak_reserved_bytes == b.peak_reserved_bytes);
+  }
+}
+
 TEST_CASE("onnx: every unsupported node is listed at once", "[onnx]") {
   std::string err;
   try {

@@ -68,6 +68,19 @@ class ViewFlatten(nn.Module):
         return self.fc(x.view(x.size(0), -1))
 
 
+class ChannelSplit(nn.Module):
+    """x.chunk(2, dim=1) as ShuffleNet splits channels: torch.onnx writes two Slices with computed bounds."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.branch = nn.Conv2d(2, 2, 1)
+
+    def forward(self, x):
+        a, b = self.conv(x).chunk(2, dim=1)
+        return torch.flatten(torch.cat((a, self.branch(b)), 1), 1)
+
+
 class Unsupported(nn.Module):
     """Two kinds memfit cannot map (Sin, Cos): the importer must list both nodes at once."""
 
@@ -139,6 +152,7 @@ def main():
     export(Mlp(), torch.randn(2, 6, 8), "mlp_seq.onnx", opset=17,
            dynamic_axes={"input": {0: "batch", 1: "seq"}, "output": {0: "batch", 1: "seq"}})
     export(ViewFlatten(), torch.randn(2, 3, 16, 16), "view_flatten.onnx", dynamic_axes={"input": {0: "batch"}})
+    export(ChannelSplit(), torch.randn(2, 3, 8, 8), "channel_split.onnx", dynamic_axes={"input": {0: "batch"}})
     export(Unsupported(), torch.randn(2, 4), "unsupported.onnx")
     # nn.LayerNorm below opset 17: Sub, Pow, Sqrt, Div are all listed (ReduceMean and Add are mapped)
     export(Mlp(), torch.randn(2, 6, 8), "layernorm_opset14.onnx")

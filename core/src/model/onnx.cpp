@@ -119,7 +119,8 @@ class Importer {
   std::set<std::string> notes_seen_;
   std::set<int> absorbed_;                 // nodes folded into a pattern
   std::map<int, std::pair<std::string, std::string>> gelu_at_;  // final node -> (x, name source)
-  std::vector<int> linear_open_;           // per layer: 1 when a MatMul made it and a bias may still fold in
+  std::vector<int> linear_open_;
+  std::map<std::string, std::string> renamed_;  // slice layer -> "chunk:k" (slices_to_chunks)           // per layer: 1 when a MatMul made it and a bias may still fold in
 
   SourcePos pos(const ONode& n) const { return {file_, 0, 0}; (void)n; }
   std::string where(const ONode& n) const {
@@ -208,6 +209,7 @@ class Importer {
   void map_slice(const ONode& n);
   void map_split(const ONode& n);
   void drop_dead_layers(const std::string& output_ref);
+  void slices_to_chunks();
 };
 
 // Ops PyTorch code calls as functions or tensor methods, not as modules (see layer_name).
@@ -1167,6 +1169,68 @@ void Importer::map_node(int index) {
   unsupported(n, op == "ConvTranspose" ? "transposed convolutions are not modelled" : "");
 }
 
+// torch.onnx writes x.chunk(n, dim) (ShuffleNet's channel split) as n Slice nodes whose bounds come
+// from Shape arithmetic. Slices of one input along one dimension, step 1, that cut it into exactly
+// torch.chunk's pieces in order are one chunk layer: its backward concatenates the pieces' gradients,
+// where n separate slices would each make a zero gradient of the whole input.
+void Importer::slices_to_chunks() {
+  std::map<std::pair<std::string, i64>, std::vector<std::size_t>> groups;  // (input, dim) -> slice layers
+  for (std::size_t k = 0; k < m_.layers.size(); ++k) {
+    const Layer& l = m_.layers[k];
+    if (l.kind == "slice" && l.attrs.at("step").a == 1) groups[{l.inputs[0], l.attrs.at("dim").a}].push_back(k);
+  }
+  std::set<std::size_t> removed;
+  std::string example;
+  int n_chunks = 0;
+  for (auto& [key, idx] : groups) {
+    if (idx.size() < 2) continue;
+    std::sort(idx.begin(), idx.end(), [&](std::size_t a, std::size_t b) { return m_.layers[a].attrs.at("start").a < m_.layers[b].attrs.at("start").a; });
+    i64 parts = static_cast<i64>(idx.size());
+    i64 total = m_.layers[idx.back()].attrs.at("end").a;
+    i64 each = (total + parts - 1) / parts, at = 0;
+    bool chunk = true;
+    for (std::size_t k : idx) {
+      const Layer& l = m_.layers[k];
+      chunk = chunk && l.attrs.at("start").a == at && l.attrs.at("end").a == std::min(at + each, total);
+      at = l.attrs.at("end").a;
+    }
+    // the input's size along dim is the last end only if that slice ran to the end: the slices' shapes say so
+    const Val* src = nullptr;
+    for (const auto& [name, v] : vals_)
+      if (v.activation && v.ref == key.first) src = &v;
+    if (!chunk || !src || src->shape.size() <= static_cast<std::size_t>(key.second) || src->shape[static_cast<std::size_t>(key.second)] != total) continue;
+    std::size_t first = *std::min_element(idx.begin(), idx.end());
+    Layer& c = m_.layers[first];
+    std::string name = c.name;
+    for (std::size_t p = 0; p < idx.size(); ++p) renamed_[m_.layers[idx[p]].name] = p == 0 ? name : name + ":" + std::to_string(p);
+    const OpRule* rule = find_op("chunk");
+    Layer l;
+    l.name = name;
+    l.kind = rule->kind;
+    l.inputs = {key.first};
+    l.pos = c.pos;
+    l.attrs["chunks"] = parse_attr_text(*find_attr(*rule, "chunks"), std::to_string(parts), l.pos, l.name);
+    l.attrs["dim"] = parse_attr_text(*find_attr(*rule, "dim"), std::to_string(key.second), l.pos, l.name);
+    fill_defaults(*rule, l);
+    c = std::move(l);
+    for (std::size_t k : idx)
+      if (k != first) removed.insert(k);
+    if (example.empty()) example = name;
+    ++n_chunks;
+  }
+  if (renamed_.empty()) return;
+  note("ONNX cannot say whether Slices that cut a tensor into torch.chunk's pieces came from torch.chunk or from "
+       "separate indexing; they are modelled as torch.chunk (" + std::to_string(n_chunks) + " such, e.g. '" + example + "')");
+  std::vector<Layer> kept;
+  for (std::size_t k = 0; k < m_.layers.size(); ++k) {
+    if (removed.count(k)) continue;
+    for (auto& in : m_.layers[k].inputs)
+      if (auto r = renamed_.find(in); r != renamed_.end() && m_.layers[k].name != r->second) in = r->second;
+    kept.push_back(std::move(m_.layers[k]));
+  }
+  m_.layers = std::move(kept);
+}
+
 void Importer::drop_dead_layers(const std::string& output_ref) {
   std::string base = output_ref.substr(0, output_ref.rfind(':') == std::string::npos || output_ref == "input" ? output_ref.size() : output_ref.rfind(':'));
   std::map<std::string, std::size_t> index;
@@ -1239,7 +1303,10 @@ Model Importer::run() {
     throw Error({file_, 0, 0}, "", "the graph's output '" + g_.output[0].name + "' is not computed from its input", "the file is malformed");
   if (g_.output.size() > 1) note("the graph has " + std::to_string(g_.output.size()) + " outputs; the loss is put on the first, '" + g_.output[0].name + "'");
   if (m_.layers.size() < 2) throw Error({file_, 0, 0}, "", "the graph maps to no layers", "export a model with at least one layer");
-  drop_dead_layers(out->second.ref);
+  slices_to_chunks();
+  std::string out_ref = out->second.ref;
+  if (auto r = renamed_.find(out_ref); r != renamed_.end()) out_ref = r->second;
+  drop_dead_layers(out_ref);
   note("imported from ONNX (IR version " + std::to_string(mp_.ir_version) + ", opset " + std::to_string(opset_) + "): " +
        std::to_string(g_.node.size()) + " nodes became " + std::to_string(m_.layers.size() - 1) +
        " layers; ONNX does not record in-place activations (nn.ReLU(inplace=True)), so every layer is modelled out of place");
