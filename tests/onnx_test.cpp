@@ -295,6 +295,16 @@ TEST_CASE("onnx: torch.onnx's scoped node names become dotted module paths", "[o
   CHECK(m.layers[2].name == "act");
 }
 
+TEST_CASE("onnx: an Identity of an initializer (torch.onnx shares equal weights so) is still a parameter", "[onnx]") {
+  std::string b = model({node("Identity", "/Identity", {"fc.weight"}, {"w2"}), node("Gemm", "/fc/Gemm", {"x", "w2"}, {"y"})},
+                        {tensor("fc.weight", {16, 10}, "", true)}, value_info("x", {"batch", "16"}), value_info("y", {"batch", "10"}));
+  MemoryByteSource src(b);
+  Model m = import_onnx(src, "t.onnx");
+  REQUIRE(m.layers.size() == 2);
+  CHECK(m.layers[1].kind == "linear");
+  CHECK(est(m, 2).total_params == 16 * 10);
+}
+
 TEST_CASE("onnx: bad files are errors, never crashes", "[onnx]") {
   std::string good = read_file(fixture_path("tiny_cnn.onnx"));
   REQUIRE(import_error(good).empty());

@@ -609,6 +609,10 @@ bool Importer::eval_constant(const ONode& n) {
       return true;
     }
   }
+  if (op == "Identity" && x->init) {  // torch.onnx shares equal initializers through Identity nodes
+    set_output(n, 0, *x);
+    return true;
+  }
   if ((op == "Identity" || op == "Cast") && known(x)) {
     out = *x;
     out.init = nullptr;  // a computed copy, not the parameter itself
@@ -700,6 +704,12 @@ void Importer::map_conv(const ONode& n) {
   if (p[0] != p[2] || p[1] != p[3]) return unsupported(n, "asymmetric padding " + join(p, ",") + " (nn.Conv2d pads both sides equally)");
   if (groups <= 0 || x->shape[1] % groups != 0) fail(n, "group=" + std::to_string(groups) + " does not divide the input's channels", "the file is malformed");
   i64 out_c = wd[0];
+  // torch.onnx names the weights it computes itself "onnx::Conv_N": in eval mode it folds a following
+  // BatchNorm into the convolution, so the module had parameters and a layer this file no longer shows.
+  if (w->init->name.rfind("onnx::Conv", 0) == 0)
+    note("convolution weights named like '" + w->init->name + "' were computed by torch.onnx, which folds BatchNorm into "
+         "the convolution when exporting in eval mode: the BatchNorm layers and their parameters are missing; export with "
+         "training=torch.onnx.TrainingMode.TRAINING to keep them");
   check_param(n, w, {out_c, x->shape[1] / groups, k[0], k[1]}, "weight");
   if (b) check_param(n, b, {out_c}, "bias");
   std::vector<i64> out{kBatch, out_c, 0, 0};
