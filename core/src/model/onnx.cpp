@@ -122,7 +122,6 @@ class Importer {
   std::vector<int> linear_open_;
   std::map<std::string, std::string> renamed_;  // slice layer -> "chunk:k" (slices_to_chunks)           // per layer: 1 when a MatMul made it and a bias may still fold in
 
-  SourcePos pos(const ONode& n) const { return {file_, 0, 0}; (void)n; }
   std::string where(const ONode& n) const {
     return "node '" + (n.name.empty() ? (n.output.empty() ? std::string("?") : n.output[0]) : n.name) + "' (" + n.op_type + ")";
   }
@@ -484,9 +483,8 @@ void Importer::find_patterns() {
       nodes_in.push_back(producer_[o]);
       last = mm;
     }
-    for (int k : nodes_in) absorbed_.insert(k);
-    absorbed_.insert(last);
-    absorbed_.erase(last);  // the last node of the pattern is mapped (to gelu); the rest are skipped
+    for (int k : nodes_in)
+      if (k != last) absorbed_.insert(k);  // skipped; the last node of the pattern is mapped (to gelu)
     gelu_at_[last] = {x, erf.name.empty() ? "" : erf.name};
   }
 }
@@ -810,8 +808,8 @@ void Importer::map_matmul(const ONode& n) {
   if (kn[0] != a->shape.back()) fail(n, "the weight takes " + std::to_string(kn[0]) + " features but the input has " + std::to_string(a->shape.back()), "the file is inconsistent");
   std::vector<i64> out = a->shape;
   out.back() = kn[1];
-  if (Layer* l = add_layer(n, "linear", {a->ref}, {{"out_features", std::to_string(kn[1])}, {"bias", "false"}}, out))
-    (void)l, linear_open_.back() = 1;  // an Add of a bias initializer right after folds in (nn.Linear)
+  if (add_layer(n, "linear", {a->ref}, {{"out_features", std::to_string(kn[1])}, {"bias", "false"}}, out))
+    linear_open_.back() = 1;  // an Add of a bias initializer right after folds in (nn.Linear)
 }
 
 void Importer::map_binary(const ONode& n) {
@@ -982,6 +980,10 @@ void Importer::map_node(int index) {
     }
   if (auto g = gelu_at_.find(index); g != gelu_at_.end()) {
     const Val& x = vals_[g->second.first];
+    if (x.poisoned) {  // its producer is already listed
+      for (const auto& o : n.output) vals_[o].defined = true, vals_[o].poisoned = true;
+      return;
+    }
     if (!x.activation) return unsupported(n, "a GELU pattern on a constant");
     ONode named = n;
     named.name = g->second.second;
@@ -1046,8 +1048,9 @@ void Importer::map_node(int index) {
     return same(op == "Softmax" ? "softmax" : "log_softmax", {{"dim", std::to_string(ax)}});
   }
   if (op == "Flatten") {
-    i64 ax = axis(n, attr_i(n, "axis", 1), xs.size() + 1 > xs.size() ? xs.size() + 1 : xs.size());
-    if (ax != 1) return unsupported(n, "flatten at axis " + std::to_string(ax) + " (torch.flatten(x, 1) is axis 1)");
+    i64 ax = attr_i(n, "axis", 1);
+    if (ax != 1 && ax != 1 - static_cast<i64>(xs.size()))
+      return unsupported(n, "flatten at axis " + std::to_string(ax) + " (torch.flatten(x, 1) is axis 1)");
     i64 f = 1;
     for (std::size_t k = 1; k < xs.size(); ++k) f = checked_mul(f, xs[k], "flatten");
     if (xs.size() == 2) return alias(n, *x);
