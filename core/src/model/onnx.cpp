@@ -274,10 +274,15 @@ Layer* Importer::add_layer(const ONode& n, const std::string& kind, std::vector<
       unsupported(n, "needs option '" + k + "' of '" + kind + "', which this memfit build does not have");
       return nullptr;
     }
-  for (i64 d : out_shape)
-    if (d != kBatch && (d <= 0 || d > kMaxDim))
-      fail(n, "the output shape " + shape_text(out_shape) + " has a dimension that is not in 1..2^40",
+  // Every activation comes from here (or is the input): the batch first and only there, sizes bounded,
+  // so the shape arithmetic of later nodes never meets the batch marker or a size near 2^63.
+  for (std::size_t k = 0; k < out_shape.size(); ++k) {
+    i64 d = out_shape[k];
+    if (k == 0 ? d != kBatch : (d <= 0 || d > kMaxDim))
+      fail(n, "the output shape " + shape_text(out_shape) + (k == 0 ? " does not keep the batch first" : " has a dimension that is not in 1..2^40"),
            "check the input shape and the node's attributes");
+  }
+  if (out_shape.empty()) fail(n, "the output is a scalar", "memfit needs the batch as dimension 0");
   Layer l;
   l.name = name_override.empty() ? layer_name(n) : name_override;
   l.kind = rule->kind;
