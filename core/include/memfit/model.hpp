@@ -39,6 +39,9 @@ struct Model {
   // replaces it (only what --train names trains).
   std::vector<std::string> frozen;
   SourcePos frozen_pos;
+  // What the source could not say and memfit assumed (the ONNX importer: which PyTorch module a node
+  // stands for); the estimate repeats them in its notes.
+  std::vector<std::string> notes;
 };
 
 // Parsers. `file` names the source in errors. Throws Error (file:line:col, layer, what to do).

@@ -181,6 +181,7 @@ Estimate estimate(const Model& model, const Options& options) {
       e.notes.push_back("the CUDA-visible memory of this GPU was not observed: nvidia-smi's total minus a typical driver "
                         "reservation (" + format_mib(kDriverReservedDefaultBytes) + ") is used");
   }
+  for (const auto& n : model.notes) e.notes.push_back(n);
   if (e.graph.loss_appended)
     e.notes.push_back("the model does not end in a loss: nn.CrossEntropyLoss on '" +
                       nodes[static_cast<std::size_t>(e.graph.model_output)].layer->name + "' is assumed (layer 'loss')");
