@@ -117,6 +117,7 @@ Estimate estimate(const Model& model, const Options& options) {
                        : nd.mem.output == OpMemory::Output::view     ? "view"
                                                                      : "new";
     for (const auto& p : nd.shape.params) {
+      if (p.tied_node >= 0) continue;  // another layer's parameter (a tied lm_head): counted there
       i64 b = checked_mul(p.numel(), dtype_size(p.dtype), "parameter bytes");
       if (!p.is_buffer) {
         r.params = checked_add(r.params, p.numel(), "parameter count");

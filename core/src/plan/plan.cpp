@@ -52,6 +52,12 @@ struct Param {
   int storage = -1;
   int grad = -1;  // .grad storage, -1 = None
   std::vector<int> state;  // optimizer state storages
+  // A parameter several layers use (a tied lm_head and its embedding): its AccumulateGrad node has
+  // one input edge per use, so the engine sums their gradients in its input buffer first
+  // (input_buffer.cpp) and accumulates into .grad once, after the last use's backward.
+  int users = 1;
+  int received = 0;
+  int buffer = -1;
 };
 
 // What autograd's engine does that differs between the PyTorch versions memfit follows.
@@ -145,6 +151,13 @@ class Planner {
       node_ = static_cast<int>(i);
       const auto& ps = g_.nodes[i].shape.params;
       for (std::size_t k = 0; k < ps.size(); ++k) {
+        if (ps[k].tied_node >= 0) {  // the owner's storage and Param (owners come earlier in the graph)
+          const auto tn = static_cast<std::size_t>(ps[k].tied_node), ti = static_cast<std::size_t>(ps[k].tied_index);
+          param_storage_[i].push_back(param_storage_[tn][ti]);
+          node_params_[i].push_back(node_params_[tn][ti]);
+          if (node_params_[tn][ti] >= 0) params_[static_cast<std::size_t>(node_params_[tn][ti])].users++;
+          continue;
+        }
         i64 bytes = checked_mul(ps[k].numel(), dtype_size(ps[k].dtype), "parameter bytes");
         int t = alloc(bytes, ps[k].is_buffer ? Category::buffer : Category::parameter);
         param_storage_[i].push_back(t);
@@ -475,15 +488,12 @@ class Planner {
       } else {
         gw = alloc(pr.bytes, Category::gradient);
       }
-      // AccumulateGrad steals a fresh gradient as .grad; an existing .grad gets an in-place add
-      // (torch/csrc/autograd/functions/accumulate_grad.h).
-      if (pr.grad < 0) {
-        pr.grad = gw;
+      if (pr.users > 1) {
+        buffer_param_grad(pr, gw);
       } else {
-        p_.tensors[static_cast<std::size_t>(gw)].category = Category::temporary;
-        unref(gw);
+        accumulate_grad(pr, gw);
       }
-      if (iter_ == 1 && !recorded_) p_.node_grad_bytes[i] += pr.bytes;
+      if (iter_ == 1 && !recorded_ && nd.shape.params[k].tied_node < 0) p_.node_grad_bytes[i] += pr.bytes;
     }
     for (int t : temps) unref(t);
     // Engine: saved variables are released right after the node runs (release_variables).
@@ -497,9 +507,45 @@ class Planner {
     for (const auto& pd : pending) deliver(pd.value, *pd.type, pd.grad, pd.slice);
   }
 
+  // AccumulateGrad steals a fresh gradient as .grad; an existing .grad gets an in-place add
+  // (torch/csrc/autograd/functions/accumulate_grad.h).
+  void accumulate_grad(Param& pr, int gw) {
+    if (pr.grad < 0) {
+      pr.grad = gw;
+    } else {
+      p_.tensors[static_cast<std::size_t>(gw)].category = Category::temporary;
+      unref(gw);
+    }
+  }
+  // One use's gradient of a shared parameter into its AccumulateGrad's input buffer, summed as
+  // deliver() sums activation gradients (in place in 2.x when the buffer is the only reference;
+  // torch 1.13 into a new tensor); after the last use, AccumulateGrad runs on the sum.
+  void buffer_param_grad(Param& pr, int gw) {
+    if (pr.buffer < 0) {
+      pr.buffer = gw;
+    } else if (engine_.input_buffer_in_place && refs_[static_cast<std::size_t>(pr.buffer)] == 1) {
+      p_.tensors[static_cast<std::size_t>(gw)].category = Category::temporary;
+      unref(gw);
+    } else {
+      int sum = alloc(pr.bytes, Category::gradient);
+      p_.tensors[static_cast<std::size_t>(pr.buffer)].category = Category::temporary;
+      p_.tensors[static_cast<std::size_t>(gw)].category = Category::temporary;
+      unref(pr.buffer);
+      unref(gw);
+      pr.buffer = sum;
+    }
+    if (++pr.received == pr.users) flush_param_buffer(pr);
+  }
+  void flush_param_buffer(Param& pr) {
+    if (pr.buffer >= 0) accumulate_grad(pr, pr.buffer);
+    pr.buffer = -1;
+    pr.received = 0;
+  }
+
   void end_backward() {
     // The graph is freed when backward returns: anything not reached is released now.
     node_ = -1;
+    for (auto& pr : params_) flush_param_buffer(pr);  // a use whose backward never ran
     for (std::size_t i = 0; i < g_.nodes.size(); ++i) {
       for (int t : saved_[i]) unref(t);
       saved_[i].clear();
