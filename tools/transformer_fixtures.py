@@ -550,7 +550,7 @@ def measure_saved(name, batch, seed):
             "saved": entries, "loss": round(float(loss.detach()), 5)}
 
 
-def measure_live(name, batch, seed, opt_name, impl, want_nodes):
+def measure_live(name, batch, seed, opt_name, impl, want_nodes, want_ops=False):
     from torch.profiler import ProfilerActivity, profile
     import cpu_live_reference as clr
     net, g = build(name, seed)
@@ -575,8 +575,9 @@ def measure_live(name, batch, seed, opt_name, impl, want_nodes):
         pre = "autograd::engine::evaluate_function: "
         res["backward_nodes"] = [[u["op"][len(pre):], u["start"] - base, u["max"] - base, u["end"] - base]
                                  for u in timeline if u["iteration"] == clr.N_ITERATIONS and u["op"].startswith(pre)]
-        res["ops"] = [[u["phase"], u["op"], u["start"] - base, u["max"] - base, u["end"] - base]
-                      for u in timeline if u["iteration"] == clr.N_ITERATIONS]
+        if want_ops:  # every top-level op too (large; for investigating)
+            res["ops"] = [[u["phase"], u["op"], u["start"] - base, u["max"] - base, u["end"] - base]
+                          for u in timeline if u["iteration"] == clr.N_ITERATIONS]
     return res
 
 
@@ -603,7 +604,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fixtures", default=",".join(FIXTURES))
     ap.add_argument("--configs", default="sgd:foreach,adam:foreach,adam:for-loop")
-    ap.add_argument("--nodes", action="store_true")
+    ap.add_argument("--nodes", action="store_true", help="live: the last iteration's autograd nodes [op, start, max, end]")
+    ap.add_argument("--ops", action="store_true", help="live, with --nodes: every top-level op as well")
     ap.add_argument("-o", "--output")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -620,7 +622,7 @@ def main():
             runs = []
             for opt_name, impl in configs:
                 if args.mode == "live":
-                    runs.append(measure_live(n, args.batch, args.seed, opt_name, impl, args.nodes))
+                    runs.append(measure_live(n, args.batch, args.seed, opt_name, impl, args.nodes, args.ops))
                 else:
                     runs.append(measure_cuda(n, args.batch, args.seed, opt_name, impl))
             result["fixtures"].append({"name": n, "batch": args.batch, "runs": runs})

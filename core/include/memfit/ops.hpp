@@ -79,6 +79,10 @@ struct SavedSpec {
   TensorRef ref;
   const char* role = "";  // derivatives.yaml name: "self", "result", "indices", "mask", ...
   SaveIf when = {};
+  // Released after the node's bwd_temps are allocated and before its input gradients: a composite
+  // whose first autograd node frees it (ForCausalLMLoss: NllLossBackward0 drops the shifted labels
+  // before LogSoftmaxBackward0 allocates the logits' gradient; measured, cpu_live_transformers.json).
+  bool released_early = false;
 };
 
 struct ExtraSpec {

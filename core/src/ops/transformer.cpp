@@ -59,8 +59,18 @@ OpShape embedding_shape(const OpCall& c) {
   s.params.push_back({"weight", {v, d}});
   return s;
 }
+// aten/src/ATen/native/cuda/Embedding.cu embedding_dense_backward_cuda: up to 3,072 indices (and no
+// scale_grad_by_freq) one kernel writes the [V, D] gradient directly; above, the indices are radix
+// sorted first: sorted_indices, orig_indices and the arange they are sorted with, int64 [N*T] each
+// (cub's own temporary storage and the segment buffers of embedding_backward_cuda_kernel are
+// smaller and not modelled).
+constexpr i64 kEmbeddingDirectMaxIndices = 3072;
+constexpr i64 kEmbeddingSortTemps = 3;
 OpMemory embedding_memory(const OpCall& c, const OpShape&) {
   OpMemory m;
+  const i64 n_idx = attr_bool(c.layer, "positions") ? c.in[0].shape[1] : checked_mul(c.in[0].shape[0], c.in[0].shape[1], "indices");
+  if (n_idx > kEmbeddingDirectMaxIndices)
+    for (i64 k = 0; k < kEmbeddingSortTemps; ++k) m.bwd_temps.push_back({{n_idx}, DType::i64});
   if (attr_bool(c.layer, "positions")) {
     m.extras = {{"position_ids (arange(T))", {{1, c.in[0].shape[1]}, DType::i64}}};
     m.saved = {{.ref = {TensorRef::extra, 0}, .role = "indices (position ids)", .when = {SaveIf::param_needs_grad, 0}}};
@@ -79,9 +89,13 @@ OpMemory embedding_memory(const OpCall& c, const OpShape&) {
 // rsqrt saves its result [*, 1]; x * r saves both (each needs the other); weight * h saves h when
 // the weight trains and the weight when h needs grad. A half input adds the float32 copy of x (what
 // pow saves) and the half copy of h (what the weight's mul saves).
-// impl=fused: F.rms_norm as one kernel (input, weight and the float32 rstd [*, 1] saved, as
-// native_layer_norm keeps mean/rstd): not measured, see docs/pytorch-behaviour.md section 8.
-constexpr i64 kRmsNormBackwardTemps = 3;  // [*, D] float32 tensors live at once inside the composite's backward
+// impl=fused: aten::_fused_rms_norm (native_functions.yaml; returns (output, rstd), its backward
+// _fused_rms_norm_backward(grad, input, normalized_shape, rstd, weight, mask): input, rstd float32
+// [*, 1] and the weight kept; torch 2.9+ by the reports read): not measured, docs section 8b.
+// Inside the composite's backward at most one [*, D] float32 tensor is alive besides the incoming
+// gradient and the result (weight * h's grad_h while grad * h is summed to the weight's shape;
+// measured per autograd node, cpu_live_transformers.json llama_tiny).
+constexpr i64 kRmsNormBackwardTemps = 1;
 OpShape rms_norm_shape(const OpCall& c) {
   need_float(c, 0);
   const i64 d = attr_int(c.layer, "normalized_shape");
@@ -172,7 +186,9 @@ OpMemory rotary_embedding_memory(const OpCall& c, const OpShape& s) {
 // (TensorIterator follows its first input: a transposed q stays transposed). Forward holds x*cos and
 // rotate_half(x)*sin with the output; backward: grad*sin, its negated half, the slice gradients
 // (zeros of x's size, derivatives.yaml slice.Tensor) before they are summed into x's gradient.
-constexpr i64 kRotaryBackwardTemps = 2;  // x-sized tensors besides the result inside the backward
+// grad * sin and a slice gradient (zeros of x's size) alive with x's gradient (measured per node:
+// 3 x-sized tensors above the incoming gradient, cpu_live_transformers.json llama_tiny).
+constexpr i64 kRotaryBackwardTemps = 2;
 OpShape rotary_shape(const OpCall& c) {
   need_float(c, 0);
   const auto& x = c.in[0].shape;
@@ -384,7 +400,10 @@ OpMemory sdpa_memory(const OpCall& c, const OpShape& s) {
 // Autograd keeps (derivatives.yaml): pow's self (x), tanh's result, and for the last product both
 // factors (0.5 * x and 1 + tanh(...)); the scalar multiplies and adds keep nothing. The other
 // intermediates are freed as the expression goes on, below the four tensors alive at the end.
-constexpr i64 kGeluNewBackwardTemps = 3;  // x-sized tensors alive at once inside its backward (pow_backward's)
+// The last product's backward holds grad * e and grad * a at once with the saved tensors (its
+// peak; pow_backward's three temporaries come after the mul and tanh saves are released):
+// one x-sized tensor besides the result (measured per node, cpu_live_transformers.json gpt2_tiny).
+constexpr i64 kGeluNewBackwardTemps = 1;
 OpShape gelu_new_shape(const OpCall& c) {
   need_float(c, 0);
   return {with_shape(c.in[0], c.in[0].shape), {}, c.layer.attrs};
@@ -478,7 +497,11 @@ OpMemory causal_lm_loss_memory(const OpCall& c, const OpShape&) {
   m.extras = {{"log_softmax result", {rows, DType::f32}},
               {"total_weight", {{}, DType::f32}},
               {"shift_labels (contiguous)", {{in[0], in[1]}, DType::i64}}};
-  m.saved = {{{TensorRef::extra, 0}, "result / self"}, {{TensorRef::extra, 2}, "target (shift_labels)"}, {{TensorRef::extra, 1}, "total_weight"}};
+  // NllLossBackward0 runs first and releases the shifted labels and total_weight before
+  // LogSoftmaxBackward0 allocates the logits' gradient (measured: 260 B lower at that peak).
+  m.saved = {{{TensorRef::extra, 0}, "result / self"},
+             {.ref = {TensorRef::extra, 2}, .role = "target (shift_labels)", .released_early = true},
+             {.ref = {TensorRef::extra, 1}, .role = "total_weight", .released_early = true}};
   m.fwd_temps = {{{in[0], in[1] + 1}, DType::i64}};  // the padded labels
   if (is_half(c.in[0].dtype)) m.fwd_temps.push_back({in, DType::f32});  // logits.float(), held by the call
   m.grad_in = {GradIn::fresh};

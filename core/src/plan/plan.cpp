@@ -314,9 +314,9 @@ class Planner {
     for (const auto& e : nd.mem.extras) extras.push_back(alloc(e.type.bytes(), Category::activation));
     for (const auto& sv : nd.saved) {  // already filtered by requires_grad and each save condition
       int t = resolve(nd, sv.ref, in_st, out, extras, param_st);
+      saved_[i].push_back(t);  // kept parallel to nd.saved (released_early is per entry)
       if (t < 0) continue;
       ref(t);
-      saved_[i].push_back(t);
       if (iter_ == 1 && !recorded_) record_saved(i, sv, t, in_st, out, extras);
     }
     for (int t : temps) unref(t);
@@ -440,6 +440,11 @@ class Planner {
     const std::size_t g0 = vid(i, 0);
     std::vector<int> temps = workspaces(nd.mem.bwd_workspaces, true);
     for (const auto& t : nd.mem.bwd_temps) temps.push_back(alloc(t.bytes(), Category::temporary));
+    for (std::size_t q = 0; q < nd.saved.size() && q < saved_[i].size(); ++q)
+      if (nd.saved[q].released_early && saved_[i][q] >= 0) {
+        unref(saved_[i][q]);
+        saved_[i][q] = -1;
+      }
     struct Pending {
       std::size_t value;
       const TensorType* type;
@@ -497,7 +502,8 @@ class Planner {
     }
     for (int t : temps) unref(t);
     // Engine: saved variables are released right after the node runs (release_variables).
-    for (int t : saved_[i]) unref(t);
+    for (int t : saved_[i])
+      if (t >= 0) unref(t);
     saved_[i].clear();
     for (int k = 0; k < nd.n_outputs(); ++k) {
       int& gk = grad_[vid(i, k)];
@@ -547,7 +553,8 @@ class Planner {
     node_ = -1;
     for (auto& pr : params_) flush_param_buffer(pr);  // a use whose backward never ran
     for (std::size_t i = 0; i < g_.nodes.size(); ++i) {
-      for (int t : saved_[i]) unref(t);
+      for (int t : saved_[i])
+        if (t >= 0) unref(t);
       saved_[i].clear();
       for (int k = 0; k < g_.nodes[i].n_outputs(); ++k) {
         int& gk = grad_[vid(i, k)];
