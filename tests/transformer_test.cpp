@@ -242,6 +242,7 @@ TEST_CASE("sdpa: the backend PyTorch picks and what it keeps, by hand from the s
   // k, v, out and softmax_lse float32 [N, H, T] = 2*4*16*4 = 512 B.
   SdpaCase flash = sdpa_case(DType::bf16, q, q, false);
   CHECK(flash.mem.saved.size() == 5);
+  CHECK_THAT(flash.mem.note, Catch::Contains("flash attention") && Catch::Contains("not measured on a GPU"));
   CHECK(extra_bytes(flash.mem) == 512);
   // backward (flash_api.cpp mha_bwd): softmax_d float32 [2, 4, 128] = 4,096 B and dq_accum float32
   // [2, 128, 4, 32] = 131,072 B (T rounded up to 128, head_dim to 32)
@@ -251,6 +252,7 @@ TEST_CASE("sdpa: the backend PyTorch picks and what it keeps, by hand from the s
   // a mask rules flash out (check_for_attn_mask): memory-efficient, which keeps the mask too and
   // pads logsumexp's rows to 32: float32 [2, 4, 32] = 1,024 B
   SdpaCase eff = sdpa_case(DType::bf16, q, q, true);
+  CHECK_THAT(eff.mem.note, Catch::Contains("memory-efficient attention"));
   CHECK(eff.mem.saved.size() == 6);
   CHECK(extra_bytes(eff.mem) == 1024);
   // float32 with head_dim 8 (divisible by 4): memory-efficient; head_dim 6: math, whose composite
@@ -271,4 +273,56 @@ TEST_CASE("sdpa: the backend PyTorch picks and what it keeps, by hand from the s
   CHECK(gqa.mem.bwd_temps.size() == 4);  // + dk, dv of q's heads before the sum to 2 kv heads
   CHECK_THROWS_WITH(estimate(test::keep_model("input 4x8\nq: linear 8\nt: reshape 1x4x8\na: sdpa from=t,t,t\n"), opts_113(1)),
                     Catch::Contains("torch 1.13 has no F.scaled_dot_product_attention"));
+}
+
+TEST_CASE("rms_norm: what each form keeps, by hand (hf composite in 1.13 and 2.x, half input, fused)", "[transformer]") {
+  // x = fc's output [4, 8, 16] float32 = 2,048 B, first saved by the norm; rsqrt [4, 8, 1] = 128 B.
+  const std::string src = "input 8x16\nfc: linear 16\nn: rms_norm 16 IMPL\nout: linear 4\nflatten\nhead: linear 2\n";
+  auto with = [&](const std::string& impl) {
+    std::string s = src;
+    s.replace(s.find("IMPL"), 4, impl);
+    return s;
+  };
+  Options o = opts_113(4);
+  // torch 1.13: x (pow's self), x^2 (MeanBackward1's self), rsqrt, h (weight * h's other)
+  CHECK(row(estimate(test::keep_model(with("impl=hf")), o), "n").saved_bytes == 2048 + 2048 + 128 + 2048);
+  // 2.x: mean.dim keeps nothing (derivatives.yaml mean_backward(grad, sizes, dim, numel, keepdim))
+  o.train.rules = TorchRules::v2;
+  CHECK(row(estimate(test::keep_model(with("impl=hf")), o), "n").saved_bytes == 2048 + 128 + 2048);
+  // bfloat16 input (autocast: fc runs in bf16): x.to(float32) 2,048 B, rsqrt, h.to(bfloat16) 1,024 B;
+  // the bf16 input itself is not kept
+  o.train.precision = DType::bf16;
+  Estimate h = estimate(test::keep_model(with("impl=hf")), o);
+  CHECK(row(h, "n").saved_bytes == 2048 + 128 + 1024);
+  CHECK(row(h, "n").out.dtype == DType::f32);  // float32 weight * bf16 h promotes
+  // fused (_fused_rms_norm): input, rstd and the weight
+  o.train.precision = DType::f32;
+  CHECK(row(estimate(test::keep_model(with("impl=fused")), o), "n").saved_bytes == 2048 + 128);
+  CHECK_THROWS_WITH(estimate(test::keep_model(with("impl=triton")), o), Catch::Contains("impl must be hf or fused"));
+}
+
+TEST_CASE("transformer fixtures under the PyTorch 2 rules: what changes from 1.13, by hand", "[transformer]") {
+  // llama_tiny has five LlamaRMSNorms ([2, 16, 32] float32 inputs): 2.x's mean.dim keeps no x^2,
+  // 4,096 B each: 211,332 - 5 x 4,096 = 190,852 B. gpt2_tiny and bert_tiny have no op whose saving
+  // differs between the versions, so their saved bytes stay 268,428 and 182,404 B.
+  Options o = opts_113(2);
+  o.train.rules = TorchRules::v2;
+  CHECK(estimate(fixture("llama_tiny"), o).total_saved_bytes == 190852);
+  CHECK(estimate(fixture("gpt2_tiny"), o).total_saved_bytes == 268428);
+  CHECK(estimate(fixture("bert_tiny"), o).total_saved_bytes == 182404);
+}
+
+TEST_CASE("embedding on CUDA: more than 3,072 indices are sorted in backward", "[transformer]") {
+  // Embedding.cu embedding_dense_backward_cuda: sorted_indices, orig_indices and the arange, int64
+  // [N*T] each, for N*T > 3072: batch 4 x 1024 tokens = 4,096 indices -> 3 x 32,768 B.
+  Options o;
+  o.train.batch = 4;
+  o.workspaces = Workspaces{};
+  Estimate e = estimate(test::keep_model("input 1024 dtype=int64\nemb: embedding num_embeddings=100 embedding_dim=8\nhead: linear 100\nloss: causal_lm_loss\n"), o);
+  const Node& nd = e.graph.nodes[static_cast<std::size_t>(row(e, "emb").node)];
+  REQUIRE(nd.mem.bwd_temps.size() == 3);
+  CHECK(nd.mem.bwd_temps[0].bytes() == 4 * 1024 * 8);
+  o.train.batch = 3;  // 3,072 indices: the direct kernel, no sort
+  Estimate e3 = estimate(test::keep_model("input 1024 dtype=int64\nemb: embedding num_embeddings=100 embedding_dim=8\nhead: linear 100\nloss: causal_lm_loss\n"), o);
+  CHECK(e3.graph.nodes[static_cast<std::size_t>(row(e3, "emb").node)].mem.bwd_temps.empty());
 }

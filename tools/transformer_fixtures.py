@@ -47,10 +47,11 @@ LLAMA_FFN = 64        # intermediate_size
 IGNORE_INDEX = -100   # transformers loss_utils.py ForCausalLMLoss ignore_index
 
 
-def causal_mask(n, t, dtype):
+def causal_mask(n, t, dtype, device):
     # masking_utils.py eager_mask: a boolean causal mask made additive with torch.where (0 / dtype min)
-    m = torch.ones(t, t, dtype=torch.bool).tril()[None, None].expand(n, 1, t, t)
-    return torch.where(m, torch.tensor(0.0, dtype=dtype), torch.tensor(torch.finfo(dtype).min, dtype=dtype))
+    m = torch.ones(t, t, dtype=torch.bool, device=device).tril()[None, None].expand(n, 1, t, t)
+    return torch.where(m, torch.tensor(0.0, dtype=dtype, device=device),
+                       torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=device))
 
 
 def for_causal_lm_loss(logits, labels):
@@ -147,7 +148,7 @@ class GPT2Model(nn.Module):
         n, t = ids.shape
         position_ids = torch.arange(0, t, dtype=torch.long, device=ids.device).unsqueeze(0)
         h = self.wte(ids) + self.wpe(position_ids)
-        mask = causal_mask(n, t, h.dtype)
+        mask = causal_mask(n, t, h.dtype, h.device)
         for block in self.h:
             h = block(h, mask)
         return self.ln_f(h)
@@ -295,7 +296,7 @@ class LlamaModel(nn.Module):
         h = self.embed_tokens(ids)
         cache_position = torch.arange(0, h.shape[1], device=h.device)
         position_ids = cache_position.unsqueeze(0)
-        mask = causal_mask(h.shape[0], h.shape[1], h.dtype)
+        mask = causal_mask(h.shape[0], h.shape[1], h.dtype, h.device)
         cos, sin = self.rotary_emb(h, position_ids)
         for layer in self.layers:
             h = layer(h, cos, sin, mask)

@@ -118,6 +118,9 @@ struct OpMemory {
   enum class GradView : std::uint8_t { reshape, permute } grad_view = GradView::reshape;
   std::vector<int> permutation;
   std::vector<Workspace> fwd_workspaces, bwd_workspaces;
+  // Said once in the estimate's notes (with the number of layers that say it): what the rule chose
+  // and what it could not check (sdpa's backend, from the source only); empty: nothing to say.
+  std::string note;
 };
 
 struct OpShape {

@@ -325,6 +325,11 @@ OpMemory sdpa_memory(const OpCall& c, const OpShape& s) {
   OpMemory m;
   m.grad_in.assign(c.in.size(), GradIn::fresh);
   const Sdpa b = sdpa_backend(c);
+  static const char* names[] = {"flash attention", "memory-efficient attention", "cuDNN attention", "the math composite"};
+  m.note = std::string("sdpa runs ") + names[static_cast<int>(b)] + " (" + dtype_name(q.dtype) + ", " +
+           (mask ? "a mask" : "no mask") + ", head_dim " + std::to_string(d) + "; sdp_utils.cpp select_sdp_backend" +
+           (attr(c.layer, "backend").text == "auto" ? "" : ", as backend= says") +
+           "): what it keeps is modelled from the source, not measured on a GPU (docs/pytorch-behaviour.md 8a)";
   auto save_qkv = [&] {
     m.saved.push_back({.ref = {TensorRef::input, 0}, .role = "query"});
     m.saved.push_back({.ref = {TensorRef::input, 1}, .role = "key"});
@@ -418,6 +423,9 @@ OpMemory gelu_new_memory(const OpCall& c, const OpShape&) {
              {.ref = {TensorRef::extra, 2}, .role = "other (mul)"}};
   m.grad_in = {GradIn::fresh};
   for (i64 k = 0; k < kGeluNewBackwardTemps; ++k) m.bwd_temps.push_back(full);
+  if (is_half(c.in[0].dtype))
+    m.note = "gelu_new on a half-precision input is modelled in that dtype throughout; under torch.autocast its pow "
+             "and tanh run in float32 (autocast_mode.cpp fp32 list), which adds float32 copies memfit does not count";
   return m;
 }
 
