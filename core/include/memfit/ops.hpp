@@ -174,6 +174,9 @@ struct OpRule {
   // false: its output never requires grad, whatever its inputs do (the rotary cos/sin tables are
   // computed from positions and a buffer; the hidden states only give T and the dtype).
   bool differentiable = true;
+  // Its outputs are locals of the model's forward (LlamaModel.forward's causal_mask and rotary
+  // cos/sin, passed to every layer): alive until the forward returns, not just to their last consumer.
+  bool held_by_forward = false;
   // Said in the estimate's notes when this op's output goes straight into the loss (softmax before
   // nn.CrossEntropyLoss applies softmax twice); nullptr: nothing to say.
   const char* before_loss_note = nullptr;

@@ -560,7 +560,8 @@ void transformer_rules(std::vector<OpRule>& out) {
                  .shape = rotary_embedding_shape,
                  .memory = rotary_embedding_memory,
                  .takes_indices = true,
-                 .differentiable = false});
+                 .differentiable = false,
+                 .held_by_forward = true});
   out.push_back({.kind = "rotary",
                  .min_inputs = 3,
                  .max_inputs = 3,
@@ -627,7 +628,8 @@ void transformer_rules(std::vector<OpRule>& out) {
                  .shape = attn_mask_shape,
                  .memory = attn_mask_memory,
                  .takes_indices = true,
-                 .differentiable = false});
+                 .differentiable = false,
+                 .held_by_forward = true});
   out.push_back({.kind = "causal_lm_loss",
                  .is_loss = true,
                  .family = OpFamily::loss,

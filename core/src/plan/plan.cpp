@@ -128,6 +128,8 @@ class Planner {
   std::vector<int> loop_held_;
   bool fwd_blas_ready_ = false, bwd_blas_ready_ = false, fwd_lt_ready_ = false, bwd_lt_ready_ = false;
   std::unordered_map<int, int> first_saver_;
+  std::vector<bool> held_done_;  // per node: its held_by_forward outputs were released in this forward
+  std::vector<std::size_t> held_nodes_;  // the nodes whose rule is held_by_forward
   bool recorded_ = false;  // the first micro-batch of iteration 1 has been recorded  // storage -> node that saved it first (iteration 1)
 
   int alloc(i64 bytes, Category c) {
@@ -252,6 +254,13 @@ class Planner {
     for (std::size_t i = 0; i < n; ++i)
       for (int k = 0; k < g_.nodes[i].n_outputs(); ++k) uses_[vid(i, k)] = g_.nodes[i].out_consumers[static_cast<std::size_t>(k)];
     if (g_.model_output >= 0) uses_[vid(g_.model_output, g_.model_output_out)]++;  // `out` held by the loop
+    held_done_.assign(n, false);
+    held_nodes_.clear();
+    for (std::size_t i = 0; i < n; ++i)  // held until their module's forward returns (release_held_by_forward)
+      if (g_.nodes[i].rule->held_by_forward) {
+        held_nodes_.push_back(i);
+        for (int k = 0; k < g_.nodes[i].n_outputs(); ++k) uses_[vid(i, k)]++;
+      }
     value_[0] = x_;
     ref(x_);  // the forward's reference; the loop keeps its own
     weight_cache_.clear();
@@ -262,6 +271,7 @@ class Planner {
     const Node& nd = g_.nodes[i];
     node_ = static_cast<int>(i);
     phase_ = nd.rule->is_loss ? Phase::loss : Phase::forward;
+    release_held_by_forward(i);
     std::vector<int> temps = workspaces(nd.mem.fwd_workspaces, false);
     // autocast casts of inputs: a new storage when the dtype changes, held for the call
     std::vector<int> in_st, call_held;
@@ -343,6 +353,26 @@ class Planner {
     for (std::size_t j = 0; j < nd.in.size(); ++j) {
       std::size_t v = in_vid(nd, j);
       if (--uses_[v] == 0) unref(value_[v]);
+    }
+  }
+
+  // A held_by_forward output is a local of the module whose forward made it (LlamaModel.forward's
+  // causal_mask: the layer `model.mask` of the top-level module `model`); that forward returns when
+  // the first layer outside the module runs (lm_head), or at the loss for a top-level layer. Those
+  // are released as node `before` starts (every node up to the loss: all of them at the loss).
+  void release_held_by_forward(std::size_t before) {
+    for (std::size_t h : held_nodes_) {
+      if (h >= before || held_done_[h]) continue;
+      const std::string& name = g_.nodes[h].layer->name;
+      const std::size_t dot = name.find('.');
+      const bool left = g_.nodes[before].rule->is_loss ||
+                        (dot != std::string::npos && g_.nodes[before].layer->name.compare(0, dot + 1, name, 0, dot + 1) != 0);
+      if (!left) continue;
+      held_done_[h] = true;
+      for (int k = 0; k < g_.nodes[h].n_outputs(); ++k) {
+        const std::size_t v = vid(h, k);
+        if (--uses_[v] == 0 && value_[v] >= 0) unref(value_[v]);
+      }
     }
   }
 
