@@ -326,3 +326,17 @@ TEST_CASE("embedding on CUDA: more than 3,072 indices are sorted in backward", "
   Estimate e3 = estimate(test::keep_model("input 1024 dtype=int64\nemb: embedding num_embeddings=100 embedding_dim=8\nhead: linear 100\nloss: causal_lm_loss\n"), o);
   CHECK(e3.graph.nodes[static_cast<std::size_t>(row(e3, "emb").node)].mem.bwd_temps.empty());
 }
+
+TEST_CASE("the attention mask lives until its module's forward returns", "[transformer]") {
+  // transformers' LlamaModel.forward makes causal_mask and passes it to every layer; it is freed when
+  // that forward returns, after model.norm and before lm_head (the fixtures do the same).
+  Estimate e = estimate(fixture("llama_tiny"), opts_113(2));
+  const int mask = row(e, "model.mask").node, norm = row(e, "model.norm").node, head = row(e, "lm_head").node;
+  int freed_at = -1;
+  for (const auto& ev : e.plan.events)
+    if (ev.is_free && ev.iteration == 1 && ev.phase == Phase::forward &&
+        e.plan.tensors[static_cast<std::size_t>(ev.tensor)].node == mask)
+      freed_at = ev.node;
+  CHECK(freed_at == head);
+  CHECK(freed_at > norm);
+}
