@@ -340,3 +340,36 @@ TEST_CASE("the attention mask lives until its module's forward returns", "[trans
   CHECK(freed_at == head);
   CHECK(freed_at > norm);
 }
+
+TEST_CASE("transformer kinds on wrong inputs: a memfit::Error, never a crash or another exception", "[transformer][robustness]") {
+  const std::vector<std::string> inputs = {"input 4", "input 4x8", "input 4 dtype=int64", "input 2x4x8", "input 2x3x4x8",
+                                           "input 1x1x1x1x1 dtype=int64"};
+  const std::vector<std::string> layers = {
+      "embedding num_embeddings=10 embedding_dim=4", "embedding num_embeddings=0 embedding_dim=4 positions=true",
+      "embedding num_embeddings=10 embedding_dim=4 padding_idx=10", "rms_norm 8", "rms_norm 8 impl=fused",
+      "rotary_embedding head_dim=8", "rotary_embedding head_dim=3", "rotary from=input,input,input",
+      "repeat_kv 2", "repeat_kv 0", "sdpa from=input,input,input", "sdpa causal=false from=input,input,input,input",
+      "sdpa backend=flash from=input,input,input", "sdpa backend=nope from=input,input,input", "gelu_new",
+      "gpt2_conv1d 4", "gpt2_conv1d -1", "scale 0.5", "scale 2 tensor=true", "attn_mask", "attn_mask causal=false",
+      "causal_lm_loss", "masked_lm_loss", "linear 4 tied_to=input"};
+  int ok = 0, refused = 0;
+  for (TorchRules rules : {TorchRules::v1_13, TorchRules::v2})
+    for (const auto& in : inputs)
+      for (const auto& l : layers) {
+        const std::string src = in + "\nl: " + l + "\n";
+        INFO(src);
+        Options o = opts_113(2);
+        o.train.rules = rules;
+        try {
+          estimate(test::keep_model(src), o);
+          ++ok;
+        } catch (const Error& e) {
+          CHECK_FALSE(std::string(e.what()).empty());
+          ++refused;
+        } catch (const std::exception& e) {
+          FAIL("not a memfit::Error: " << e.what());
+        }
+      }
+  CHECK(refused > 0);
+  CHECK(ok + refused == 2 * static_cast<int>(inputs.size() * layers.size()));
+}
