@@ -373,3 +373,38 @@ TEST_CASE("transformer kinds on wrong inputs: a memfit::Error, never a crash or 
   CHECK(refused > 0);
   CHECK(ok + refused == 2 * static_cast<int>(inputs.size() * layers.size()));
 }
+
+TEST_CASE("the fixtures' JSON form gives the same estimate", "[transformer]") {
+  for (const char* name : {"gpt2_tiny", "llama_tiny", "bert_tiny"}) {
+    INFO(name);
+    const Model& text = fixture(name);
+    const std::string json = model_json(text);
+    const Model& back = test::keep_model(json, std::string(name) + ".json");
+    Estimate a = estimate(text, opts_113(2)), b = estimate(back, opts_113(2));
+    CHECK(a.total_params == b.total_params);
+    CHECK(a.total_saved_bytes == b.total_saved_bytes);
+    CHECK(a.peak_allocated_bytes == b.peak_allocated_bytes);
+  }
+}
+
+TEST_CASE("the tied weight's two gradients: a new sum in torch 1.13, added in place in 2.x", "[transformer][tied]") {
+  // AccumulateGrad of transformer.wte.weight has two input edges (lm_head, wte): the engine sums them in
+  // its input buffer (input_buffer.cpp): torch 1.13 into a new [V, D] tensor (measured: gpt2_tiny's live
+  // peaks match with it), 2.x in place when the buffer is the only reference. V x D x 4 = 12,800 B.
+  auto allocs = [](TorchRules rules) {
+    Options o = opts_113(2);
+    o.train.rules = rules;
+    Estimate e = estimate(fixture("gpt2_tiny"), o);
+    const int wte = row(e, "transformer.wte").node, head = row(e, "lm_head").node;
+    int n = 0;
+    for (const auto& ev : e.plan.events) {
+      const PlanTensor& t = e.plan.tensors[static_cast<std::size_t>(ev.tensor)];
+      if (!ev.is_free && ev.iteration == 1 && ev.phase == Phase::backward && (ev.node == wte || ev.node == head) &&
+          t.bytes == 100 * 32 * 4)
+        ++n;
+    }
+    return n;
+  };
+  CHECK(allocs(TorchRules::v1_13) == 3);  // lm_head's gradient, wte's, their sum
+  CHECK(allocs(TorchRules::v2) == 2);
+}
