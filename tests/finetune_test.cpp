@@ -3,6 +3,8 @@
 // optimizers. Every expected number is arithmetic shown here from the cited source (bitsandbytes and
 // CUDA cannot run on this machine); LoRA's bytes against PyTorch are in tests/lora_reference_test.cpp.
 #include <catch2/catch.hpp>
+#include <fstream>
+#include <sstream>
 
 #include "memfit/api.hpp"
 #include "memfit/report.hpp"
@@ -333,4 +335,58 @@ TEST_CASE("autocast: cat promotes inside its kernel in PyTorch 2, torch 1.13 cas
   Estimate v1 = run(src, opts(s));
   const int c1 = node_of(v1, "c");
   CHECK(bytes_of(v1, Category::activation, Phase::forward, 2, c1) == 4 * 7 * 8 * 8 * 4 + 4 * 4 * 8 * 8 * 4);
+}
+
+TEST_CASE("LoRA and QLoRA on the tiny Llama (transformer kinds, HF module names)", "[finetune][lora][qlora][transformer]") {
+  std::ifstream in(std::string(MEMFIT_SOURCE_DIR) + "/tests/fixtures/transformers/llama_tiny.memfit");
+  REQUIRE(in);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const Model& m = test::keep_model(ss.str(), "llama_tiny.memfit");
+  OptionStrings s;
+  s.lora = "r=4,alpha=8,dropout=0.05,targets=q_proj,v_proj";
+  s.qlora = "on";
+  s.dtype = "bf16";
+  s.optimizer = "paged_adamw8bit";
+  Options o = opts(s, 2);
+  Estimate e = estimate(m, o);
+  int adapters = 0, quantized = 0;
+  for (const auto& n : e.graph.nodes) {
+    adapters += n.layer->name.size() > 7 && n.layer->name.substr(n.layer->name.size() - 7) == ".lora_A";
+    quantized += n.rule->kind == std::string_view("linear4bit");
+  }
+  CHECK(adapters == 2 * 2);   // q_proj, v_proj in each of the 2 layers
+  CHECK(quantized == 7 * 2);  // q, k, v, o, gate, up, down per layer; lm_head stays
+  // q_proj (32 -> 32): lora_A [4, 32], lora_B [32, 4]; v_proj (32 -> 16): lora_A [4, 32], lora_B [16, 4]
+  CHECK(row(e, "model.layers.0.self_attn.q_proj.lora_A").params == 4 * 32);
+  CHECK(row(e, "model.layers.0.self_attn.v_proj.lora_B").params == 16 * 4);
+  CHECK(e.total_grad_bytes == 2 * (4 * 32 + 32 * 4 + 4 * 32 + 16 * 4) * 4);
+  // every adapter is under 4,096 elements: float32 states, none paged (< 1e5)
+  CHECK(e.managed_bytes == 0);
+  CHECK(e.total_optimizer_bytes == 2 * e.total_grad_bytes);
+  // the embedding, the norms and lm_head are frozen float32
+  CHECK(row(e, "lm_head").frozen_params == 100 * 32);
+  CHECK(row(e, "lm_head").param_bytes == 100 * 32 * 4);
+}
+
+TEST_CASE("bf16-true on the tiny Llama: embedding rows, RMSNorm and the mask in bfloat16, ids int64", "[finetune][dtype][transformer]") {
+  std::ifstream in(std::string(MEMFIT_SOURCE_DIR) + "/tests/fixtures/transformers/llama_tiny.memfit");
+  REQUIRE(in);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const Model& m = test::keep_model(ss.str(), "llama_tiny.memfit");
+  OptionStrings s;
+  s.dtype = "bf16-true";
+  Estimate e = estimate(m, opts(s, 2));
+  CHECK(row(e, "input").out.dtype == DType::i64);
+  CHECK(row(e, "model.embed_tokens").out.dtype == DType::bf16);
+  CHECK(row(e, "model.embed_tokens").param_bytes == 100 * 32 * 2);
+  CHECK(row(e, "model.mask").out.dtype == DType::bf16);
+  CHECK(row(e, "model.layers.0.input_layernorm").out.dtype == DType::bf16);
+  CHECK(row(e, "model.layers.0.mlp.down_proj").out.dtype == DType::bf16);
+  // with float32 LoRA adapters the adapter path is float32 and the result cast back
+  s.lora = "r=4,targets=q_proj";
+  Estimate l = estimate(m, opts(s, 2));
+  CHECK(row(l, "model.layers.0.self_attn.q_proj.lora_A").out.dtype == DType::f32);
+  CHECK(row(l, "model.layers.0.self_attn.q_proj").out.dtype == DType::bf16);
 }

@@ -1,6 +1,7 @@
-// The kinds LoRA and QLoRA fine-tuning add to a model (core/src/pipeline/finetune.cpp inserts them;
-// docs/fine-tuning.md): `scale` (the adapter's `* scaling`), `to` (PEFT's input and result dtype
-// casts) and `linear4bit` (bitsandbytes' Linear4bit: a frozen NF4 weight dequantized per call).
+// The kinds LoRA and QLoRA fine-tuning add to a model (core/src/pipeline/finetune.cpp inserts them,
+// with transformer.cpp's `scale` for the adapter's `* scaling`; docs/fine-tuning.md): `to` (PEFT's
+// input and result dtype casts) and `linear4bit` (bitsandbytes' Linear4bit: a frozen NF4 weight
+// dequantized per call).
 // Citations: pytorch/pytorch tools/autograd/derivatives.yaml; huggingface/peft src/peft/tuners/lora/
 // layer.py; bitsandbytes-foundation/bitsandbytes bitsandbytes/{functional.py, nn/modules.py,
 // autograd/_functions.py} (commit 012c660).
@@ -9,24 +10,6 @@
 namespace memfit::rules {
 
 namespace {
-
-// ---- scale: x * python_scalar. Python's `t * 2.0` reaches mul.Tensor with the float wrapped as a 0-dim
-// CPU double tensor (torch/csrc/utils/python_arg_parser.cpp scalar_to_tensor, wrapped number);
-// derivatives.yaml mul.Tensor `self: mul_tensor_backward(grad, other, self.scalar_type())` saves that
-// wrapped scalar, which lives in CPU memory, never on the GPU: 0 GPU bytes, as mul.Scalar (which
-// saves nothing). Measured on the CPU: 8 B saved per adapter (tests/reference/cpu_saved_lora.json).
-// The result and the gradient (grad * scalar) are new tensors; a wrapped number does not promote a
-// floating tensor, so the dtype is kept.
-OpShape scale_shape(const OpCall& c) {
-  OpShape s = same_shape(c);
-  s.out.strides = c.in[0].strides;  // element-wise: TensorIterator keeps the input's layout
-  return s;
-}
-OpMemory scale_memory(const OpCall&, const OpShape&) {
-  OpMemory m;
-  m.grad_in = {GradIn::fresh};
-  return m;
-}
 
 // ---- to: x.to(dtype). Tensor.to returns self when the dtype already matches (aten/src/ATen/native/
 // TensorConversions.cpp to_impl: `if (to_will_alias(...)) return self`), else _to_copy, whose backward
@@ -143,15 +126,6 @@ OpMemory linear4bit_memory(const OpCall& c, const OpShape& s) {
 
 void peft_rules(std::vector<OpRule>& out) {
   const char* derivs = "tools/autograd/derivatives.yaml";
-  out.push_back({.kind = "scale",
-                 .attrs = {A("factor", VT::real, nullptr)},
-                 .positional = {"factor"},
-                 .family = OpFamily::shape,
-                 .pytorch = "x * scaling (a Python float; LoRA's alpha / r)",
-                 .summary = "multiplies by a constant: saves nothing on the GPU; the result and its gradient are new tensors",
-                 .source = "tools/autograd/derivatives.yaml mul.Scalar; peft src/peft/tuners/lora/layer.py Linear.forward",
-                 .shape = scale_shape,
-                 .memory = scale_memory});
   out.push_back({.kind = "to",
                  .attrs = {A("dtype", VT::text, nullptr)},
                  .positional = {"dtype"},

@@ -119,7 +119,8 @@ FinetunedModel apply_finetuning(const Model& model, const TrainSettings& s) {
                   "is a LoRA target but a " + l.kind + " layer: memfit models LoRA on linear and gpt2_conv1d layers "
                   "(PEFT's Linear and Conv1D wrappers)",
                   "give targets that name linear layers (e.g. targets=q_proj,v_proj), or all-linear");
-    const bool quantize = s.qlora && linear_like(l) && !heads.count(l.name) && !l.attrs.count("tied_to");
+    auto tied = l.attrs.find("tied_to");  // a weight shared with an embedding stays as it is
+    const bool quantize = s.qlora && linear_like(l) && !heads.count(l.name) && (tied == l.attrs.end() || tied->second.text.empty());
     Layer base = l;
     if (quantize) {
       // transformers replace_with_bnb_linear: nn.Linear / Conv1D -> bnb.nn.Linear4bit with the same
@@ -161,7 +162,10 @@ FinetunedModel apply_finetuning(const Model& model, const TrainSettings& s) {
     out->layers.push_back(make_layer("linear", a_name, {a_in}, {{"out_features", std::to_string(lora.r)}, {"bias", "false"}}, l.pos));
     out->layers.push_back(make_layer("linear", b_name, {a_name},
                                      {{"out_features", std::to_string(attr_int(l, "out_features"))}, {"bias", "false"}}, l.pos));
-    // LoraLayer.update_layer: scaling = lora_alpha / r (use_rslora=False, the default)
+    // LoraLayer.update_layer: scaling = lora_alpha / r (use_rslora=False, the default). `t * 2.0` reaches
+    // mul.Tensor with the float wrapped as a 0-dim CPU double, which MulBackward saves: CPU memory even
+    // on a GPU, so the scale keeps nothing there (measured on the CPU: 8 B per adapter,
+    // tests/reference/cpu_saved_lora.json).
     out->layers.push_back(make_layer("scale", scale_name, {b_name}, {{"factor", number_text(lora.alpha / static_cast<double>(lora.r))}}, l.pos));
     out->layers.push_back(make_layer("add", add_name, {base_name, scale_name}, {}, l.pos));
     // (Linear4bit returns its input's dtype whatever autocast does: `.to(inp_dtype)`)
