@@ -64,6 +64,8 @@ void add_settings(CLI::App* c, memfit::OptionStrings& s) {
   opt("--grad-accum", s.grad_accumulation, "micro-batches of --batch per optimizer step (default 1)");
   opt("--freeze", s.freeze, "freeze these layers/regions (globs, comma-separated): requires_grad=False");
   opt("--train", s.train, "train only these layers/regions (globs); every other parameter is frozen");
+  opt("--checkpoint", s.checkpoint, "activation checkpointing: regions (globs, e.g. 'layer*'); each top-most match is one torch.utils.checkpoint call");
+  opt("--checkpoint-impl", s.checkpoint_impl, "reentrant (default, as transformers' gradient_checkpointing_enable) or non-reentrant");
 }
 
 }  // namespace

@@ -22,7 +22,7 @@ inline constexpr const char* kDefaultModel = "question_cnn";
 // Settings as the user typed them; unset fields keep memfit's defaults.
 struct OptionStrings {
   std::optional<std::string> batch, dtype, optimizer, optimizer_impl, zero_grad, gpu, context, cublas_workspace,
-      cudnn_workspace, iterations, pytorch, grad_accumulation, freeze, train;
+      cudnn_workspace, iterations, pytorch, grad_accumulation, freeze, train, checkpoint, checkpoint_impl;
   bool timeline = false, events = false;
 };
 Options make_options(const OptionStrings& s);
@@ -39,6 +39,7 @@ OptimizerImpl parse_optimizer_impl(std::string_view s);
 //                       "zero_grad": "set_to_none", "gpu": "RTX 3090", "context": "426MiB",
 //                       "cublas_workspace": "...", "cudnn_workspace": "...", "iterations": "3",
 //                       "grad_accumulation": "1", "freeze": "features.*", "train": "fc,layer4",
+//                       "checkpoint": "layer*", "checkpoint_impl": "reentrant" | "non-reentrant",
 //                       "timeline": true, "events": true},
 //           "sweep_up_to": 256, "sweep_points": 24}
 // Result: the command's JSON (as `memfit <command> --json` prints it), or {"error": {...}}.

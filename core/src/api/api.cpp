@@ -148,6 +148,8 @@ std::string handle_request(std::string_view request_json) {
         else if (k == "grad_accumulation") s.grad_accumulation = text;
         else if (k == "freeze") s.freeze = text;
         else if (k == "train") s.train = text;
+        else if (k == "checkpoint") s.checkpoint = text;
+        else if (k == "checkpoint_impl") s.checkpoint_impl = text;
         else throw Error({}, "", "unknown option '" + k + "'", "see core/include/memfit/api.hpp");
       }
     }

@@ -85,6 +85,15 @@ Options make_options(const OptionStrings& s) {
   if (s.train) o.train.train = parse_globs(*s.train, "--train");
   if (!o.train.freeze.empty() && !o.train.train.empty())
     throw Error({}, "", "both --freeze and --train are given", "give one: --freeze what stays fixed, or --train what learns");
+  if (s.checkpoint) o.train.checkpoint = parse_globs(*s.checkpoint, "--checkpoint");
+  if (s.checkpoint_impl) {
+    if (*s.checkpoint_impl == "reentrant" || *s.checkpoint_impl == "use_reentrant=True") o.train.checkpoint_impl = CheckpointImpl::reentrant;
+    else if (*s.checkpoint_impl == "non-reentrant" || *s.checkpoint_impl == "non_reentrant" || *s.checkpoint_impl == "use_reentrant=False")
+      o.train.checkpoint_impl = CheckpointImpl::non_reentrant;
+    else
+      throw Error({}, "", "unknown checkpoint implementation '" + *s.checkpoint_impl + "'",
+                  "use reentrant (torch.utils.checkpoint use_reentrant=True, the default) or non-reentrant");
+  }
   o.timeline = s.timeline;
   o.events = s.events;
   return o;
