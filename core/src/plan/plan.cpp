@@ -555,20 +555,20 @@ class Planner {
   }
 
   // Reentrant inner backward: a gradient for one of the call's inputs goes to the detached input's
-  // AccumulateGrad (torch/csrc/autograd/functions/accumulate_grad.h, grad mode off): the first is
-  // stolen as .grad when nobody else holds it, else cloned; later ones are added in place.
+  // input buffer in the inner engine (summed like any other, input_buffer.cpp), then its AccumulateGrad
+  // steals it as .grad once every contribution is in (measured: its AccumulateGrad runs after fc1's
+  // AddmmBackward0, not after the residual's AddBackward0; tests/reference/cpu_live_checkpoint.json).
   void accumulate_inner(std::size_t v, int g) {
-    auto it = inner_grad_.find(static_cast<int>(v));
-    if (it != inner_grad_.end()) {
+    auto [it, fresh] = inner_grad_.emplace(static_cast<int>(v), g);
+    if (fresh) return;
+    if (engine_.input_buffer_in_place && refs_[static_cast<std::size_t>(it->second)] == 1) {
       unref(g);
       return;
     }
-    if (refs_[static_cast<std::size_t>(g)] > 1) {
-      int c = alloc(value_type_[v]->bytes(), Category::activation_grad);
-      unref(g);
-      g = c;
-    }
-    inner_grad_.emplace(static_cast<int>(v), g);
+    int sum = alloc(value_type_[v]->bytes(), Category::activation_grad);
+    unref(it->second);
+    unref(g);
+    it->second = sum;
   }
 
   void backward_node(std::size_t i, int segment = -1) {
