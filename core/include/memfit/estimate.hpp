@@ -60,7 +60,20 @@ struct Estimate {
   bool fits_only_by_freeing_cache = false;  // needed the allocator's release-and-retry path
   std::vector<RuleOfThumb> rules_of_thumb;
   std::vector<std::string> notes;
+  // Activation checkpointing's price: matrix-multiply and convolution FLOPs (2 x multiply-adds) of one
+  // forward, and of the reruns in one backward (0 without --checkpoint).
+  i64 forward_flops = 0, recompute_flops = 0;
 };
+
+// 2 x multiply-adds of one node's forward when it is a convolution, a linear layer or a matmul (the
+// ops that dominate a training step's time); 0 for the others.
+i64 node_matmul_flops(const Node& nd);
+
+// The regions a checkpointing remedy would wrap: the largest group of sibling regions (resnet's layer1..4,
+// a transformer's model.layers.*), as --checkpoint globs; empty when the model has no region with a sibling.
+std::vector<std::string> block_checkpoint_globs(const Graph& g);
+// The reruns' share of a step's compute, recompute / (3 x forward FLOPs), in whole percent.
+int recompute_percent(const Estimate& e);
 
 // The one pipeline every command, search and front end runs: graph -> schedule -> plan -> allocator
 // model. `capacity_bytes` > 0 replays with the GPU's usable memory as the cudaMalloc limit (the
@@ -124,11 +137,17 @@ MaxBatch max_batch(const Model& model, const Options& options);
 struct Remedy {
   std::string change;  // e.g. "--batch 32", "--optimizer sgd-momentum", "--dtype bf16"
   std::string why;
+  std::string cost;    // what it costs in time or training behaviour (remedies are sorted by it)
   Options options;
   i64 device_bytes = 0;
   i64 peak_reserved_bytes = 0;
   bool fits = false;
 };
+// Each is checked by running the estimate with it; ordered from the cheapest: free switches
+// (set_to_none, fused Adam), autocast bf16, checkpointing (one more forward of the checkpointed
+// regions), gradient accumulation (same effective batch, smaller kernels), then what changes the
+// training itself (another optimizer, a smaller effective batch). Hooks for the train branch's
+// 8-bit optimizers and LoRA rank go in the same list (estimate.cpp, "more remedies").
 std::vector<Remedy> remedies(const Model& model, const Options& options);
 
 }  // namespace memfit

@@ -220,7 +220,7 @@ std::string render_text(const Model& model, const Estimate& e, bool explain) {
       o << "what to change:\n";
       for (const auto& r : remedies(model, options))
         o << "  " << pad(r.change, 28) << pad(mib(r.device_bytes), 14, true) << " on the GPU  "
-          << (r.fits ? "fits" : "does not fit") << "  (" << r.why << ")\n";
+          << (r.fits ? "fits" : "does not fit") << "  (" << r.why << "; cost: " << r.cost << ")\n";
     }
     o << "\n";
   }
