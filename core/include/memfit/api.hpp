@@ -33,7 +33,8 @@ Optimizer parse_optimizer(std::string_view s);
 OptimizerImpl parse_optimizer_impl(std::string_view s);
 
 
-// Request: {"command": "estimate" | "max-batch" | "model" | "gpus" | "sweep" | "models" | "ops",
+// Request: {"command": "estimate" | "max-batch" | "max-seq" | "model" | "gpus" | "sweep" | "models" | "ops",
+//           max-seq: "model" holds `$seq` where the sequence length goes; "seq_limit": N caps the search,
 //           "model": "<text or JSON source>", "file": "name for errors",
 //           "options": {"batch": "64", "dtype": "fp32", "optimizer": "sgd", "optimizer_impl": "foreach",
 //                       "zero_grad": "set_to_none", "gpu": "RTX 3090", "context": "426MiB",

@@ -133,6 +133,26 @@ struct MaxBatch {
 };
 MaxBatch max_batch(const Model& model, const Options& options);
 
+// Longest sequence: a model per sequence length T (the hfconfig branch's config.json builder gives one;
+// seq_model_factory() makes one from a source with `$seq` in it). The peak is not affine in T
+// (attention's T x T scores), so every probe runs the whole pipeline: a galloping search from
+// kSeqSearchStart in steps of 1/16 of it, then bisection (about 15 pipelines; bench/).
+struct SeqModelFactory {
+  std::function<Model(i64 seq)> build;
+  i64 limit = 0;  // the longest sequence the model takes (max_position_embeddings); 0: kSeqSearchLimit
+};
+// The source with every `$seq` replaced by T (text or JSON); throws Error when it has no `$seq`.
+SeqModelFactory seq_model_factory(std::string source, std::string file);
+inline constexpr i64 kSeqSearchLimit = i64{1} << 20;  // a million tokens: the search's cap without one
+inline constexpr i64 kSeqSearchStart = 2048;
+struct MaxSeq {
+  i64 max_seq = 0;    // 0: even T = 1 does not fit
+  int n_probes = 0;   // full pipelines run
+  bool capped = false;  // every T up to `limit` fits: max_seq is the cap, not a limit of the GPU
+  i64 limit = 0;      // the cap searched up to
+};
+MaxSeq max_seq(const SeqModelFactory& factory, const Options& options);  // requires options.gpu
+
 // What to change when it does not fit, each computed by the whole pipeline.
 struct Remedy {
   std::string change;  // e.g. "--batch 32", "--optimizer sgd-momentum", "--dtype bf16"

@@ -1,6 +1,7 @@
 #include "memfit/estimate.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <limits>
 
 namespace memfit {
@@ -451,6 +452,62 @@ MaxBatch max_batch(const Model& model, const Options& options) {
   }
   LargestSearch s = search_largest(fits, start, kBatchSearchLimit, first_step);
   return {.max_batch = s.largest, .n_probes = s.n_probes, .capped = s.capped};
+}
+
+SeqModelFactory seq_model_factory(std::string source, std::string file) {
+  static constexpr std::string_view kToken = "$seq";
+  auto is_ident = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; };
+  // `$seq` not followed by an identifier character ($seq_len is another name), except a shape's
+  // separator: `$seqx64x128` is T x 64 x 128
+  std::vector<std::size_t> at;
+  for (std::size_t k = source.find(kToken); k != std::string::npos; k = source.find(kToken, k + 1)) {
+    const std::size_t e = k + kToken.size();
+    const bool separator = e + 1 < source.size() && source[e] == 'x' && std::isdigit(static_cast<unsigned char>(source[e + 1]));
+    if (e >= source.size() || !is_ident(source[e]) || separator) at.push_back(k);
+  }
+  if (at.empty())
+    throw Error({file, 0, 0}, "", "max-seq needs a model whose sequence length is a parameter, and this one has no $seq",
+                "write $seq where the length goes (JSON: \"shape\": [$seq, 512]; reshapes: $seq,8,64), or give a config.json");
+  SeqModelFactory f;
+  f.build = [source = std::move(source), file = std::move(file), at = std::move(at)](i64 seq) {
+    std::string text;
+    std::size_t from = 0;
+    const std::string n = std::to_string(seq);
+    for (std::size_t k : at) {
+      text.append(source, from, k - from);
+      text += n;
+      from = k + kToken.size();
+    }
+    text.append(source, from, std::string::npos);
+    return parse_model(text, file);
+  };
+  return f;
+}
+
+MaxSeq max_seq(const SeqModelFactory& factory, const Options& options) {
+  if (!options.gpu) throw Error({}, "", "max-seq needs a GPU", "give --gpu NAME or --gpu SIZE (e.g. --gpu 80GiB)");
+  MaxSeq r;
+  r.limit = factory.limit > 0 ? std::min(factory.limit, kSeqSearchLimit) : kSeqSearchLimit;
+  const i64 usable = usable_bytes(options);
+  if (usable <= 0) return r;
+  auto fits = [&](i64 seq) -> std::optional<bool> {
+    try {
+      return !run_pipeline(factory.build(seq), options, usable).sim.oom;
+    } catch (const Error& e) {
+      // byte counts beyond 64 bits at this length certainly do not fit; anything else (a shape
+      // error) is the model's and is reported
+      if (std::string(e.what()).find("overflows") != std::string::npos) return false;
+      throw;
+    }
+  };
+  // the model at T = 1 is checked first: a model that cannot be built is an error, not "0 fits"
+  (void)factory.build(1);
+  const i64 start = std::min(kSeqSearchStart, r.limit);
+  LargestSearch s = search_largest(fits, start, r.limit, std::max<i64>(1, start / 16));
+  r.max_seq = s.largest;
+  r.n_probes = s.n_probes;
+  r.capped = s.capped;
+  return r;
 }
 
 std::vector<Remedy> remedies(const Model& model, const Options& options) {

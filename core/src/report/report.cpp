@@ -267,6 +267,17 @@ std::string max_batch_json(const Model& model, const Options& options, const Max
   return dump(j);
 }
 
+std::string max_seq_json(const SeqModelFactory& factory, const Options& options, const MaxSeq& ms) {
+  Model model = factory.build(ms.max_seq > 0 ? ms.max_seq : 1);
+  Estimate e = estimate(model, options);
+  ojson j = estimate_object(model, e);
+  j["max_seq"] = ms.max_seq;
+  j["max_seq_capped"] = ms.capped;  // every length up to the cap fits: max_seq is the cap
+  j["max_seq_search_cap"] = ms.limit;
+  j["max_seq_probes"] = ms.n_probes;  // full pipelines the search ran
+  return dump(j);
+}
+
 std::string model_json(const Model& model) {
   // Resolve attributes (padding=same -> numbers) by inferring shapes at batch 1.
   Graph g = build_graph(model, GraphSettings{.batch = 1});
