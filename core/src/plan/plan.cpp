@@ -471,6 +471,7 @@ class Planner {
         for (std::size_t n = 0; n < g_.nodes.size(); ++n)
           if (v >= g_.nodes[n].first_value && v < g_.nodes[n].first_value + g_.nodes[n].n_outputs()) r.producer = static_cast<int>(n);
         r.type = *value_type_[static_cast<std::size_t>(v)];
+        r.storage_bytes = p_.tensors[static_cast<std::size_t>(t)].bytes;
         r.is_input = t == x_;
         p_.saved.push_back(std::move(r));
       }
