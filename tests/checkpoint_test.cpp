@@ -162,3 +162,30 @@ TEST_CASE("checkpoint settings that PyTorch would refuse or that name nothing ar
   bad.checkpoint = "layer1,,layer2";
   CHECK_THROWS_WITH(memfit::make_options(bad), Catch::Contains("empty name"));
 }
+
+TEST_CASE("values every block reads from outside are inputs of each call", "[checkpoint]") {
+  // `mask` stands for an attention mask or rotary cos/sin computed once and read by every layer
+  memfit::Model m = memfit::parse_model(
+      "input 64\nembed: fc 64\nmask: fc 64 from=embed\n"
+      "blocks.0.fc: fc 64 from=embed\nblocks.0.mul: mul from=blocks.0.fc,mask\n"
+      "blocks.1.fc: fc 64 from=blocks.0.mul\nblocks.1.mul: mul from=blocks.1.fc,mask\nhead: fc 4\n",
+      "mask.memfit");
+  for (memfit::CheckpointImpl impl : {memfit::CheckpointImpl::reentrant, memfit::CheckpointImpl::non_reentrant}) {
+    memfit::Options o;
+    o.train.batch = 2;
+    o.train.checkpoint = {"blocks.*"};
+    o.train.checkpoint_impl = impl;
+    memfit::Estimate e = memfit::estimate(m, o);
+    REQUIRE(e.plan.checkpoints.size() == 2);
+    for (const auto& sg : e.plan.checkpoints) CHECK(sg.inputs.size() == 2);  // the hidden state and the mask
+    // reentrant: each call's ctx.save_for_backward keeps both; a storage counts where it is first saved:
+    // embed's output was already saved by `mask` (a linear keeps its input), so the calls add the mask
+    // (blocks.0) and blocks.0.mul's output (blocks.1), 2 x 64 x 4 B each; blocks.1's mask is the same storage
+    if (impl == memfit::CheckpointImpl::reentrant) {
+      i64 ckpt_inputs = 0;
+      for (const auto& r : e.plan.saved)
+        if (std::string_view(r.role).find("checkpoint input") != std::string_view::npos && r.owner == r.node) ckpt_inputs += r.storage_bytes;
+      CHECK(ckpt_inputs == 2 * (2 * 64 * 4));
+    }
+  }
+}
