@@ -189,3 +189,24 @@ TEST_CASE("values every block reads from outside are inputs of each call", "[che
     }
   }
 }
+
+TEST_CASE("checkpointing a Llama's decoder layers: mask and rotary cos/sin are held by every call", "[checkpoint]") {
+  memfit::Model m = load("tests/fixtures/transformers/llama_tiny.memfit");
+  memfit::Options o;
+  o.train.batch = 2;
+  const i64 plain = memfit::estimate(m, o).total_saved_bytes;
+  o.train.checkpoint = {"model.layers.*"};
+  for (memfit::CheckpointImpl impl : {memfit::CheckpointImpl::reentrant, memfit::CheckpointImpl::non_reentrant}) {
+    o.train.checkpoint_impl = impl;
+    memfit::Estimate e = memfit::estimate(m, o);
+    REQUIRE(e.plan.checkpoints.size() == 2);
+    for (const auto& sg : e.plan.checkpoints) {
+      CHECK(sg.inputs.size() == 4);  // hidden state, model.mask, model.rotary_emb:0 (cos), :1 (sin)
+      // PyTorch 2.x non-reentrant stops the rerun at mlp.down_proj (the residual add saves nothing)
+      if (impl == memfit::CheckpointImpl::non_reentrant)
+        CHECK(e.graph.nodes[static_cast<std::size_t>(sg.recompute_last)].layer->name.find("mlp.down_proj") != std::string::npos);
+    }
+    CHECK(e.total_saved_bytes < plain);
+    CHECK(e.recompute_flops > 0);
+  }
+}
