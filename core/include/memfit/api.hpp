@@ -23,7 +23,7 @@ inline constexpr const char* kDefaultModel = "question_cnn";
 // Settings as the user typed them; unset fields keep memfit's defaults.
 struct OptionStrings {
   std::optional<std::string> batch, dtype, optimizer, optimizer_impl, zero_grad, gpu, context, cublas_workspace,
-      cudnn_workspace, iterations, pytorch, grad_accumulation, freeze, train;
+      cudnn_workspace, iterations, pytorch, grad_accumulation, freeze, train, checkpoint, checkpoint_impl;
   // Fine-tuning (docs/fine-tuning.md): lora "r=16,alpha=32,dropout=0.05,targets=q_proj,v_proj" (or "on"
   // for PEFT's defaults), lora_dtype fp32|bf16|fp16, qlora on|off, grad_scaler on|off (default: on
   // for fp16 autocast).
@@ -41,7 +41,8 @@ Optimizer parse_optimizer(std::string_view s);
 OptimizerImpl parse_optimizer_impl(std::string_view s);
 
 
-// Request: {"command": "estimate" | "max-batch" | "model" | "gpus" | "sweep" | "models" | "ops",
+// Request: {"command": "estimate" | "max-batch" | "max-seq" | "model" | "gpus" | "sweep" | "models" | "ops",
+//           max-seq: "model" holds `$seq` where the sequence length goes; "seq_limit": N caps the search,
 //           "model": "<text or JSON source>", "file": "name for errors",
 //           "options": {"batch": "64", "dtype": "fp32", "optimizer": "sgd", "optimizer_impl": "foreach",
 //                       "zero_grad": "set_to_none", "gpu": "RTX 3090", "context": "426MiB",
@@ -49,6 +50,7 @@ OptimizerImpl parse_optimizer_impl(std::string_view s);
 //                       "grad_accumulation": "1", "freeze": "features.*", "train": "fc,layer4",
 //                       "lora": "r=16,alpha=32,dropout=0.05,targets=q_proj,v_proj", "lora_dtype": "fp32",
 //                       "qlora": "on", "grad_scaler": "off",
+//                       "checkpoint": "layer*", "checkpoint_impl": "reentrant" | "non-reentrant",
 //                       "timeline": true, "events": true},
 //           "sweep_up_to": 256, "sweep_points": 24, "dims": {"seq": 128}}
 // Result: the command's JSON (as `memfit <command> --json` prints it), or {"error": {...}}.

@@ -123,6 +123,15 @@ Options make_options(const OptionStrings& s) {
   // GradScaler is what fp16 autocast training uses (torch.amp docs: "gradient scaling ... to prevent
   // underflow"); bf16 needs none.
   o.train.grad_scaler = s.grad_scaler ? parse_switch(*s.grad_scaler, "--grad-scaler") : o.train.precision == DType::f16;
+  if (s.checkpoint) o.train.checkpoint = parse_globs(*s.checkpoint, "--checkpoint");
+  if (s.checkpoint_impl) {
+    if (*s.checkpoint_impl == "reentrant" || *s.checkpoint_impl == "use_reentrant=True") o.train.checkpoint_impl = CheckpointImpl::reentrant;
+    else if (*s.checkpoint_impl == "non-reentrant" || *s.checkpoint_impl == "non_reentrant" || *s.checkpoint_impl == "use_reentrant=False")
+      o.train.checkpoint_impl = CheckpointImpl::non_reentrant;
+    else
+      throw Error({}, "", "unknown checkpoint implementation '" + *s.checkpoint_impl + "'",
+                  "use reentrant (torch.utils.checkpoint use_reentrant=True, the default) or non-reentrant");
+  }
   o.timeline = s.timeline;
   o.events = s.events;
   return o;
