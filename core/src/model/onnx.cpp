@@ -1197,6 +1197,10 @@ void Importer::slices_to_chunks() {
     const Layer& l = m_.layers[k];
     if (l.kind == "slice" && l.attrs.at("step").a == 1) groups[{l.inputs[0], l.attrs.at("dim").a}].push_back(k);
   }
+  if (groups.empty()) return;
+  std::map<std::string, const Val*> by_ref;  // activation by the layer output holding it (one pass, not one per group)
+  for (const auto& [name, v] : vals_)
+    if (v.activation) by_ref[v.ref] = &v;
   std::set<std::size_t> removed;
   std::string example;
   int n_chunks = 0;
@@ -1213,9 +1217,8 @@ void Importer::slices_to_chunks() {
       at = l.attrs.at("end").a;
     }
     // the input's size along dim is the last end only if that slice ran to the end: the slices' shapes say so
-    const Val* src = nullptr;
-    for (const auto& [name, v] : vals_)
-      if (v.activation && v.ref == key.first) src = &v;
+    auto found = by_ref.find(key.first);
+    const Val* src = found == by_ref.end() ? nullptr : found->second;
     if (!chunk || !src || src->shape.size() <= static_cast<std::size_t>(key.second) || src->shape[static_cast<std::size_t>(key.second)] != total) continue;
     std::size_t first = *std::min_element(idx.begin(), idx.end());
     Layer& c = m_.layers[first];
