@@ -53,7 +53,7 @@ void before_loss_note(Estimate& e) {
   // gradient it hands to its input; the loss then takes the input directly.
   i64 saved = 0;
   for (const auto& r : e.plan.saved)
-    if (r.node == loss.in[0] && r.owner == r.node && !r.is_param && !r.is_input) saved += r.type.bytes();
+    if (r.node == loss.in[0] && r.owner == r.node && !r.is_param && !r.is_input) saved += r.storage_bytes;
   note += "; without it, its output (" + format_bytes_exact(feeder.shape.out.bytes()) + ", " +
           (saved == feeder.shape.out.bytes() ? "saved for backward" : format_bytes_exact(saved) + " saved for backward") +
           ") and its input's gradient (" + format_bytes_exact(feeder.in_types[0].bytes()) + ") are not allocated";
@@ -117,6 +117,7 @@ Estimate estimate(const Model& model, const Options& options) {
                        : nd.mem.output == OpMemory::Output::view     ? "view"
                                                                      : "new";
     for (const auto& p : nd.shape.params) {
+      if (p.tied_node >= 0) continue;  // another layer's parameter (a tied lm_head): counted there
       i64 b = checked_mul(p.numel(), dtype_size(p.dtype), "parameter bytes");
       if (!p.is_buffer) {
         r.params = checked_add(r.params, p.numel(), "parameter count");
@@ -140,8 +141,9 @@ Estimate estimate(const Model& model, const Options& options) {
     // Unique storages, counted at the first layer that saves them. Parameters are not activations;
     // the loop's own batch and targets are listed but cost nothing extra.
     if (s.owner == s.node && !s.is_param && !s.is_input) {
-      r.saved_bytes = checked_add(r.saved_bytes, s.type.bytes(), "saved bytes");
-      e.total_saved_bytes = checked_add(e.total_saved_bytes, s.type.bytes(), "saved bytes");
+      // the storage, as PyTorch's memory holds it (torch.chunk's views keep their whole input alive)
+      r.saved_bytes = checked_add(r.saved_bytes, s.storage_bytes, "saved bytes");
+      e.total_saved_bytes = checked_add(e.total_saved_bytes, s.storage_bytes, "saved bytes");
     }
   }
   e.input_bytes = checked_add(nodes[0].shape.out.bytes(), e.graph.target.bytes(), "input bytes");
@@ -198,6 +200,17 @@ Estimate estimate(const Model& model, const Options& options) {
   if (!nodes.back().requires_grad)
     e.notes.push_back("nothing in this model requires grad (it has no parameters): PyTorch's loss.backward() would fail "
                       "with \"element 0 of tensors does not require grad\"; only the forward pass is modelled");
+  // rules' own notes (sdpa's backend, unmodelled half-precision paths), once each with a count
+  std::vector<std::pair<std::string, std::pair<std::string, int>>> rule_notes;  // note -> (first layer, count)
+  for (const auto& nd : nodes) {
+    if (nd.mem.note.empty()) continue;
+    auto it = std::find_if(rule_notes.begin(), rule_notes.end(), [&](const auto& r) { return r.first == nd.mem.note; });
+    if (it == rule_notes.end()) rule_notes.push_back({nd.mem.note, {nd.layer->name, 1}});
+    else it->second.second++;
+  }
+  for (const auto& [note, where] : rule_notes)
+    e.notes.push_back("'" + where.first + "'" + (where.second > 1 ? " and " + std::to_string(where.second - 1) + " more" : "") +
+                      ": " + note);
   before_loss_note(e);
   rules_of_thumb(e);
   return e;
