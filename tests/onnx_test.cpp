@@ -3,6 +3,7 @@
 // the field numbers of onnx/onnx.proto) for the cases an exporter never writes: cycles, negative or
 // huge dims, truncation, garbage, a 40 MB weight whose bytes must not be read.
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -303,6 +304,26 @@ TEST_CASE("onnx: an Identity of an initializer (torch.onnx shares equal weights 
   REQUIRE(m.layers.size() == 2);
   CHECK(m.layers[1].kind == "linear");
   CHECK(est(m, 2).total_params == 16 * 10);
+}
+
+TEST_CASE("onnx: a graph of 100,000 nodes imports in linear time", "[onnx]") {
+  // 50,000 Relu nodes in a chain and 50,000 Erf nodes reading the input (each a GELU-pattern candidate and
+  // each unsupported): the topological sort and the pattern search must not be quadratic.
+  const int n = 50000;
+  std::vector<Pb> nodes;
+  for (int k = 0; k < n; ++k)
+    nodes.push_back(node("Relu", "/r" + std::to_string(k) + "/Relu", {k ? "v" + std::to_string(k - 1) : "x"}, {"v" + std::to_string(k)}));
+  std::string chain = model(nodes, {}, value_info("x", {"batch", "4"}), value_info("v" + std::to_string(n - 1), {"batch", "4"}));
+  auto t0 = std::chrono::steady_clock::now();
+  MemoryByteSource src(chain);
+  Model m = import_onnx(src, "t.onnx");
+  CHECK(m.layers.size() == static_cast<std::size_t>(n) + 1);
+  for (int k = 0; k < n; ++k) nodes.push_back(node("Erf", "/e" + std::to_string(k) + "/Erf", {"x"}, {"e" + std::to_string(k)}));
+  std::string erfs = model(nodes, {}, value_info("x", {"batch", "4"}), value_info("v" + std::to_string(n - 1), {"batch", "4"}));
+  std::string err = import_error(erfs);
+  CHECK_THAT(err, Catch::Contains("50000 ONNX nodes memfit cannot model"));
+  // measured about 1 s for both on a loaded 2-core machine; 60 s means something went quadratic
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60));
 }
 
 TEST_CASE("onnx: bad files are errors, never crashes", "[onnx]") {

@@ -452,7 +452,14 @@ export function mountCalculator(host, opts = {}) {
   function showError(e) {
     let reason;
     if (e.file === MODEL_FILE) { showModelError(e); reason = `the model has an error${e.line > 0 ? ` at line ${e.line}` : ''}`; }
-    else {
+    else if (onnxFile && e.file === onnxFile.name) {
+      // the ONNX importer's message may list many nodes, one per line
+      clearModelError();
+      el.settingsErr.textContent = `${pageWording(e.problem || e.message)}${e.fix ? ` — ${pageWording(e.fix)}` : ''}`;
+      el.settingsErr.style.whiteSpace = 'pre-line';
+      el.settingsErr.hidden = false;
+      reason = 'the ONNX file cannot be estimated';
+    } else {
       clearModelError();
       el.settingsErr.textContent = `${pageWording(e.problem || e.message)}${e.fix ? ` — ${pageWording(e.fix)}` : ''}`;
       el.settingsErr.hidden = false;

@@ -464,6 +464,12 @@ test('16 an ONNX file, picked or dropped, gives the native CLI\'s bytes', async 
   await page.locator('[data-r="text"]').dispatchEvent('drop', { dataTransfer: dt });
   await onnxIdle();
   assert.ok((await exported()) === r.stdout, 'the dropped file\'s estimate JSON differs from the CLI\'s');
+  // a file with unsupported operators: every one is named on the page
+  await page.locator('[data-r="onnxPick"]').setInputFiles(path.join(dir, 'unsupported.onnx'));
+  await page.waitForFunction(() => /\(Cos\)/.test(document.querySelector('[data-r="settingsErr"]').innerText), null, { timeout: 30000 });
+  const err = await page.locator('[data-r="settingsErr"]').innerText();
+  assert.match(err, /'\/Sin' \(Sin\)/);
+  assert.match(err, /'\/Cos' \(Cos\)/);
   await page.close();
 });
 

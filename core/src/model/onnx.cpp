@@ -19,6 +19,7 @@
 #include <limits>
 #include <map>
 #include <optional>
+#include <queue>
 #include <set>
 
 #include "memfit/ops.hpp"
@@ -41,6 +42,8 @@ constexpr double kConstTolerance = 1e-4;
 // Largest size of one dimension we accept (2^40, as the text format's sizes): beyond it every
 // product of a few dims would overflow the byte arithmetic.
 constexpr i64 kMaxDim = i64{1} << 40;
+// Unsupported nodes named one by one in the error (all of them in any real model).
+constexpr std::size_t kMaxListedNodes = 1000;
 // The ONNX default opset when a model imports none for the default domain (onnx/defs/schema.h:
 // the first release). Only used to choose between attribute and input forms of an op.
 constexpr i64 kDefaultOpset = 1;
@@ -113,6 +116,7 @@ class Importer {
   Model m_;
   std::map<std::string, Val> vals_;
   std::map<std::string, int> consumers_;
+  std::map<std::string, std::vector<int>> users_of_;  // value -> the nodes reading it
   std::map<std::string, int> producer_;  // value -> node index
   std::set<std::string> names_;
   std::vector<std::string> unsupported_;
@@ -120,6 +124,7 @@ class Importer {
   std::set<int> absorbed_;                 // nodes folded into a pattern
   std::map<int, std::pair<std::string, std::string>> gelu_at_;  // final node -> (x, name source)
   std::vector<int> linear_open_;
+  i64 computed_values_ = 0;
   std::map<std::string, std::string> renamed_;  // slice layer -> "chunk:k" (slices_to_chunks)           // per layer: 1 when a MatMul made it and a bias may still fold in
 
   std::string where(const ONode& n) const {
@@ -177,7 +182,19 @@ class Importer {
   Layer* add_layer(const ONode& n, const std::string& kind, std::vector<std::string> inputs,
                    const std::vector<std::pair<std::string, std::string>>& attrs, std::vector<i64> out_shape,
                    const std::string& name_override = "");
-  void set_output(const ONode& n, std::size_t k, Val v) { if (k < n.output.size() && !n.output[k].empty()) vals_[n.output[k]] = std::move(v); }
+  void set_output(const ONode& n, std::size_t k, Val v) {
+    if (k >= n.output.size() || n.output[k].empty()) return;
+    // Computed constants count against the budget of the values read from the file (kMaxValuesKept), so
+    // 200,000 Concat or Identity nodes of 4,096 values each cannot keep gigabytes of doubles.
+    if (v.values_known) {
+      computed_values_ += static_cast<i64>(v.values.size());
+      if (computed_values_ > onnx::kMaxValuesKept) {
+        v.values_known = false;
+        v.values.clear();
+      }
+    }
+    vals_[n.output[k]] = std::move(v);
+  }
   Val act(const std::string& ref, std::vector<i64> shape, int layer) {
     Val v;
     v.defined = v.activation = true;
@@ -388,6 +405,7 @@ void Importer::topo_order(std::vector<int>& order) {
     for (const auto& x : nodes[i].input) {
       if (x.empty()) continue;
       ++consumers_[x];
+      users_of_[x].push_back(static_cast<int>(i));
       auto it = producer_.find(x);
       if (it != producer_.end()) deps.insert(it->second);
       else if (!vals_.count(x))
@@ -398,20 +416,16 @@ void Importer::topo_order(std::vector<int>& order) {
     for (int d : deps) users[static_cast<std::size_t>(d)].push_back(static_cast<int>(i));
   }
   for (const auto& o : g_.output) ++consumers_[o.name];
-  std::vector<int> ready;
+  // Kahn's algorithm with a min-heap (smallest index first, so a sorted graph keeps the file's order).
+  std::priority_queue<int, std::vector<int>, std::greater<int>> ready;
   for (std::size_t i = 0; i < nodes.size(); ++i)
-    if (pending[i] == 0) ready.push_back(static_cast<int>(i));
-  // Kahn's algorithm, smallest index first, so a sorted graph keeps the file's order.
-  std::sort(ready.rbegin(), ready.rend());
+    if (pending[i] == 0) ready.push(static_cast<int>(i));
   while (!ready.empty()) {
-    int i = ready.back();
-    ready.pop_back();
+    int i = ready.top();
+    ready.pop();
     order.push_back(i);
     for (int u : users[static_cast<std::size_t>(i)])
-      if (--pending[static_cast<std::size_t>(u)] == 0) {
-        ready.push_back(u);
-        std::sort(ready.rbegin(), ready.rend());
-      }
+      if (--pending[static_cast<std::size_t>(u)] == 0) ready.push(u);
   }
   if (order.size() != nodes.size()) {
     std::string list;
@@ -430,11 +444,8 @@ void Importer::topo_order(std::vector<int>& order) {
 void Importer::find_patterns() {
   const auto& nodes = g_.node;
   auto sole_consumer = [&](const std::string& v) -> int {
-    if (n_consumers(v) != 1) return -1;
-    for (std::size_t i = 0; i < nodes.size(); ++i)
-      for (const auto& x : nodes[i].input)
-        if (x == v) return static_cast<int>(i);
-    return -1;
+    auto it = users_of_.find(v);
+    return n_consumers(v) != 1 || it == users_of_.end() || it->second.size() != 1 ? -1 : it->second[0];
   };
   auto prod = [&](const std::string& v) -> const ONode* {
     auto it = producer_.find(v);
@@ -1197,6 +1208,10 @@ void Importer::slices_to_chunks() {
     const Layer& l = m_.layers[k];
     if (l.kind == "slice" && l.attrs.at("step").a == 1) groups[{l.inputs[0], l.attrs.at("dim").a}].push_back(k);
   }
+  if (groups.empty()) return;
+  std::map<std::string, const Val*> by_ref;  // activation by the layer output holding it (one pass, not one per group)
+  for (const auto& [name, v] : vals_)
+    if (v.activation) by_ref[v.ref] = &v;
   std::set<std::size_t> removed;
   std::string example;
   int n_chunks = 0;
@@ -1213,9 +1228,8 @@ void Importer::slices_to_chunks() {
       at = l.attrs.at("end").a;
     }
     // the input's size along dim is the last end only if that slice ran to the end: the slices' shapes say so
-    const Val* src = nullptr;
-    for (const auto& [name, v] : vals_)
-      if (v.activation && v.ref == key.first) src = &v;
+    auto found = by_ref.find(key.first);
+    const Val* src = found == by_ref.end() ? nullptr : found->second;
     if (!chunk || !src || src->shape.size() <= static_cast<std::size_t>(key.second) || src->shape[static_cast<std::size_t>(key.second)] != total) continue;
     std::size_t first = *std::min_element(idx.begin(), idx.end());
     Layer& c = m_.layers[first];
@@ -1308,8 +1322,20 @@ Model Importer::run() {
   find_patterns();
   for (int i : order) map_node(i);
   if (!unsupported_.empty()) {
+    // Every node is listed, up to kMaxListedNodes (a hostile graph of 100,000 unknown nodes would make a
+    // message of megabytes); the op types and their counts are always complete.
     std::string list;
-    for (const auto& u : unsupported_) list += "\n  " + u;
+    std::map<std::string, int> by_op;
+    for (const auto& u : unsupported_) {
+      auto open = u.find("' (");
+      auto close = u.find(')', open == std::string::npos ? 0 : open);
+      if (open != std::string::npos && close != std::string::npos) ++by_op[u.substr(open + 3, close - open - 3)];
+    }
+    std::string ops;
+    for (const auto& [op, count] : by_op) ops += (ops.empty() ? "" : ", ") + op + " x" + std::to_string(count);
+    list += " " + ops;
+    for (std::size_t k = 0; k < unsupported_.size() && k < kMaxListedNodes; ++k) list += "\n  " + unsupported_[k];
+    if (unsupported_.size() > kMaxListedNodes) list += "\n  ... and " + std::to_string(unsupported_.size() - kMaxListedNodes) + " more";
     throw Error({file_, 0, 0}, "", std::to_string(unsupported_.size()) + " ONNX node" + (unsupported_.size() == 1 ? "" : "s") +
                                        " memfit cannot model:" + list,
                 "memfit's layer kinds are listed by 'memfit ops'; docs/onnx.md has the ONNX mapping. Rewrite the model "

@@ -57,6 +57,12 @@ class Cursor {
   i64 pos() const { return pos_; }
   i64 size() const { return size_; }
   i64 bytes_read() const { return bytes_read_; }
+  // Reserves n kept values against kMaxValuesKept; false when the budget is spent (the values are then not kept).
+  bool keep_values(i64 n) {
+    if (values_kept_ + n > kMaxValuesKept) return false;
+    values_kept_ += n;
+    return true;
+  }
 
   [[noreturn]] void bad(const std::string& what, i64 at) const {
     throw Error({file_, 0, 0}, "", "not a valid ONNX file: " + what + " at byte " + std::to_string(at),
@@ -144,7 +150,7 @@ class Cursor {
 
   ByteSource& src_;
   const std::string& file_;
-  i64 size_ = 0, pos_ = 0, start_ = 0, len_ = 0, bytes_read_ = 0;
+  i64 size_ = 0, pos_ = 0, start_ = 0, len_ = 0, bytes_read_ = 0, values_kept_ = 0;
   std::vector<char> buf_;
 };
 
@@ -289,6 +295,7 @@ Tensor read_tensor(Cursor& c, i64 end) {
     numel = d == 0 ? 0 : (numel > (std::numeric_limits<i64>::max() / d) ? std::numeric_limits<i64>::max() : numel * d);
   }
   small = small && numel <= kMaxValueElements;
+  small = small && c.keep_values(numel);
   if (small && raw_small) {
     int w = raw_width(t.data_type);
     if (w > 0 && static_cast<i64>(raw.size()) == numel * w) {

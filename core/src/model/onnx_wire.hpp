@@ -90,6 +90,9 @@ inline constexpr i64 kMaxStringBytes = 4096;
 inline constexpr i64 kMaxRank = 64;
 // Entries of one attribute list (ints/floats): pads/strides/perm have under 10.
 inline constexpr i64 kMaxAttrList = 4096;
+// Values kept over all tensors of a file (doubles): shape tensors and scalars need a few thousand; a file
+// of a million small tensors would otherwise keep every byte of them as 8-byte doubles.
+inline constexpr i64 kMaxValuesKept = 4'000'000;
 // Nodes, initializers and value infos in a graph: kMaxLayers (model.hpp) nodes, a few values each.
 inline constexpr i64 kMaxGraphItems = 1'000'000;
 
