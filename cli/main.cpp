@@ -28,22 +28,33 @@ std::string read_bounded(std::istream& in) {
   return text;
 }
 
-// MODEL: a path, '-' for standard input, or the name of a builtin model (models/NAME.memfit).
-memfit::Model load_model(const std::string& arg) {
+// MODEL: a path, '-' for standard input, or the name of a builtin model (models/NAME.memfit) or
+// Hugging Face config (models/hf/NAME.json). A config.json is built with --seq/--attention/--head.
+memfit::Model load_model(const std::string& arg, const memfit::Options& options) {
   std::string name = arg.empty() ? memfit::kDefaultModel : arg;
-  if (name == "-") return memfit::parse_model(read_bounded(std::cin), "<stdin>");
+  if (name == "-") return memfit::load_model_source(read_bounded(std::cin), "<stdin>", options);
   std::error_code ec;
   // An ifstream opens a directory on Linux and reads nothing ("the model has no layers").
   if (std::filesystem::is_directory(name, ec))
     throw memfit::Error({name, 0, 0}, "", "is a directory, not a model file",
                         "give a .memfit or .json file inside it, e.g. " + name + "/model.memfit");
   std::ifstream in(name, std::ios::binary);
-  if (in) return memfit::parse_model(read_bounded(in), name);
-  if (const auto* b = memfit::find_builtin_model(name))
-    return memfit::parse_model(b->text, std::string("models/") + b->name + ".memfit");
+  if (in) return memfit::load_model_source(read_bounded(in), name, options);
+  if (const auto* b = memfit::find_builtin_model(name)) return memfit::load_model_source(b->text, b->path, options);
   std::string names;
   for (const auto& m : memfit::builtin_models()) names += (names.empty() ? "" : ", ") + std::string(m.name);
+  for (const auto& m : memfit::builtin_hf_configs()) names += ", " + std::string(m.name);
   throw memfit::Error({name, 0, 0}, "", "cannot open the model file", "give a path to a .memfit or .json file, or one of: " + names);
+}
+
+// How a Hugging Face config.json becomes a model (docs/hf-config.md).
+void add_hf_settings(CLI::App* c, memfit::OptionStrings& s) {
+  auto opt = [&](const char* flag, std::optional<std::string>& dst, const char* help) {
+    c->add_option_function<std::string>(flag, [&dst](const std::string& v) { dst = v; }, help);
+  };
+  opt("--seq", s.seq, "config.json: tokens per sample (default 2048, at most max_position_embeddings)");
+  opt("--attention", s.attention, "config.json: sdpa (default, as transformers) or eager");
+  opt("--head", s.head, "BERT config.json: mlm (BertForMaskedLM) or cls (BertForSequenceClassification)");
 }
 
 void add_settings(CLI::App* c, memfit::OptionStrings& s) {
@@ -64,6 +75,7 @@ void add_settings(CLI::App* c, memfit::OptionStrings& s) {
   opt("--grad-accum", s.grad_accumulation, "micro-batches of --batch per optimizer step (default 1)");
   opt("--freeze", s.freeze, "freeze these layers/regions (globs, comma-separated): requires_grad=False");
   opt("--train", s.train, "train only these layers/regions (globs); every other parameter is frozen");
+  add_hf_settings(c, s);
 }
 
 }  // namespace
@@ -99,6 +111,7 @@ int main(int argc, char** argv) {
   auto* model = app.add_subcommand("model", "print the model as flat JSON (blocks expanded, attributes resolved)");
   model->add_option("MODEL", model_arg, "model file or builtin name");
   model->add_flag("--json", json, "JSON (the only format)");
+  add_hf_settings(model, s);
 
   auto* probe = app.add_subcommand("probe", "replay the allocation plan on this machine's CUDA GPU");
   probe->add_option("MODEL", model_arg, "model file or builtin name");
@@ -132,12 +145,12 @@ int main(int argc, char** argv) {
     }
     s.timeline = timeline;
     s.events = events && !json;
-    memfit::Model m = load_model(model_arg);
+    memfit::Options options = memfit::make_options(s);
+    memfit::Model m = load_model(model_arg, options);
     if (model->parsed()) {
       std::cout << memfit::model_json(m);
       return kExitFits;
     }
-    memfit::Options options = memfit::make_options(s);
     if (probe->parsed()) return memfit::run_probe_command(m, options, json, probe_max_batch, probe_time_limit);
     if (mb->parsed()) {
       if (!options.gpu) throw memfit::Error({}, "", "max-batch needs a GPU", "add --gpu NAME or --gpu 24GiB");

@@ -12,17 +12,23 @@
 namespace memfit {
 
 struct BuiltinModel {
-  const char* name;  // file stem in models/
-  const char* text;  // the .memfit source
+  const char* name;  // file stem in models/ (models/hf/ for the configs)
+  const char* text;  // the .memfit source, or the config.json
+  const char* path = "";  // "models/resnet18.memfit", "models/hf/gpt2.json": the file name errors show
 };
 const std::vector<BuiltinModel>& builtin_models();  // generated from models/*.memfit at build time
-const BuiltinModel* find_builtin_model(std::string_view name);
+// The Hugging Face configs shipped in models/hf/*.json (docs/hf-config.md), also generated at build time.
+const std::vector<BuiltinModel>& builtin_hf_configs();
+const BuiltinModel* find_builtin_model(std::string_view name);  // either list, by name
+// A model's source text as every front end reads it: a memfit model, or a config.json built with the
+// options' --seq/--attention/--head (which a memfit model refuses).
+Model load_model_source(std::string_view source, std::string_view file, const Options& options);
 inline constexpr const char* kDefaultModel = "question_cnn";
 
 // Settings as the user typed them; unset fields keep memfit's defaults.
 struct OptionStrings {
   std::optional<std::string> batch, dtype, optimizer, optimizer_impl, zero_grad, gpu, context, cublas_workspace,
-      cudnn_workspace, iterations, pytorch, grad_accumulation, freeze, train;
+      cudnn_workspace, iterations, pytorch, grad_accumulation, freeze, train, seq, attention, head;
   bool timeline = false, events = false;
 };
 Options make_options(const OptionStrings& s);
@@ -39,6 +45,7 @@ OptimizerImpl parse_optimizer_impl(std::string_view s);
 //                       "zero_grad": "set_to_none", "gpu": "RTX 3090", "context": "426MiB",
 //                       "cublas_workspace": "...", "cudnn_workspace": "...", "iterations": "3",
 //                       "grad_accumulation": "1", "freeze": "features.*", "train": "fc,layer4",
+//                       "seq": "2048", "attention": "sdpa", "head": "mlm",   (a Hugging Face config.json)
 //                       "timeline": true, "events": true},
 //           "sweep_up_to": 256, "sweep_points": 24}
 // Result: the command's JSON (as `memfit <command> --json` prints it), or {"error": {...}}.

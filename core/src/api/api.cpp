@@ -11,7 +11,13 @@ namespace memfit {
 const BuiltinModel* find_builtin_model(std::string_view name) {
   for (const auto& m : builtin_models())
     if (name == m.name) return &m;
+  for (const auto& m : builtin_hf_configs())
+    if (name == m.name) return &m;
   return nullptr;
+}
+
+Model load_model_source(std::string_view source, std::string_view file, const Options& options) {
+  return parse_model(source, file, options.hf());
 }
 
 namespace {
@@ -148,6 +154,9 @@ std::string handle_request(std::string_view request_json) {
         else if (k == "grad_accumulation") s.grad_accumulation = text;
         else if (k == "freeze") s.freeze = text;
         else if (k == "train") s.train = text;
+        else if (k == "seq") s.seq = text;
+        else if (k == "attention") s.attention = text;
+        else if (k == "head") s.head = text;
         else throw Error({}, "", "unknown option '" + k + "'", "see core/include/memfit/api.hpp");
       }
     }
@@ -165,7 +174,7 @@ std::string handle_request(std::string_view request_json) {
       source = find_builtin_model(kDefaultModel)->text;
       file = std::string("models/") + kDefaultModel + ".memfit";
     }
-    Model model = parse_model(source, file);
+    Model model = load_model_source(source, file, options);
     if (command == "estimate") return estimate_json(model, options);
     if (command == "max-batch") return max_batch_json(model, options);
     if (command == "model") return model_json(model);

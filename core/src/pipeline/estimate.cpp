@@ -98,6 +98,7 @@ Estimate estimate(const Model& model, const Options& options) {
   e.options = options;
   e.model_name = model.name;
   e.model_file = model.file;
+  e.notes = model.notes;  // what the model's builder chose (a Hugging Face config's sequence length)
   Pipeline p = run_pipeline(model, options);
   e.graph = std::move(p.graph);
   e.plan = std::move(p.plan);
