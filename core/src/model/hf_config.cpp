@@ -226,6 +226,9 @@ struct AttnSpec {
   std::string dropout = "0";  // attention probabilities' dropout (training)
   std::string dropout_field;
   HfAttention impl = HfAttention::sdpa;
+  // eager only: the additive mask layer ("" = none, ViT) and GPT-2's division by a 0-d tensor
+  std::string mask;
+  bool scale_by_tensor = false;
 };
 
 void attention_core(Builder& b, const AttnSpec& a) {
@@ -239,8 +242,9 @@ void attention_core(Builder& b, const AttnSpec& a) {
            B("enable_gqa", a.kv_heads != a.heads, "num_key_value_heads")},
           {a.q, a.k, a.v});
   } else {
-    // eager_attention_forward: repeat_kv, matmul(q, k^T) * scaling, + causal mask, softmax in
-    // float32 cast back to q's dtype, dropout, matmul with v, transpose(1, 2).contiguous().
+    // eager_attention_forward: repeat_kv, matmul(q, k^T) * scaling, + the mask, softmax (Llama's in
+    // float32, cast back to q's dtype: the softmax rule's business), dropout, matmul with v, then
+    // transpose(1, 2).contiguous().
     std::string k = a.k, v = a.v;
     if (a.kv_heads != a.heads) {
       i64 n_rep = a.heads / a.kv_heads;
@@ -249,14 +253,24 @@ void attention_core(Builder& b, const AttnSpec& a) {
     }
     b.add(p + ".key_t", "transpose", {I("dim0", 2), I("dim1", 3)}, {k});
     b.add(p + ".scores", "matmul", {}, {a.q, p + ".key_t"});
-    // self.scaling = head_dim ** -0.5 (LlamaAttention.__init__)
+    // self.scaling = head_dim ** -0.5 (LlamaAttention, ViTSelfAttention; BERT divides by
+    // math.sqrt(head_dim)); GPT-2: attn_weights / torch.full([], value.size(-1) ** 0.5)
+    const double root = std::sqrt(static_cast<double>(a.head_dim));
     char scale[32];
-    std::snprintf(scale, sizeof scale, "%.17g", 1.0 / std::sqrt(static_cast<double>(a.head_dim)));
-    b.add(p + ".scale", "scale", {T("factor", scale, "head_dim")});
-    b.add(p + ".mask_add", "add", {}, {p + ".scale", "model.causal_mask"});
-    b.add(p + ".softmax", "softmax", {I("dim", -1), T("dtype", "float32")});
+    std::snprintf(scale, sizeof scale, "%.17g", a.scale_by_tensor ? root : 1.0 / root);
+    b.add(p + ".scale", "scale", {T("factor", scale, "num_attention_heads"), B("tensor", a.scale_by_tensor)});
+    if (!a.mask.empty()) b.add(p + ".mask_add", "add", {}, {p + ".scale", a.mask});
+    b.add(p + ".softmax", "softmax", {I("dim", -1)});
     dropout(b, p + ".attn_dropout", a.dropout, a.dropout_field);
     b.add(p + ".context", "matmul", {}, {b.last(), v});
+    if (a.scale_by_tensor) {
+      // GPT-2's own eager_attention_forward returns attn_output.transpose(1, 2) without
+      // contiguous(); GPT2Attention then does reshape(*shape[:-2], -1).contiguous(): the reshape copies
+      b.add(p + ".out_transpose", "transpose", {I("dim0", 1), I("dim1", 2)});
+      b.add(p + ".out_reshape", "reshape", {T("shape", "-1x" + str(a.heads * a.head_dim))});
+      b.add(p + ".out_contiguous", "contiguous", {});
+      return;
+    }
   }
   b.add(p + ".out_transpose", "transpose", {I("dim0", 1), I("dim1", 2)});
   b.add(p + ".out_contiguous", "contiguous", {});
@@ -322,9 +336,10 @@ Model build_llama(const Cfg& c, const HfOptions& o, const std::string& name) {
   std::vector<AttrText> emb{I("num_embeddings", vocab, "vocab_size"), I("embedding_dim", hidden, "hidden_size")};
   if (c.has("pad_token_id")) emb.push_back(I("padding_idx", c.integer_or("pad_token_id", -1, 0), "pad_token_id"));
   std::string h = b.add("model.embed_tokens", "embedding", emb);
+  // eager: create_causal_mask's additive [N, 1, T, T] mask, once per forward (masking_utils.py eager_mask)
+  if (impl == HfAttention::eager) b.add("model.causal_mask", "attn_mask", {B("causal", true)}, {"input_ids"});
   // position_embeddings = self.rotary_emb(hidden_states, position_ids): cos, sin once per forward
   b.add("model.rotary_emb", "rotary_embedding", {I("head_dim", head_dim, "head_dim"), T("theta", theta, "rope_theta")}, {h});
-  if (impl == HfAttention::eager) b.add("model.causal_mask", "causal_mask", {}, {h});
   for (i64 i = 0; i < n_layers; ++i) {
     const std::string p = "model.layers." + str(i);
     std::string norm = b.add(p + ".input_layernorm", "rms_norm",
@@ -339,7 +354,7 @@ Model build_llama(const Cfg& c, const HfOptions& o, const std::string& name) {
     // apply_rotary_pos_emb(q, k, cos, sin)
     q = b.add(a + ".q_rotary", "rotary", {}, {q, "model.rotary_emb:0", "model.rotary_emb:1"});
     k = b.add(a + ".k_rotary", "rotary", {}, {k, "model.rotary_emb:0", "model.rotary_emb:1"});
-    attention_core(b, {a, q, k, v, heads, kv_heads, head_dim, true, attn_drop, "attention_dropout", impl});
+    attention_core(b, {a, q, k, v, heads, kv_heads, head_dim, true, attn_drop, "attention_dropout", impl, "model.causal_mask"});
     b.add(a + ".o_proj", "linear", {I("out_features", hidden, "hidden_size"), B("bias", o_bias, "attention_bias")});
     h = b.add(p + ".attn_residual", "add", {}, {h, b.last()});  // hidden_states = residual + hidden_states
     norm = b.add(p + ".post_attention_layernorm", "rms_norm",
@@ -367,9 +382,11 @@ Model build_gpt2(const Cfg& c, const HfOptions& o, const std::string& name) {
   b.set_layers_field("n_layer");
   architecture(c, b, {"GPT2LMHeadModel"});
   if (o.head) throw Error(c.at("model_type"), "", "--head applies to BERT configs", "remove --head (GPT-2 is a causal LM)");
-  if (o.attention == HfAttention::eager)
-    throw Error(c.at("model_type"), "", "--attention eager is not modelled for GPT-2 (its eager path masks with torch.where on a buffer)",
-                "use --attention sdpa (the default)");
+  const HfAttention impl = o.attention.value_or(HfAttention::sdpa);
+  if (!c.boolean_or("scale_attn_weights", true) || c.boolean_or("scale_attn_by_inverse_layer_idx", false) ||
+      c.boolean_or("reorder_and_upcast_attn", false))
+    throw Error(c.at("model_type"), "", "GPT-2's scale_attn_weights=false, scale_attn_by_inverse_layer_idx or reorder_and_upcast_attn is not modelled",
+                "use the published GPT-2 settings (scale_attn_weights true, the others false)");
   const i64 vocab = c.integer("vocab_size"), d = c.integer("n_embd"), n_layers = c.integer("n_layer"), heads = c.integer("n_head");
   if (d % heads != 0) c.bad("n_head", "(" + str(heads) + ") does not divide n_embd (" + str(d) + ")", "fix the sizes");
   const i64 inner = c.integer_or("n_inner", 4 * d);  // GPT2MLP: n_inner if not None else 4 * hidden_size
@@ -391,8 +408,9 @@ Model build_gpt2(const Cfg& c, const HfOptions& o, const std::string& name) {
         {I("num_embeddings", c.integer("n_positions"), "n_positions"), I("embedding_dim", d, "n_embd"), B("positions", true)},
         {"input_ids"});
   std::string h = b.add("transformer.add_positions", "add", {}, {wte, "transformer.wpe"});
-  dropout(b, "transformer.drop", embd_p, "embd_pdrop");
-  h = b.last();
+  // eager: GPT2Model.forward builds the additive causal mask after the embeddings, before self.drop
+  if (impl == HfAttention::eager) b.add("transformer.causal_mask", "attn_mask", {B("causal", true)}, {"input_ids"});
+  if (positive_p(embd_p)) h = b.add("transformer.drop", "dropout", {T("p", embd_p, "embd_pdrop")}, {h});
   for (i64 i = 0; i < n_layers; ++i) {
     const std::string p = "transformer.h." + str(i);
     b.add(p + ".ln_1", "layer_norm", {I("normalized_shape", d, "n_embd"), T("eps", eps, "layer_norm_epsilon")}, {h});
@@ -403,7 +421,7 @@ Model build_gpt2(const Cfg& c, const HfOptions& o, const std::string& name) {
     std::string q = heads_of(b, a + ".split:0", a + ".q", heads, head_dim);
     std::string k = heads_of(b, a + ".split:1", a + ".k", heads, head_dim);
     std::string v = heads_of(b, a + ".split:2", a + ".v", heads, head_dim);
-    attention_core(b, {a, q, k, v, heads, heads, head_dim, true, attn_p, "attn_pdrop", HfAttention::sdpa});
+    attention_core(b, {a, q, k, v, heads, heads, head_dim, true, attn_p, "attn_pdrop", impl, "transformer.causal_mask", true});
     b.add(a + ".c_proj", "gpt2_conv1d", {I("out_features", d, "n_embd")});
     dropout(b, a + ".resid_dropout", resid_p, "resid_pdrop");
     h = b.add(p + ".attn_residual", "add", {}, {b.last(), h});  // attn_output + residual
@@ -429,6 +447,8 @@ struct EncoderSpec {
   std::string eps, eps_field, act, attn_p, hidden_p;
   bool qkv_bias = true;
   bool pre_norm = false;  // ViT: layernorm_before / layernorm_after
+  HfAttention impl = HfAttention::sdpa;
+  std::string mask;  // eager: the mask layer ("" = none)
 };
 
 std::string encoder(Builder& b, const Cfg& c, const EncoderSpec& s, std::string h) {
@@ -447,7 +467,7 @@ std::string encoder(Builder& b, const Cfg& c, const EncoderSpec& s, std::string 
       qkv[j] = heads_of(b, a + "." + names[j], a + "." + names[j], s.heads, head_dim);
     }
     attention_core(b, {a, qkv[0], qkv[1], qkv[2], s.heads, s.heads, head_dim, false, s.attn_p, "attention_probs_dropout_prob",
-                       HfAttention::sdpa});
+                       s.impl, s.mask});
     b.add(p + ".attention.output.dense", "linear", {I("out_features", s.d, "hidden_size")});
     dropout(b, p + ".attention.output.dropout", s.hidden_p, "hidden_dropout_prob");
     // BertSelfOutput: LayerNorm(hidden_states + input_tensor); ViT: attention_output + hidden_states
@@ -490,8 +510,6 @@ Model build_bert(const Cfg& c, const HfOptions& o, const std::string& name) {
   } else {
     arch = architecture(c, b, {"BertForMaskedLM", "BertForSequenceClassification"});
   }
-  if (o.attention == HfAttention::eager)
-    throw Error(c.at("model_type"), "", "--attention eager is not modelled for BERT", "use --attention sdpa (the default)");
   const i64 vocab = c.integer("vocab_size"), d = c.integer("hidden_size"), heads = c.integer("num_attention_heads");
   if (d % heads != 0) c.bad("num_attention_heads", "(" + str(heads) + ") does not divide hidden_size (" + str(d) + ")", "fix the sizes");
   if (c.text_or("position_embedding_type", "absolute") != "absolute")
@@ -500,15 +518,19 @@ Model build_bert(const Cfg& c, const HfOptions& o, const std::string& name) {
   EncoderSpec s{"bert.encoder.layer", c.integer("num_hidden_layers"), d, heads, c.integer("intermediate_size"),
                 c.real_or("layer_norm_eps", "1e-12", 0, 1, true), "layer_norm_eps", c.text_or("hidden_act", "gelu"),
                 c.real_or("attention_probs_dropout_prob", "0.1", 0, 1, true), c.real_or("hidden_dropout_prob", "0.1", 0, 1, true),
-                true, false};
+                true, false, o.attention.value_or(HfAttention::sdpa), ""};
   const i64 seq = sequence(c, b, o, "max_position_embeddings");
 
   b.add("input_ids", "input", {I("shape", seq), T("dtype", "int64")});
+  // eager: BertModel makes get_extended_attention_mask of the all-ones attention_mask (an additive
+  // [N, 1, 1, T] float mask) before the embeddings run
+  if (s.impl == HfAttention::eager) s.mask = b.add("bert.extended_attention_mask", "attn_mask", {B("causal", false)}, {"input_ids"});
   // BertEmbeddings: word + token_type (the zero token_type_ids buffer expanded to [N, T]) +=
   // position (arange(T)), LayerNorm, dropout.
   b.add("bert.embeddings.word_embeddings", "embedding",
         {I("num_embeddings", vocab, "vocab_size"), I("embedding_dim", d, "hidden_size"),
-         I("padding_idx", c.integer_or("pad_token_id", 0, 0), "pad_token_id")});
+         I("padding_idx", c.integer_or("pad_token_id", 0, 0), "pad_token_id")},
+        {"input_ids"});
   b.add("bert.embeddings.token_type_embeddings", "embedding",
         {I("num_embeddings", c.integer_or("type_vocab_size", 2), "type_vocab_size"), I("embedding_dim", d, "hidden_size")}, {"input_ids"});
   b.add("bert.embeddings.add_token_type", "add", {}, {"bert.embeddings.word_embeddings", "bert.embeddings.token_type_embeddings"});
@@ -552,8 +574,6 @@ Model build_vit(const Cfg& c, const HfOptions& o, const std::string& name) {
   Builder b(c, name);
   architecture(c, b, {"ViTForImageClassification"});
   if (o.head) throw Error(c.at("model_type"), "", "--head applies to BERT configs", "remove --head");
-  if (o.attention == HfAttention::eager)
-    throw Error(c.at("model_type"), "", "--attention eager is not modelled for ViT", "use --attention sdpa (the default)");
   const i64 d = c.integer("hidden_size"), heads = c.integer("num_attention_heads");
   if (d % heads != 0) c.bad("num_attention_heads", "(" + str(heads) + ") does not divide hidden_size (" + str(d) + ")", "fix the sizes");
   const i64 image = c.integer("image_size"), patch = c.integer("patch_size"), channels = c.integer_or("num_channels", 3);
@@ -567,7 +587,7 @@ Model build_vit(const Cfg& c, const HfOptions& o, const std::string& name) {
   EncoderSpec s{"vit.encoder.layer", c.integer("num_hidden_layers"), d, heads, c.integer("intermediate_size"),
                 c.real_or("layer_norm_eps", "1e-12", 0, 1, true), "layer_norm_eps", c.text_or("hidden_act", "gelu"),
                 c.real_or("attention_probs_dropout_prob", "0.0", 0, 1, true), c.real_or("hidden_dropout_prob", "0.0", 0, 1, true),
-                c.boolean_or("qkv_bias", true), true};
+                c.boolean_or("qkv_bias", true), true, o.attention.value_or(HfAttention::sdpa), ""};  // eager: no mask
   const i64 labels = num_labels(c);
 
   b.add("pixel_values", "input", {T("shape", str(channels) + "x" + str(image) + "x" + str(image), "image_size")});
@@ -599,7 +619,7 @@ void resolve(Model& m) {
   for (const Layer& l : m.layers)  // a missing kind first: it explains a missing option too
     if (!find_op(l.kind))
       throw Error(l.pos, l.name, "the Hugging Face builder needs the layer kind '" + l.kind + "', which this memfit does not have",
-                  l.kind == "scale" || l.kind == "causal_mask" ? "use --attention sdpa (the default)"
+                  l.kind == "scale" || l.kind == "attn_mask" || l.kind == "repeat_kv" ? "use --attention sdpa (the default)"
                                                                 : "this memfit lacks the transformer layer kinds (docs/hf-config.md)");
   for (Layer& l : m.layers) {
     const OpRule* rule = find_op(l.kind);
