@@ -2,6 +2,7 @@
 // With explain, every number is followed by the arithmetic that produced it.
 #include <algorithm>
 #include <sstream>
+#include <unordered_map>
 
 #include "memfit/report.hpp"
 
@@ -95,6 +96,51 @@ void region_summary(std::ostringstream& o, const Estimate& e) {
   if (top.size() > kShown) o << "  ... and " << top.size() - kShown << " more regions (all in --json \"regions\")\n";
 }
 
+// Repeated blocks fold in the table: a region identical to the sibling just before it (same layer
+// kinds, output shapes and parameter counts in the same order, and a name that differs only in its
+// last number: model.layers.1 after model.layers.0) is shown as one line, so an 80-layer decoder is
+// one layer in full plus "x 79". --explain shows every layer.
+struct Folding {
+  std::vector<int> like;  // region -> the first region of its run of identical siblings; -1: not folded
+  std::vector<int> next;  // region -> the sibling that starts right after it (-1: none)
+};
+bool numbered_sibling(const std::string& a, const std::string& b) {
+  auto dot_a = a.rfind('.'), dot_b = b.rfind('.');
+  std::string_view pa = dot_a == std::string::npos ? std::string_view() : std::string_view(a).substr(0, dot_a + 1);
+  std::string_view pb = dot_b == std::string::npos ? std::string_view() : std::string_view(b).substr(0, dot_b + 1);
+  auto digits = [](std::string_view t) { return !t.empty() && t.find_first_not_of("0123456789") == std::string_view::npos; };
+  return pa == pb && digits(std::string_view(a).substr(pa.size())) && digits(std::string_view(b).substr(pb.size()));
+}
+Folding fold_repeats(const Estimate& e) {
+  const auto& regions = e.graph.regions;
+  Folding f;
+  f.like.assign(regions.size(), -1);
+  std::vector<std::string> sig(regions.size());
+  for (std::size_t k = 0; k < regions.size(); ++k)
+    for (int i = regions[k].first_node; i <= regions[k].last_node; ++i) {
+      const Node& nd = e.graph.nodes[static_cast<std::size_t>(i)];
+      sig[k] += nd.rule->kind;
+      for (i64 d : nd.shape.out.shape) sig[k] += "," + std::to_string(d);
+      for (const auto& p : nd.shape.params) sig[k] += "|" + std::to_string(p.numel()) + (p.trainable ? "t" : "f");
+      sig[k] += ";";
+    }
+  // siblings by where they start: (parent, first node) -> region
+  std::unordered_map<i64, int> starting;
+  const i64 n_nodes = static_cast<i64>(e.graph.nodes.size());
+  auto key = [&](int parent, int node) { return (static_cast<i64>(parent) + 1) * (n_nodes + 1) + node; };
+  for (std::size_t k = 0; k < regions.size(); ++k) starting.emplace(key(regions[k].parent, regions[k].first_node), static_cast<int>(k));
+  f.next.assign(regions.size(), -1);
+  for (std::size_t j = 0; j < regions.size(); ++j) {  // parents come first, so a run's start is resolved before it
+    auto it = starting.find(key(regions[j].parent, regions[j].last_node + 1));
+    if (it == starting.end()) continue;
+    const auto k = static_cast<std::size_t>(it->second);
+    f.next[j] = it->second;
+    if (sig[j] == sig[k] && numbered_sibling(regions[j].name, regions[k].name))
+      f.like[k] = f.like[j] >= 0 ? f.like[j] : static_cast<int>(j);
+  }
+  return f;
+}
+
 }  // namespace
 
 std::string render_text(const Model& model, const Options& options, bool explain) {
@@ -110,8 +156,48 @@ std::string render_text(const Model& model, const Estimate& e, bool explain) {
   for (const auto& nd : e.graph.nodes) name_w = std::max(name_w, std::min(nd.layer->name.size(), kMaxNameBytes) + 2);
   o << pad("layer", name_w) << pad("kind", 19) << pad("output (N first)", 18) << pad("params", 12, true)
     << pad("saved", 14, true) << pad("grads", 12, true) << pad("optim", 12, true) << "\n";
-  for (const auto& r : e.layers) {
+  const Folding folding = explain ? Folding{} : fold_repeats(e);
+  std::vector<int> row_of(e.graph.nodes.size(), -1);
+  for (std::size_t k = 0; k < e.layers.size(); ++k) row_of[static_cast<std::size_t>(e.layers[k].node)] = static_cast<int>(k);
+  for (std::size_t li = 0; li < e.layers.size(); ++li) {
+    const auto& r = e.layers[li];
     const Node& nd = e.graph.nodes[static_cast<std::size_t>(r.node)];
+    if (!folding.like.empty()) {
+      // the outermost region starting here that repeats its predecessor: fold the whole run
+      int fold = -1;
+      for (int g = nd.region; g >= 0; g = e.graph.regions[static_cast<std::size_t>(g)].parent)
+        if (e.graph.regions[static_cast<std::size_t>(g)].first_node == r.node && folding.like[static_cast<std::size_t>(g)] >= 0) fold = g;
+      if (fold >= 0) {
+        const int first = fold;
+        int last_region = fold, n_regions = 0, last_node = r.node;
+        i64 params = 0, saved = 0, grads = 0, optim = 0;
+        for (int g = first; g >= 0 && g < static_cast<int>(e.graph.regions.size());) {
+          const Region& rg = e.graph.regions[static_cast<std::size_t>(g)];
+          ++n_regions;
+          last_region = g;
+          last_node = rg.last_node;
+          for (int i = rg.first_node; i <= rg.last_node; ++i) {
+            int ri = row_of[static_cast<std::size_t>(i)];
+            if (ri < 0) continue;
+            params += e.layers[static_cast<std::size_t>(ri)].params;
+            saved += e.layers[static_cast<std::size_t>(ri)].saved_bytes;
+            grads += e.layers[static_cast<std::size_t>(ri)].grad_bytes;
+            optim += e.layers[static_cast<std::size_t>(ri)].optimizer_bytes;
+          }
+          // the next sibling, while it is in the same run
+          int next = folding.next[static_cast<std::size_t>(g)];
+          g = next >= 0 && folding.like[static_cast<std::size_t>(next)] == folding.like[static_cast<std::size_t>(first)] ? next : -1;
+        }
+        const std::string& model_name = e.graph.regions[static_cast<std::size_t>(folding.like[static_cast<std::size_t>(first)])].name;
+        std::string span = short_name(e.graph.regions[static_cast<std::size_t>(first)].name) +
+                           (n_regions > 1 ? " .. " + short_name(e.graph.regions[static_cast<std::size_t>(last_region)].name) : "");
+        o << pad(span, name_w) << pad(std::to_string(n_regions) + " more like " + short_name(model_name), 37)
+          << pad(format_count(params), 12, true) << pad(mib(saved), 14, true) << pad(mib(grads), 12, true)
+          << pad(mib(optim), 12, true) << "\n";
+        while (li + 1 < e.layers.size() && e.layers[li + 1].node <= last_node) ++li;
+        continue;
+      }
+    }
     std::string kind = nd.rule->kind;
     if (std::string(r.output_storage) == "in-place" || std::string(r.output_storage) == "view")
       kind += std::string(" (") + r.output_storage + ")";
