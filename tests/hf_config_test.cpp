@@ -423,6 +423,17 @@ TEST_CASE("config errors name the field, its line and what to do", "[hf][errors]
     std::string e = error_of("{\"model_type\": \"llama\", \"layers\": 3}", "m.json");
     CHECK_THAT(e, Catch::Contains("\"layers\" must be an array"));
   }
+  SECTION("hostile values are refused before any work") {
+    // 2^31 layers would be ~60 billion memfit layers: refused at the model's layer limit, quickly
+    CHECK_THAT(error_of(tiny_llama("", "num_hidden_layers").replace(0, 1, "{\"num_hidden_layers\": 2147483648,"), "c.json"),
+               Catch::Contains("more than 200,000 memfit layers"));
+    CHECK_THAT(error_of("{\"model_type\": 5}", "c.json"), Catch::Contains("\"model_type\" is 5, expected a string"));
+    CHECK_THAT(error_of(tiny_llama("  \"architectures\": \"LlamaForCausalLM\""), "c.json"),
+               Catch::Contains("expected a list of class names"));
+    CHECK_THAT(error_of(tiny_llama("  \"attention_dropout\": -0.5"), "c.json"), Catch::Contains("\"attention_dropout\" is -0.5, outside [0.0, 1.0)"));
+    CHECK_THAT(error_of(tiny_llama("  \"rms_norm_eps\": 1e400", "rms_norm_eps"), "c.json"), Catch::Contains("beyond the range of a double"));
+    CHECK_THAT(error_of(tiny_llama("  \"head_dim\": 15"), "c.json"), Catch::Contains("odd: rotate_half"));
+  }
   SECTION("the request API reads seq, attention and head") {
     nlohmann::json req{{"command", "model"}, {"model", config("llama-3.1-8b").text}, {"file", "llama.json"},
                        {"options", {{"seq", 200000}}}};
