@@ -155,3 +155,18 @@ TEST_CASE("slice is a view whose backward allocates the input's size", "[tensor]
   CHECK(grad_allocs(e, "s") == 1024);
   CHECK_THROWS_WITH(run("input 8x4x4 layout=chw\ns: slice dim=1 start=6 end=2\nflatten\nfc 2\n"), Catch::Contains("empty"));
 }
+
+TEST_CASE("a saved chunk view keeps its whole storage alive (ShuffleNetV2's x2)", "[tensor]") {
+  // torch 1.13, batch 2 (measured with saved_tensors_hooks, distinct storages by nbytes): 2,116 B.
+  // c's output 2x8x4x4 x 4 B = 1,024 B is saved whole by c1 through the view ch:1 (512 B of it);
+  // c1's output 2x4x4x4 = 512 B is not saved (cat saves nothing); mean (1.13) saves cat's output
+  // 2x8x4x4 = 1,024 B; the loss saves log-probs 2x8 x 4 = 64 B + total_weight 4 B.
+  // 1,024 + 1,024 + 64 + 4 = 2,116.
+  Options o = opts(2);
+  o.train.rules = TorchRules::v1_13;
+  Estimate e = estimate(test::keep_model("input 3x4x4 layout=chw\nc: conv 8 1\nch: chunk 2\nc1: conv 4 1 from=ch:1\n"
+                                         "cat: concat from=ch:0,c1\nm: mean 2,3\n"),
+                        o);
+  CHECK(e.total_saved_bytes == 2116);
+  CHECK(row(e, "c1").saved_bytes == 1024);
+}

@@ -13,6 +13,9 @@ emits.  This module is the single source of truth for how the reference tools
     `net.loss`, memfit name = that layer's name).  If the model has no
     cross_entropy layer, `net.loss` is nn.CrossEntropyLoss with memfit name
     "loss" (memfit appends the same layer under that name).
+    A layer with several outputs (chunk) is read as `name:K` in `from` (output K), as memfit names them.
+    The N-d kinds (reshape, permute, transpose, contiguous, slice, mul, matmul, layer_norm, hardswish,
+    hardsigmoid, stochastic_depth, identity) are built for models written by tools/memfit_export.py.
 * make_batch(model_json, batch, device, dtype) -> (x, target)
 * training_step(model, x, target, optimizer, loss_fn) -- the measured loop:
       optimizer.zero_grad(set_to_none=True)
@@ -52,7 +55,8 @@ TORCH_BUILDERS = frozenset((
     "input", "conv2d", "maxpool2d", "avgpool2d", "adaptive_avgpool2d", "flatten",
     "linear", "relu", "relu6", "leaky_relu", "sigmoid", "tanh", "gelu", "silu",
     "batchnorm2d", "dropout", "softmax", "log_softmax", "cross_entropy", "add",
-    "concat", "mean",
+    "concat", "mean", "chunk", "mul", "hardswish", "hardsigmoid", "reshape", "permute", "transpose",
+    "contiguous", "identity", "slice", "matmul", "layer_norm", "stochastic_depth",
 ))
 
 OPS_FORMAT = "memfit-ops/1"
@@ -215,12 +219,47 @@ def load_model_json(path_or_obj, registry=None):
             if not src:
                 raise ValueError("layer %r has no 'from'" % name)
             for s in src:
-                if s not in seen:
+                if s not in seen and _output_of(s)[0] not in seen:
                     raise ValueError("layer %r: 'from' %r is not an earlier layer" % (name, s))
         if kind == "cross_entropy" and i != len(m["layers"]) - 1:
             raise ValueError("cross_entropy layer %r must be the last layer" % name)
         seen.add(name)
     return m
+
+
+def _output_of(ref):
+    """'layer:K' (output K of a layer with several outputs, e.g. chunk) -> ('layer', K); 'layer' -> ('layer', None)."""
+    base, sep, k = ref.rpartition(":")
+    if sep and base and k.isdigit():
+        return base, int(k)
+    return ref, None
+
+
+def _size_list(v, sep):
+    """memfit's 'x'- or ','-separated integer lists ("2x58x28x28", "0,2,1,3"), or a JSON list."""
+    if isinstance(v, (list, tuple)):
+        return [int(a) for a in v]
+    return [int(a) for a in str(v).split(sep) if a.strip() != ""]
+
+
+def _broadcast(name, *shapes):
+    """Per-sample shape of PyTorch's broadcast of the batched operands. Broadcasting aligns the
+    batched shapes from the right, so operands of different rank pair the batch with another dim:
+    broadcast [B] + shape with a batch B no dim equals, and the batch must come out as dim 0."""
+    b = 1 + max([1] + [d for s in shapes for d in s])
+    try:
+        out = list(torch.broadcast_shapes(*[(b,) + tuple(s) for s in shapes]))
+    except RuntimeError:
+        out = None
+    if out is None or len(out) != 1 + max(len(s) for s in shapes) or out[0] != b:
+        raise ValueError("layer %r: per-sample shapes %s do not broadcast with the batch as dim 0" % (name, shapes))
+    return out[1:]
+
+
+def _chunk_sizes(size, chunks):
+    # torch.chunk: pieces of ceil(size / chunks); fewer pieces when that overshoots
+    step = -(-size // chunks)
+    return [min(step, size - i) for i in range(0, size, step)]
 
 
 def safe_key(name):
@@ -280,6 +319,7 @@ def infer_shapes(m):
         kind, name = layer["kind"], layer["name"]
         ins = [shapes[s] for s in layer.get("from", [])]
         x = ins[0] if ins else None
+        full = [1] + list(x) if x is not None else None  # with a batch dim, for dims that count it
         if kind == "input":
             out = list(layer["shape"])
         elif kind == "conv2d":
@@ -301,11 +341,46 @@ def infer_shapes(m):
             out = [int(math.prod(x))]
         elif kind == "linear":
             out = list(x[:-1]) + [layer["out_features"]]
-        elif kind == "add":
-            for other in ins[1:]:
-                if other != x:
-                    raise ValueError("add %r: shape mismatch %r vs %r" % (name, x, other))
-            out = list(x)
+        elif kind in ("add", "mul"):
+            out = _broadcast(name, *ins)
+            if kind == "add" and layer.get("inplace") and out != list(x):
+                raise ValueError("add %r: in place into input 0 %r needs the broadcast shape %r" % (name, x, out))
+        elif kind == "chunk":
+            di = _dim_index(int(layer.get("dim", 1)), len(x) + 1)
+            sizes = _chunk_sizes(x[di], int(layer["chunks"]))
+            for k, n in enumerate(sizes):
+                o = list(x)
+                o[di] = n
+                shapes["%s:%d" % (name, k)] = o
+            out = shapes["%s:0" % name]
+        elif kind == "reshape":
+            dims = _size_list(layer["shape"], "x")
+            total = int(math.prod(x))
+            if dims.count(-1) == 1:
+                known = int(math.prod(d for d in dims if d != -1))
+                dims = [total // known if d == -1 else d for d in dims]
+            if int(math.prod(dims)) != total:
+                raise ValueError("reshape %r: %r has %d elements, not %d" % (name, dims, math.prod(dims), total))
+            out = dims
+        elif kind == "permute":
+            dims = _size_list(layer["dims"], ",")
+            if sorted(dims) != list(range(len(full))) or dims[0] != 0:
+                raise ValueError("permute %r: dims %r for a rank-%d tensor (the batch stays dim 0)" % (name, dims, len(full)))
+            out = [full[d] for d in dims][1:]
+        elif kind == "transpose":
+            d0, d1 = int(layer["dim0"]) % len(full), int(layer["dim1"]) % len(full)
+            o = list(full)
+            o[d0], o[d1] = o[d1], o[d0]
+            out = o[1:]
+        elif kind == "slice":
+            di = _dim_index(int(layer["dim"]), len(x) + 1)
+            o = list(x)
+            o[di] = len(range(*slice(_opt_int(layer.get("start")), _opt_int(layer.get("end")),
+                                     _opt_int(layer.get("step")) or 1).indices(x[di])))
+            out = o
+        elif kind == "matmul":
+            a, b = [1] + list(ins[0]), [1] + list(ins[1])
+            out = list(torch.matmul(torch.empty(a, device="meta"), torch.empty(b, device="meta")).shape)[1:]
         elif kind == "concat":
             di = _dim_index(layer.get("dim", 1), len(x) + 1)
             out = list(x)
@@ -320,6 +395,10 @@ def infer_shapes(m):
             out = list(x)
         shapes[name] = out
     return shapes
+
+
+def _opt_int(v):
+    return None if v is None or v == "" else int(v)
 
 
 def num_classes(m):
@@ -374,6 +453,98 @@ class Concat(nn.Module):
         return "dim=%d" % self.dim
 
 
+class Mul(nn.Module):
+    """memfit `mul`: a * b with broadcasting (torchvision's squeeze-excitation `scale * input`)."""
+
+    def forward(self, a, b):
+        return a * b
+
+
+class Chunk(nn.Module):
+    """memfit `chunk`: torch.chunk(x, chunks, dim); its outputs are the layer's `name:K`."""
+
+    def __init__(self, chunks, dim):
+        super().__init__()
+        self.chunks, self.dim = chunks, dim
+
+    def forward(self, x):
+        return x.chunk(self.chunks, self.dim)
+
+
+class Reshape(nn.Module):
+    """memfit `reshape`: x.reshape(N, *shape) -- a view when the strides allow, else a copy, as
+    torchvision's `x.view(...)` after a `.contiguous()` (view itself refuses a non-viewable input)."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = list(shape)
+
+    def forward(self, x):
+        return x.reshape([x.shape[0]] + self.shape)
+
+
+class Permute(nn.Module):
+    def __init__(self, dims):
+        super().__init__()
+        self.dims = list(dims)
+
+    def forward(self, x):
+        return x.permute(self.dims)
+
+
+class Transpose(nn.Module):
+    def __init__(self, dim0, dim1):
+        super().__init__()
+        self.dim0, self.dim1 = dim0, dim1
+
+    def forward(self, x):
+        return torch.transpose(x, self.dim0, self.dim1)
+
+
+class Contiguous(nn.Module):
+    def forward(self, x):
+        return x.contiguous()
+
+
+class Slice(nn.Module):
+    def __init__(self, dim, start, end, step):
+        super().__init__()
+        self.index = (slice(None),) * dim + (slice(start, end, step),)
+
+    def forward(self, x):
+        return x[self.index]
+
+
+class MatMul(nn.Module):
+    def forward(self, a, b):
+        return torch.matmul(a, b)
+
+
+class StochasticDepth(nn.Module):
+    """memfit `stochastic_depth`: torchvision.ops.StochasticDepth (torchvision/ops/stochastic_depth.py,
+    BSD-3-Clause), repeated here so the tools need only torch: in train mode `input * noise`, noise
+    [N, 1, ...] ("row") or [1, ...] ("batch") of Bernoulli(1 - p) / (1 - p); MulBackward0 saves the noise."""
+
+    def __init__(self, p, mode):
+        super().__init__()
+        if mode not in ("row", "batch"):
+            raise ValueError("stochastic_depth mode must be 'row' or 'batch', not %r" % mode)
+        self.p, self.mode = float(p), mode
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        survival = 1.0 - self.p
+        size = [x.shape[0]] + [1] * (x.ndim - 1) if self.mode == "row" else [1] * x.ndim
+        noise = torch.empty(size, dtype=x.dtype, device=x.device).bernoulli_(survival)
+        if survival > 0.0:
+            noise.div_(survival)
+        return x * noise
+
+    def extra_repr(self):
+        return "p=%s, mode=%s" % (self.p, self.mode)
+
+
 def _make_layer(layer, in_shapes):
     kind = layer["kind"]
     x = in_shapes[0] if in_shapes else None
@@ -408,7 +579,7 @@ def _make_layer(layer, in_shapes):
     if kind == "tanh":
         return nn.Tanh()
     if kind == "gelu":
-        return nn.GELU()
+        return nn.GELU(approximate=str(layer.get("approximate", "none")))
     if kind == "silu":
         return nn.SiLU(inplace=bool(layer.get("inplace", False)))
     if kind == "batchnorm2d":
@@ -427,6 +598,37 @@ def _make_layer(layer, in_shapes):
         return Concat(int(layer.get("dim", 1)))
     if kind == "mean":
         return Mean(_mean_dims(layer, len(x) + 1), bool(layer.get("keepdim", False)))
+    if kind == "chunk":
+        return Chunk(int(layer["chunks"]), int(layer.get("dim", 1)))
+    if kind == "mul":
+        return Mul()
+    if kind == "hardswish":
+        return nn.Hardswish(inplace=bool(layer.get("inplace", False)))
+    if kind == "hardsigmoid":
+        return nn.Hardsigmoid(inplace=bool(layer.get("inplace", False)))
+    if kind == "reshape":
+        return Reshape(_size_list(layer["shape"], "x"))
+    if kind == "permute":
+        return Permute(_size_list(layer["dims"], ","))
+    if kind == "transpose":
+        return Transpose(int(layer["dim0"]), int(layer["dim1"]))
+    if kind == "contiguous":
+        return Contiguous()
+    if kind == "identity":
+        return nn.Identity()
+    if kind == "slice":
+        return Slice(int(layer["dim"]), _opt_int(layer.get("start")), _opt_int(layer.get("end")),
+                     _opt_int(layer.get("step")) or 1)
+    if kind == "matmul":
+        return MatMul()
+    if kind == "layer_norm":
+        ln = nn.LayerNorm(int(layer["normalized_shape"]), eps=float(layer.get("eps", 1e-5)),
+                          elementwise_affine=bool(layer.get("elementwise_affine", True)))
+        if ln.elementwise_affine and not bool(layer.get("bias", True)):
+            ln.register_parameter("bias", None)  # nn.LayerNorm(bias=False) of torch >= 2.1; F.layer_norm takes None
+        return ln
+    if kind == "stochastic_depth":
+        return StochasticDepth(float(layer["p"]), str(layer.get("mode", "row")))
     if kind == "cross_entropy":
         return nn.CrossEntropyLoss()
     raise ValueError("unsupported kind %r" % kind)
@@ -474,6 +676,17 @@ class MemfitNet(nn.Module):
         else:
             self.output_name = self.loss_from
         self.shapes = shapes
+        # tools/memfit_export.py records requires_grad=False parameters as a top-level "freeze" list of
+        # exact "layer.param" names (no globs); the module starts with those frozen, as the exported one was
+        mods = dict(self.memfit_modules())
+        self.frozen_at_export = list(m.get("freeze") or [])
+        for entry in self.frozen_at_export:
+            layer, _, pname = str(entry).rpartition(".")
+            prm = dict(mods[layer].named_parameters()).get(pname) if layer in mods else None
+            if prm is None:
+                raise ValueError("\"freeze\" entry %r names no parameter of this model (layer.param, e.g. "
+                                 "\"fc.weight\"); re-export the model or fix the list" % entry)
+            prm.requires_grad_(False)
         self._last_use = {}
         for step, (_, _, src) in enumerate(self.plan):
             for s in src:
@@ -495,7 +708,14 @@ class MemfitNet(nn.Module):
         # `env` would hold activations the real model frees (memfit's plan.cpp models the former).
         env = dict(zip(self.inputs, xs))
         for step, (name, key, src) in enumerate(self.plan):
-            env[name] = self.layers[key](*[env[s] for s in src])
+            out = self.layers[key](*[env[s] for s in src])
+            if isinstance(out, tuple):  # several outputs (chunk): `name:K`, and `name` = output 0
+                for k, t in enumerate(out):
+                    env["%s:%d" % (name, k)] = t
+                if name not in self._last_use and name != self.output_name:
+                    continue  # only `name:K` is read: holding `name` too would keep output 0's view alive
+                out = out[0]
+            env[name] = out
             for s in set(src):
                 if self._last_use.get(s) == step and s != self.output_name:
                     del env[s]

@@ -38,19 +38,19 @@ def main():
     c, p = m["layers"][1], m["layers"][2]
     assert c["kind"] == "conv2d" and c["stride"] == [1, 1] and c["padding"] == [0, 0] and c["bias"] is True, c
     assert p["stride"] == [2, 2] and p["ceil_mode"] is False, p  # stride defaults to the kernel
-    raises(lambda: mt.load_model_json(model({"name": "x", "kind": "layernorm", "from": ["input"]})), "unknown kind")
+    raises(lambda: mt.load_model_json(model({"name": "x", "kind": "groupnorm", "from": ["input"]})), "unknown kind")
     raises(lambda: mt.load_model_json(model({"name": "x", "kind": "linear", "from": ["input"]})),
            "missing required attribute 'out_features'")
     raises(lambda: mt.load_model_json(model({"name": "x", "kind": "relu", "from": ["input"], "slope": 1})),
            "unknown attribute 'slope'")
     raises(lambda: mt.load_model_json(model({"name": "x", "kind": "add", "from": ["input"]})), "1 inputs")
     doc = json.load(open(reg.path))
-    doc["ops"].append({"kind": "layernorm", "aliases": [], "attrs": [], "positional": [], "min_inputs": 1,
+    doc["ops"].append({"kind": "groupnorm", "aliases": [], "attrs": [], "positional": [], "min_inputs": 1,
                        "max_inputs": 1, "family": "norm", "summary": "", "source": ""})
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(doc, f)
     extra = mt.load_ops(f.name)
-    raises(lambda: mt.load_model_json(model({"name": "x", "kind": "layernorm", "from": ["input"]}), extra),
+    raises(lambda: mt.load_model_json(model({"name": "x", "kind": "groupnorm", "from": ["input"]}), extra),
            "no torch builder")
     os.unlink(f.name)
     # a one-input concat (torch.cat([x], 1)) is accepted where the registry allows it
@@ -69,6 +69,53 @@ def main():
         assert list(net(x).shape) == [2, 2] and mt.infer_shapes(mt.load_model_json(mm))["m"] == [3]
         mk = model({"name": "m", "kind": "mean", "from": ["input"], "dims": "-1", "keepdim": True})
         assert mt.infer_shapes(mt.load_model_json(mk))["m"] == [3, 8, 1]
+
+    # the N-d kinds (tools/memfit_export.py emits them): ShuffleNetV2's chunk / channel shuffle,
+    # squeeze-excitation's broadcasting mul, a transformer-style layer_norm + matmul; the shapes
+    # infer_shapes predicts are the ones the modules produce (written by hand from the layers below)
+    nd = model({"name": "ch", "kind": "chunk", "from": ["input"], "chunks": 2, "dim": 1},
+               {"name": "c", "kind": "conv2d", "from": ["ch:1"], "out_channels": 2, "kernel": 1},
+               {"name": "cat", "kind": "concat", "from": ["ch:0", "c"], "dim": 1},
+               {"name": "v", "kind": "reshape", "from": ["cat"], "shape": "2x2x8x8"},
+               {"name": "t", "kind": "transpose", "from": ["v"], "dim0": 1, "dim1": 2},
+               {"name": "k", "kind": "contiguous", "from": ["t"]},
+               {"name": "v2", "kind": "reshape", "from": ["k"], "shape": "4x-1"},
+               {"name": "p", "kind": "permute", "from": ["v2"], "dims": "0,2,1"},
+               {"name": "ln", "kind": "layer_norm", "from": ["p"], "normalized_shape": 4},
+               {"name": "g", "kind": "hardswish", "from": ["ln"], "inplace": True},
+               {"name": "mm", "kind": "matmul", "from": ["g", "v2"]},
+               {"name": "s", "kind": "slice", "from": ["mm"], "dim": 2, "start": 1, "end": 60, "step": 2},
+               {"name": "m", "kind": "mean", "from": ["s"], "dims": "2"},
+               {"name": "sq", "kind": "reshape", "from": ["m"], "shape": "64x1"},
+               {"name": "sig", "kind": "hardsigmoid", "from": ["sq"]},
+               {"name": "mul", "kind": "mul", "from": ["sig", "mm"]},
+               {"name": "sd", "kind": "stochastic_depth", "from": ["mul"], "p": 0.5, "mode": "row"},
+               {"name": "fc", "kind": "linear", "from": ["sd"], "out_features": 4})
+    shapes = mt.infer_shapes(mt.load_model_json(nd))
+    # torch.chunk(3 channels, 2) gives 2 + 1
+    assert shapes["ch:0"] == [2, 8, 8] and shapes["ch:1"] == [1, 8, 8] and shapes["cat"] == [4, 8, 8], shapes
+    assert shapes["t"] == [2, 2, 8, 8] and shapes["v2"] == [4, 64] and shapes["p"] == [64, 4], shapes
+    assert shapes["mm"] == [64, 64], shapes
+    assert shapes["s"] == [64, 30] and shapes["mul"] == [64, 64] and shapes["fc"] == [64, 4], shapes
+    net = mt.build_module(nd)
+    outs = {}
+    for name, mod in net.memfit_modules():
+        mod.register_forward_hook(lambda m, i, o, name=name: outs.__setitem__(name, o))
+    x, _ = mt.make_batch(nd, 2)
+    net(x)
+    for name, o in outs.items():
+        if name in shapes and not isinstance(o, tuple):
+            assert list(o.shape[1:]) == shapes[name], (name, list(o.shape), shapes[name])
+    assert not outs["t"].is_contiguous() and outs["k"].is_contiguous()
+
+    # an exported model's "freeze" list (exact layer.param names) is applied by build_module
+    fz = model({"name": "c", "kind": "conv2d", "from": ["input"], "out_channels": 2, "kernel": 1},
+               {"name": "fc", "kind": "linear", "from": ["c"], "out_features": 2})
+    fz["freeze"] = ["c.bias"]
+    net = mt.build_module(fz)
+    assert [n for n, p in net.named_parameters() if not p.requires_grad] == ["layers.c.bias"]
+    fz["freeze"] = ["c.gamma"]
+    raises(lambda: mt.build_module(fz), "names no parameter")
 
     # globs (memfit's graph.cpp): `*` crosses dots, `?` one character; a glob naming a dotted prefix
     # selects the region under it; `layer.param` selects one parameter; both options or an unused glob: error

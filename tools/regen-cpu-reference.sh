@@ -46,3 +46,10 @@ done
     -o tests/reference/cpu_saved_densenet.json
 /usr/bin/python3 tools/cpu_live_reference.py --runs tests/reference/fixtures/densenet_mini.json:4 --nodes \
     -o tests/reference/cpu_live_densenet.json
+
+# The PyTorch exporter on torchvision's models (tools/check_export_torchvision.py; about 5 minutes). It exits 1
+# on a mismatch, which it records in the file as well: report it, do not stop the other references.
+[ -x build/live_bytes_estimate ] || g++ -std=c++20 -O1 -Icore/include tools/live_bytes_estimate.cpp \
+    build/core/libmemfit_core.a -o build/live_bytes_estimate
+/usr/bin/python3 tools/check_export_torchvision.py --memfit build/memfit --live build/live_bytes_estimate \
+    -o tests/reference/export_torchvision.json || echo "check_export_torchvision: mismatches (see above and the file)"

@@ -80,7 +80,8 @@ struct SavedRecord {
   int tensor = 0;        // planner storage id: equal ids are the same storage
   int owner = 0;         // node that first saved this storage (its bytes are counted there)
   int producer = -1;     // node whose output this is (-1: the target, or an op-internal tensor)
-  TensorType type;
+  TensorType type;         // as the op saved it (a view's own shape)
+  i64 storage_bytes = 0;  // the storage it keeps alive: a saved chunk/slice view keeps all of its base
   bool is_param = false;  // a parameter itself (not an activation): listed, not counted
   bool is_input = false;  // the input batch or target (held by the loop anyway)
 };

@@ -53,7 +53,7 @@ void before_loss_note(Estimate& e) {
   // gradient it hands to its input; the loss then takes the input directly.
   i64 saved = 0;
   for (const auto& r : e.plan.saved)
-    if (r.node == loss.in[0] && r.owner == r.node && !r.is_param && !r.is_input) saved += r.type.bytes();
+    if (r.node == loss.in[0] && r.owner == r.node && !r.is_param && !r.is_input) saved += r.storage_bytes;
   note += "; without it, its output (" + format_bytes_exact(feeder.shape.out.bytes()) + ", " +
           (saved == feeder.shape.out.bytes() ? "saved for backward" : format_bytes_exact(saved) + " saved for backward") +
           ") and its input's gradient (" + format_bytes_exact(feeder.in_types[0].bytes()) + ") are not allocated";
@@ -141,8 +141,9 @@ Estimate estimate(const Model& model, const Options& options) {
     // Unique storages, counted at the first layer that saves them. Parameters are not activations;
     // the loop's own batch and targets are listed but cost nothing extra.
     if (s.owner == s.node && !s.is_param && !s.is_input) {
-      r.saved_bytes = checked_add(r.saved_bytes, s.type.bytes(), "saved bytes");
-      e.total_saved_bytes = checked_add(e.total_saved_bytes, s.type.bytes(), "saved bytes");
+      // the storage, as PyTorch's memory holds it (torch.chunk's views keep their whole input alive)
+      r.saved_bytes = checked_add(r.saved_bytes, s.storage_bytes, "saved bytes");
+      e.total_saved_bytes = checked_add(e.total_saved_bytes, s.storage_bytes, "saved bytes");
     }
   }
   e.input_bytes = checked_add(nodes[0].shape.out.bytes(), e.graph.target.bytes(), "input bytes");

@@ -351,6 +351,7 @@ class Planner {
     r.node = static_cast<int>(i);
     r.role = sv.role;
     r.tensor = t;
+    r.storage_bytes = p_.tensors[static_cast<std::size_t>(t)].bytes;
     auto [it, inserted] = first_saver_.emplace(t, static_cast<int>(i));
     r.owner = it->second;  // the first node that saved this storage counts its bytes
     switch (sv.ref.kind) {

@@ -87,6 +87,7 @@ ojson layer_json(const Estimate& e, const LayerRow& r) {
     t["shape"] = s.type.shape;
     t["dtype"] = dtype_name(s.type.dtype);
     t["bytes"] = s.type.bytes();
+    t["storage_bytes"] = s.storage_bytes;
     t["counted"] = s.owner == s.node && !s.is_param && !s.is_input;
     t["shared_with"] = s.owner != s.node ? ojson(node_name(e, s.owner)) : ojson(nullptr);
     t["note"] = s.is_param ? "a parameter (already counted)" : s.is_input ? "held by the training loop (input)"

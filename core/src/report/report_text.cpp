@@ -219,6 +219,8 @@ std::string render_text(const Model& model, const Estimate& e, bool explain) {
     for (const auto& s : r.saved) {
       o << "    saves " << s.role << " " << dtype_name(s.type.dtype) << " " << shape_x(s.type.shape) << ": "
         << product_expr(s.type) << " = " << format_bytes_exact(s.type.bytes());
+      if (s.storage_bytes != s.type.bytes() && !s.is_param)
+        o << " (a view: keeps its whole storage, " << format_bytes_exact(s.storage_bytes) << ")";
       if (s.is_param) o << " (the parameter itself: not extra)";
       else if (s.is_input) o << " (held by the loop anyway: not counted)";
       else if (s.owner != s.node)
