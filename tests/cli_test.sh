@@ -79,7 +79,10 @@ if "$BIN" ops | grep -q "^rms_norm "; then
   for f in "$SRC"/models/hf/*.json; do
     name=$(basename "$f" .json)
     seq_flag="--seq 512"
-    [ "$name" = vit-base-patch16-224 ] && seq_flag=""
+    if [ "$name" = vit-base-patch16-224 ]; then
+      "$BIN" ops | grep -q "^parameter " || continue  # ViT's cls_token / position_embeddings need the parameter kind
+      seq_flag=""
+    fi
     [ "$name" = bert-base-uncased ] && seq_flag="--seq 128"
     check "hf: estimate $name" 0 "$BIN" estimate "$f" $seq_flag --batch 1
   done
