@@ -540,3 +540,29 @@ TEST_CASE("tiny configs estimate as the hand-written transformer twins", "[hf][t
     CHECK(a.peak_reserved_bytes == b.peak_reserved_bytes);
   }
 }
+
+// Qwen2Attention: q/k/v with bias, o_proj without (modeling_qwen2.py); MistralAttention: no biases;
+// Llama: attention_bias for all four, mlp_bias for the MLP.
+TEST_CASE("biases per family", "[hf]") {
+  auto bias = [](const std::string& json, const std::string& layer) {
+    Model m = memfit::parse_hf_config_unresolved(json, "c.json", {});
+    const Layer* l = find(m, layer);
+    REQUIRE(l != nullptr);
+    return l->attrs.at("bias").text;
+  };
+  const std::string base = R"("vocab_size": 100, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64)";
+  const std::string qwen = "{\"model_type\": \"qwen2\", " + base + "}";
+  CHECK(bias(qwen, "model.layers.0.self_attn.q_proj") == "true");
+  CHECK(bias(qwen, "model.layers.0.self_attn.v_proj") == "true");
+  CHECK(bias(qwen, "model.layers.0.self_attn.o_proj") == "false");
+  CHECK(bias(qwen, "model.layers.0.mlp.gate_proj") == "false");
+  const std::string mistral = "{\"model_type\": \"mistral\", \"attention_bias\": true, " + base + "}";
+  CHECK(bias(mistral, "model.layers.0.self_attn.q_proj") == "false");
+  const std::string llama = "{\"model_type\": \"llama\", \"attention_bias\": true, \"mlp_bias\": true, " + base + "}";
+  CHECK(bias(llama, "model.layers.0.self_attn.o_proj") == "true");
+  CHECK(bias(llama, "model.layers.0.mlp.down_proj") == "true");
+  // 1 layer: 32*32 + 2 * 32*16 + 32*32 (+ biases 32 + 16 + 16 for qwen2's q/k/v) + 3*32*64 + 2*32 + 32 + 100*32 * 2
+  const i64 plain = 32 * 32 + 2 * 32 * 16 + 32 * 32 + 3 * 32 * 64 + 2 * 32 + 32 + 2 * 100 * 32;
+  CHECK(count_params(memfit::parse_hf_config_unresolved(qwen, "c.json", {})) == plain + 32 + 16 + 16);
+}
