@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "memfit/api.hpp"
+#include "memfit/onnx.hpp"
 #include "memfit/report.hpp"
 #include "probe.hpp"
 
@@ -30,15 +31,47 @@ std::string read_bounded(std::istream& in) {
 
 // MODEL: a path, '-' for standard input, or the name of a builtin model (models/NAME.memfit) or
 // Hugging Face config (models/hf/NAME.json). A config.json is built with --seq/--attention/--head.
-memfit::Model load_model(const std::string& arg, const memfit::Options& options) {
+// The first bytes of a file, to tell an ONNX protobuf from a text or JSON model without the extension.
+std::string file_head(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char head[16] = {};
+  in.read(head, sizeof head);
+  return std::string(head, static_cast<std::size_t>(in.gcount()));
+}
+
+// An ONNX model takes no Hugging Face settings (they would be ignored silently).
+memfit::Model checked_onnx(memfit::Model m, const memfit::Options& options) {
+  memfit::refuse_hf_options(options.hf(), m);
+  return m;
+}
+
+memfit::Model load_model(const std::string& arg, const memfit::DimValues& dims, const memfit::Options& options) {
   std::string name = arg.empty() ? memfit::kDefaultModel : arg;
-  if (name == "-") return memfit::load_model_source(read_bounded(std::cin), "<stdin>", options);
+  if (name == "-") {
+    std::string text = read_bounded(std::cin);
+    // an ONNX model piped in: read from memory (a pipe cannot seek), so the 16 MiB bound applies here
+    if (memfit::looks_like_onnx(text)) {
+      if (text.size() > memfit::kMaxSourceBytes)
+        throw memfit::Error({"<stdin>", 0, 0}, "", "an ONNX model on standard input is larger than 16 MiB",
+                            "give the .onnx file's path instead (it is then read without its weights)");
+      memfit::MemoryByteSource src(text);
+      return checked_onnx(memfit::import_onnx(src, "<stdin>", dims), options);
+    }
+    return memfit::load_model_source(text, "<stdin>", options);
+  }
   std::error_code ec;
   // An ifstream opens a directory on Linux and reads nothing ("the model has no layers").
   if (std::filesystem::is_directory(name, ec))
     throw memfit::Error({name, 0, 0}, "", "is a directory, not a model file",
                         "give a .memfit or .json file inside it, e.g. " + name + "/model.memfit");
   std::ifstream in(name, std::ios::binary);
+  // ONNX files are read through a byte source that skips the weights (no 16 MiB limit: docs/onnx.md).
+  if (in && (memfit::has_onnx_extension(name) || memfit::looks_like_onnx(file_head(name)))) {
+    memfit::FileByteSource src(name);
+    return checked_onnx(memfit::import_onnx(src, name, dims), options);
+  }
+  if (in && !dims.empty())
+    throw memfit::Error({name, 0, 0}, "", "--dim applies to ONNX models only", "remove --dim, or give an .onnx file");
   if (in) return memfit::load_model_source(read_bounded(in), name, options);
   if (const auto* b = memfit::find_builtin_model(name)) return memfit::load_model_source(b->text, b->path, options);
   std::string names;
@@ -55,6 +88,11 @@ void add_hf_settings(CLI::App* c, memfit::OptionStrings& s) {
   opt("--seq", s.seq, "config.json: tokens per sample (default 2048, at most max_position_embeddings)");
   opt("--attention", s.attention, "config.json: sdpa (default, as transformers) or eager");
   opt("--head", s.head, "BERT config.json: mlm (BertForMaskedLM) or cls (BertForSequenceClassification)");
+}
+
+void add_dims(CLI::App* c, std::vector<std::string>& dims) {
+  c->add_option("--dim", dims, "ONNX: a size for a symbolic input dimension, NAME=SIZE (repeatable: --dim seq=128)")
+      ->allow_extra_args(false);
 }
 
 void add_settings(CLI::App* c, memfit::OptionStrings& s) {
@@ -85,9 +123,11 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   memfit::OptionStrings s;
   std::string model_arg;
+  std::vector<std::string> dim_args;
   bool json = false, explain = false, timeline = false, events = false, probe_max_batch = false;
 
   auto* est = app.add_subcommand("estimate", "per-layer training memory, the peak and the verdict");
+  add_dims(est, dim_args);
   est->add_option("MODEL", model_arg, "model file, '-' for stdin, or a builtin name (default question_cnn)");
   add_settings(est, s);
   est->add_flag("--json", json, "print the JSON result");
@@ -96,6 +136,7 @@ int main(int argc, char** argv) {
   est->add_flag("--events", events, "print the planned alloc/free events the allocator replays (docs/json-output.md)");
 
   auto* mb = app.add_subcommand("max-batch", "the largest batch that fits on the GPU");
+  add_dims(mb, dim_args);
   mb->add_option("MODEL", model_arg, "model file or builtin name");
   add_settings(mb, s);
   mb->add_flag("--json", json, "print the JSON result");
@@ -109,11 +150,13 @@ int main(int argc, char** argv) {
   gpus->add_flag("--json", json, "print JSON");
 
   auto* model = app.add_subcommand("model", "print the model as flat JSON (blocks expanded, attributes resolved)");
+  add_dims(model, dim_args);
   model->add_option("MODEL", model_arg, "model file or builtin name");
   model->add_flag("--json", json, "JSON (the only format)");
   add_hf_settings(model, s);
 
   auto* probe = app.add_subcommand("probe", "replay the allocation plan on this machine's CUDA GPU");
+  add_dims(probe, dim_args);
   probe->add_option("MODEL", model_arg, "model file or builtin name");
   add_settings(probe, s);
   probe->add_flag("--json", json, "print JSON");
@@ -145,8 +188,13 @@ int main(int argc, char** argv) {
     }
     s.timeline = timeline;
     s.events = events && !json;
+    memfit::DimValues dims;
+    for (const auto& d : dim_args) {
+      auto [k, v] = memfit::parse_dim_setting(d);
+      if (!dims.emplace(k, v).second) throw memfit::Error({}, "", "--dim " + k + " is given twice", "give each dimension once");
+    }
     memfit::Options options = memfit::make_options(s);
-    memfit::Model m = load_model(model_arg, options);
+    memfit::Model m = load_model(model_arg, dims, options);
     if (model->parsed()) {
       std::cout << memfit::model_json(m);
       return kExitFits;

@@ -9,7 +9,7 @@ secs=${1:-20}
 if [ ! -x build-asan/fuzz/request_fuzzer ]; then echo "fuzz: no libFuzzer (clang++ -fsanitize=fuzzer): skipped"; exit 0; fi
 mkdir -p build-asan/fuzz-out
 status=0
-for h in parse_estimate:model request:request; do
+for h in parse_estimate:model request:request onnx:onnx; do
   name=${h%%:*} seeds=fuzz/seeds/${h##*:}
   work=build-asan/fuzz-corpus/$name
   mkdir -p "$work"

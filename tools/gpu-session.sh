@@ -6,7 +6,7 @@
 # Everything goes under $OUT. Run from the repository root:
 #   OUT=/some/dir bash tools/gpu-session.sh
 # Afterwards, on the development machine:
-#   cp $OUT/gpu_reference_models.json tests/reference/gpu/   (and the fixtures file)
+#   cp $OUT/gpu_reference_models.json tests/reference/gpu/   (and the fixtures and gpu_transformers files)
 #   cp -r $OUT/probe tests/reference/probe-records/<gpu>-<date>
 #   /usr/bin/python3 tools/accuracy_report.py; build the tests; commit.
 # The model JSON comes from tests/reference/models-json (no memfit binary needed for the PyTorch part);
@@ -26,9 +26,16 @@ start=$(date +%s)
 timeout 400 python3 tools/gpu_reference.py tests/reference/models-json/*.json --budget-s 360 \
   -o "$OUT/gpu_reference_models.json" > "$OUT/gpu_reference_models.log" 2>&1
 echo "gpu_reference models: exit $? after $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt"
-timeout 100 python3 tools/gpu_reference.py tests/reference/fixtures/*.json --budget-s 80 --no-maxbatch \
+timeout 70 python3 tools/gpu_reference.py tests/reference/fixtures/*.json --budget-s 55 --no-maxbatch \
   -o "$OUT/gpu_reference_fixtures.json" > "$OUT/gpu_reference_fixtures.log" 2>&1
 echo "gpu_reference fixtures: exit $? after $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt"
+
+# Transformer fixtures (tools/transformer_fixtures.py: GPT-2, Llama GQA, BERT, eager attention, batch 2):
+# max_memory_allocated per iteration, SGD / Adam foreach / Adam for-loop; seconds, taken from the
+# fixtures' budget above so the session's total stays the same.
+timeout 30 python3 tools/transformer_fixtures.py cuda --batch 2 \
+  -o "$OUT/gpu_transformers.json" > "$OUT/gpu_transformers.log" 2>&1
+echo "transformer fixtures: exit $? after $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt"
 
 # cuDNN convolution workspaces per conv call (docs/cudnn-workspace.md): heuristics, capped, benchmark
 timeout 100 python3 tools/gpu_cudnn_workspace.py --out "$OUT/cudnn_workspace.json" > "$OUT/cudnn_workspace.log" 2>&1

@@ -138,7 +138,8 @@ export function mountCalculator(host, opts = {}) {
     settingsErr: $('settingsErr'), verdict: $('verdict'), remedies: $('remedies'), breakdown: $('breakdown'), breakdownNote: $('breakdownNote'),
     timeline: $('timeline'), timelineNote: $('timelineNote'), sweep: $('sweep'), layers: $('layers'), rules: $('rules'), notes: $('notes'),
     timing: $('timing'), copy: $('copy'), copyStatus: $('copyStatus'), full: $('full'), exports: $('exports'), gpuTable: $('gpuTable'),
-    results: $('results'),
+    results: $('results'), onnxPick: $('onnxPick'), onnxInfo: $('onnxInfo'), onnxName: $('onnxName'), onnxDims: $('onnxDims'),
+    onnxClear: $('onnxClear'), panel: $('text') && $('text').closest('.panel'),
   };
   let models = [];
   let gpus = [];
@@ -292,6 +293,43 @@ export function mountCalculator(host, opts = {}) {
     timer = setTimeout(run, delay);
   }
 
+  // ---------- an ONNX file instead of the text (dropped or picked; read in the worker, docs/onnx.md) ----------
+  let onnxFile = null;
+  let onnxDims = {};
+  function modelPart() {
+    if (!onnxFile) return { model: state.text, file: MODEL_FILE };
+    return { onnx: onnxFile, file: onnxFile.name, ...(Object.keys(onnxDims).length ? { dims: onnxDims } : {}) };
+  }
+  function readDims() {
+    onnxDims = {};
+    for (const part of (el.onnxDims ? el.onnxDims.value : '').split(/[\s,]+/).filter(Boolean)) {
+      const [k, v] = part.split('=');
+      onnxDims[k] = v === undefined ? '' : v;  // the core checks the value and names the bad one
+    }
+  }
+  function useOnnx(file) {
+    onnxFile = file;
+    if (el.onnxInfo) {
+      el.onnxInfo.hidden = !file;
+      el.onnxName.textContent = file ? `${file.name} (${file.size.toLocaleString('en-US')} bytes)` : '';
+    }
+    if (el.text) el.text.disabled = !!file;
+    changed(0);
+  }
+  if (el.onnxPick) el.onnxPick.addEventListener('change', () => { if (el.onnxPick.files[0]) useOnnx(el.onnxPick.files[0]); });
+  if (el.onnxClear) el.onnxClear.addEventListener('click', () => { if (el.onnxPick) el.onnxPick.value = ''; useOnnx(null); });
+  if (el.onnxDims) el.onnxDims.addEventListener('input', () => { readDims(); changed(200); });
+  if (el.panel) {
+    el.panel.addEventListener('dragover', (ev) => { ev.preventDefault(); });
+    el.panel.addEventListener('drop', (ev) => {
+      const f = ev.dataTransfer && ev.dataTransfer.files && ev.dataTransfer.files[0];
+      if (!f) return;
+      ev.preventDefault();
+      if (/\.onnx$/i.test(f.name)) { useOnnx(f); return; }
+      f.text().then((t) => { useOnnx(null); el.text.value = t; renderGutter(); changed(0); });  // a text or JSON model
+    });
+  }
+
   // ---------- the pipeline ----------
   function options(st) {
     const o = { batch: String(st.batch), dtype: st.dtype, optimizer: st.optimizer, gpu: st.gpu };
@@ -324,7 +362,7 @@ export function mountCalculator(host, opts = {}) {
     const my = ++seq;
     if (cancelStale(300)) perf.cancelled = (perf.cancelled || 0) + 1;
     const st = { ...state };
-    const base = { model: st.text, file: MODEL_FILE, options: options(st) };
+    const base = { ...modelPart(), options: options(st) };
     let r;
     try {
       r = await call({ ...base, command: 'estimate', options: { ...base.options, timeline: true } }, 'estimate');
@@ -569,7 +607,7 @@ export function mountCalculator(host, opts = {}) {
     const st = { ...state };
     const rows = [];
     for (const g of gpus) {
-      const base = { model: st.text, file: MODEL_FILE, options: { ...options(st), gpu: g.name } };
+      const base = { ...modelPart(), options: { ...options(st), gpu: g.name } };
       const [est, mb] = [await call({ ...base, command: 'estimate' }, 'gpus-estimate'), await call({ ...base, command: 'max-batch' }, 'gpus-max-batch')];
       if (est.result.error) { box.innerHTML = `<p class="bad">${esc(pageWording(est.result.error.message))}</p>`; return; }
       rows.push({ name: g.name, cuda: g.cuda_total_bytes, usable: est.result.usable_bytes, fits: est.result.fits, headroom: est.result.headroom_bytes, max: mb.result.error ? null : mb.result.max_batch });
@@ -706,6 +744,11 @@ function template(id, mode, state) {
       </div>
     </div>
     <div class="editor-error" id="${id}-err" data-r="err" role="alert" hidden></div>
+    <div class="row onnx"><label for="${id}-onnx">Or an ONNX file <span class="muted">(drop it on the editor, or pick it; read in your browser, the weights are skipped)</span></label>
+      <input type="file" id="${id}-onnx" accept=".onnx" data-r="onnxPick"></div>
+    <div class="row onnx-info" data-r="onnxInfo" hidden>Model: <strong data-r="onnxName"></strong>
+      <label for="${id}-dims">symbolic dims</label><input id="${id}-dims" data-r="onnxDims" placeholder="seq=128" size="14">
+      <button type="button" data-r="onnxClear">Use the text model</button></div>
     <details class="help"><summary id="${id}-helpsum">Syntax help</summary>${HELP}<div data-r="ops-table"></div></details>`;
   const settings = `
     <div class="settings">

@@ -30,13 +30,17 @@ function getWorker() {
 // Start the worker (and with it the module's download and compilation) as soon as the page imports us.
 if (typeof window !== 'undefined') getWorker();
 
-/** Sends a request ({command, model, options, ...}); resolves to {result, text, ms}. */
+/**
+ * Sends a request ({command, model, options, ...}); resolves to {result, text, ms}. A request with
+ * `onnx` (a File or Blob of an .onnx model) instead of `model` is read by the worker from that file.
+ */
 export function request(req) {
   const w = getWorker();
   const id = nextId++;
+  const { onnx, ...rest } = req;
   return new Promise((resolve, reject) => {
     pending.set(id, { resolve, reject, sentAt: performance.now() });
-    w.postMessage({ id, request: req });
+    w.postMessage(onnx ? { id, request: rest, file: onnx } : { id, request: req });  // a File is passed by reference
   });
 }
 

@@ -21,7 +21,7 @@ function readCase(file) {
   const lines = text.split('\n');
   const c = { name: file };
   for (let i = 0; i < lines.length; ++i) {
-    const m = /^(cli|request|exit|message|pending): (.*)$/.exec(lines[i]);
+    const m = /^(cli|request|exit|message|pending|onnx): (.*)$/.exec(lines[i]);
     if (m) c[m[1]] = m[2];
     if (lines[i] === 'model:') { c.model = lines.slice(i + 1).join('\n'); break; }
   }
@@ -31,6 +31,12 @@ function readCase(file) {
 const cases = fs.readdirSync(DIR).filter((f) => f.endsWith('.case')).sort().map(readCase).filter((c) => c.request);
 
 function answer(c) {
+  if (c.onnx) {  // a binary .onnx file read through the module's byte source, as the page's worker does
+    const buf = fs.readFileSync(path.join(DIR, 'onnx', c.onnx));
+    const reader = { size: () => buf.length, read: (o, n) => new Uint8Array(buf.buffer, buf.byteOffset + o, n) };
+    const text = mod.request_onnx(c.request, reader, c.onnx);
+    return { text, json: JSON.parse(text) };
+  }
   const req = c.model === undefined ? c.request : c.request.replaceAll('MODEL', JSON.stringify(c.model));
   const text = mod.request(req);  // a thrown exception (RangeError) fails the test here
   return { text, json: JSON.parse(text) };

@@ -62,6 +62,43 @@ test('estimate with the timeline, max-batch and gpus: module == CLI', () => {
   assert.equal(call({ command: 'gpus' }), cli(['gpus', '--json']));
 });
 
+// ONNX files through the module's byte source (wasm/bindings.cpp request_onnx), as the page's worker
+// reads a dropped File: the same bytes as `memfit estimate FILE.onnx --json`, and only byte ranges read.
+function onnxReader(buf, log) {
+  return {
+    size: () => buf.length,
+    read: (o, n) => { log.push(n); return new Uint8Array(buf.buffer, buf.byteOffset + o, n); },
+  };
+}
+const ONNX = [
+  ['tests/fixtures/onnx/tiny_cnn.onnx', {}, []],
+  ['tests/fixtures/onnx/tiny_cnn_external.onnx', {}, []],
+  ['tests/corpus/onnx/symbolic_dim.onnx', { seq: 3 }, ['--dim', 'seq=3']],
+];
+for (const [rel, dims, dimFlags] of ONNX) {
+  test(`ONNX ${rel}: module == CLI (${SETTINGS.length} settings, and the model JSON)`, () => {
+    const buf = fs.readFileSync(path.join(ROOT, rel));
+    for (const [options, flags] of SETTINGS) {
+      const want = cli(['estimate', rel, '--json', ...dimFlags, ...flags]);
+      const got = mod.request_onnx(JSON.stringify({ command: 'estimate', file: rel, options, dims }), onnxReader(buf, []), rel);
+      assert.ok(got === want, `${rel} ${flags.join(' ')}: the module's JSON differs from the CLI's\n${firstDiff(got, want)}`);
+    }
+    assert.equal(mod.request_onnx(JSON.stringify({ command: 'model', file: rel, dims }), onnxReader(buf, []), rel),
+      cli(['model', rel, '--json', ...dimFlags]));
+  });
+}
+
+test('ONNX: a reader that fails gives an error value, and the module keeps working', () => {
+  const buf = fs.readFileSync(path.join(ROOT, 'tests/fixtures/onnx/tiny_cnn.onnx'));
+  const broken = { size: () => buf.length, read: () => null };
+  const e = JSON.parse(mod.request_onnx(JSON.stringify({ command: 'estimate', file: 'x.onnx' }), broken, 'x.onnx')).error;
+  assert.ok(e && e.message.includes('reading the file failed'), JSON.stringify(e));
+  const log = [];
+  const ok = JSON.parse(mod.request_onnx(JSON.stringify({ command: 'estimate', file: 'x.onnx' }), onnxReader(buf, log), 'x.onnx'));
+  assert.ok(!ok.error);
+  assert.ok(log.every((n) => n <= 4096), `reads of at most 4 KiB: ${log}`);
+});
+
 test('builtin models: every models/*.memfit, with its text', () => {
   const got = JSON.parse(call({ command: 'models' })).models;
   assert.deepEqual(got.map((m) => `${m.name}.memfit`).sort(), MODELS);

@@ -6,7 +6,8 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { serve, launch, ARTIFACTS } from './lib.mjs';
+import { spawnSync } from 'node:child_process';
+import { serve, launch, ARTIFACTS, ROOT } from './lib.mjs';
 
 let srv, br;
 const consoleErrors = [];
@@ -425,6 +426,44 @@ test('stale work is cancelled: a long request in the worker does not hold up the
   assert.equal(r.slow, 'superseded');
   assert.equal(r.quickOk, true);
   assert.ok(r.quickMs < 5000, `the next request took ${Math.round(r.quickMs)} ms after the start`);
+  await page.close();
+});
+
+// ONNX (docs/onnx.md): a picked or dropped .onnx file is read in the worker; the page's estimate JSON (its
+// JSON export, the core's text as the module returned it) equals `memfit estimate FILE --json` byte for byte.
+test('16 an ONNX file, picked or dropped, gives the native CLI\'s bytes', async () => {
+  const dir = path.join(ROOT, 'tests/fixtures/onnx');
+  const cliBin = process.env.MEMFIT_CLI || path.join(ROOT, 'build/memfit');
+  const r = spawnSync(cliBin, ['estimate', 'tiny_cnn.onnx', '--json', '--timeline', '--batch', '64', '--gpu', 'RTX 3090'], { cwd: dir, encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  const page = await open('#model=question_cnn&batch=64&gpu=RTX%203090', undefined, 'onnx');
+  await ready(page);
+  await idle(page);
+  const exported = async () => {
+    const [dl] = await Promise.all([page.waitForEvent('download'), page.locator('button[data-export="json"]').click()]);
+    return fs.readFileSync(await dl.path(), 'utf8');
+  };
+  const onnxIdle = () => page.waitForFunction(() => {
+    const c = window.memfitPerf && window.memfitPerf.calls;
+    return document.querySelector('[data-r="layers"]').innerText.includes('relu2') && c[c.length - 1].kind === 'sweep';
+  }, null, { timeout: 60000 });
+  await page.locator('[data-r="onnxPick"]').setInputFiles(path.join(dir, 'tiny_cnn.onnx'));
+  await onnxIdle();
+  assert.match(await page.locator('[data-r="onnxName"]').innerText(), /tiny_cnn\.onnx \(3,006 bytes\)/);
+  assert.ok((await exported()) === r.stdout, 'the page\'s estimate JSON differs from the CLI\'s');
+  await shot(page, 'onnx-picked');
+  // back to the text model, then the same file dropped on the editor
+  await page.locator('[data-r="onnxClear"]').click();
+  await page.waitForFunction(() => !document.querySelector('[data-r="layers"]').innerText.includes('relu2'), null, { timeout: 30000 });
+  const bytes = [...fs.readFileSync(path.join(dir, 'tiny_cnn.onnx'))];
+  const dt = await page.evaluateHandle((b) => {
+    const d = new DataTransfer();
+    d.items.add(new File([new Uint8Array(b)], 'tiny_cnn.onnx'));
+    return d;
+  }, bytes);
+  await page.locator('[data-r="text"]').dispatchEvent('drop', { dataTransfer: dt });
+  await onnxIdle();
+  assert.ok((await exported()) === r.stdout, 'the dropped file\'s estimate JSON differs from the CLI\'s');
   await page.close();
 });
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "memfit/estimate.hpp"
+#include "memfit/onnx.hpp"
 
 namespace memfit {
 
@@ -47,8 +48,11 @@ OptimizerImpl parse_optimizer_impl(std::string_view s);
 //                       "grad_accumulation": "1", "freeze": "features.*", "train": "fc,layer4",
 //                       "seq": "2048", "attention": "sdpa", "head": "mlm",   (a Hugging Face config.json)
 //                       "timeline": true, "events": true},
-//           "sweep_up_to": 256, "sweep_points": 24}
+//           "sweep_up_to": 256, "sweep_points": 24, "dims": {"seq": 128}}
 // Result: the command's JSON (as `memfit <command> --json` prints it), or {"error": {...}}.
+// With `onnx_file`, the model is that ONNX file (the request has no "model"; "file" names it in
+// errors) and the request may give "dims": {"seq": 128} for its symbolic input dimensions.
 std::string handle_request(std::string_view request_json);
+std::string handle_request(std::string_view request_json, ByteSource* onnx_file);
 
 }  // namespace memfit

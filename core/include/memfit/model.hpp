@@ -34,8 +34,13 @@ struct Model {
   std::string name;
   std::string file;  // as given by the caller, used in error messages
   std::vector<Layer> layers;
-  // What a builder decided that the user did not write (a Hugging Face config's default sequence
-  // length, the head it chose): the estimate repeats these in its notes.
+  // Parameters the model itself has frozen ("layer.param", requires_grad=False at export time): the
+  // JSON form's top-level "freeze" (tools/memfit_export.py writes it). --freeze adds to it; --train
+  // replaces it (only what --train names trains).
+  std::vector<std::string> frozen;
+  SourcePos frozen_pos;
+  // What the source could not say and memfit assumed (the ONNX importer: which PyTorch module a node
+  // stands for; a Hugging Face config's default sequence length): the estimate repeats them in its notes.
   std::vector<std::string> notes;
 };
 

@@ -43,6 +43,11 @@ struct ParamSpec {
   // requires_grad: set by the graph from --freeze/--train after the shape rule ran; always false
   // for buffers. Only trainable parameters get a .grad, optimizer state and autocast's weight cache.
   bool trainable = true;
+  // A parameter that is another layer's (GPT-2's lm_head shares wte.weight: `linear tied_to=`): one
+  // storage, one .grad that both uses accumulate into, optimizer state once, counted once. Set by the
+  // graph from the rule's `tied_to` layer name; tied_node < 0 for an own parameter.
+  std::string tied_to;
+  int tied_node = -1, tied_index = -1;
   i64 numel() const;
 };
 
@@ -74,6 +79,10 @@ struct SavedSpec {
   TensorRef ref;
   const char* role = "";  // derivatives.yaml name: "self", "result", "indices", "mask", ...
   SaveIf when = {};
+  // Released after the node's bwd_temps are allocated and before its input gradients: a composite
+  // whose first autograd node frees it (ForCausalLMLoss: NllLossBackward0 drops the shifted labels
+  // before LogSoftmaxBackward0 allocates the logits' gradient; measured, cpu_live_transformers.json).
+  bool released_early = false;
 };
 
 struct ExtraSpec {
@@ -109,6 +118,9 @@ struct OpMemory {
   enum class GradView : std::uint8_t { reshape, permute } grad_view = GradView::reshape;
   std::vector<int> permutation;
   std::vector<Workspace> fwd_workspaces, bwd_workspaces;
+  // Said once in the estimate's notes (with the number of layers that say it): what the rule chose
+  // and what it could not check (sdpa's backend, from the source only); empty: nothing to say.
+  std::string note;
 };
 
 struct OpShape {
@@ -136,7 +148,7 @@ struct AttrSpec {
 };
 
 // Rule families: the files of core/src/ops/ (and the sections of the docs' layer table).
-enum class OpFamily : std::uint8_t { shape, conv_pool, norm, activation, loss };
+enum class OpFamily : std::uint8_t { shape, conv_pool, norm, activation, loss, transformer };
 const char* op_family_name(OpFamily f);
 
 struct OpRule {
@@ -153,6 +165,18 @@ struct OpRule {
   const char* source = "";   // citation for the memory behaviour
   OpShape (*shape)(const OpCall&) = nullptr;
   OpMemory (*memory)(const OpCall&, const OpShape&) = nullptr;
+  // The loss's target as the training loop holds it (nullptr: int64 class indices [N], what
+  // nn.CrossEntropyLoss on [N, C] takes). A causal LM's labels are int64 [N, T].
+  TensorType (*target)(const OpCall&) = nullptr;
+  // Takes int64 indices as input 0 (embedding, the rotary tables' length): only such ops may consume
+  // an int64 tensor; any other op gets a clear error rather than a float computation on token ids.
+  bool takes_indices = false;
+  // false: its output never requires grad, whatever its inputs do (the rotary cos/sin tables are
+  // computed from positions and a buffer; the hidden states only give T and the dtype).
+  bool differentiable = true;
+  // Its outputs are locals of the model's forward (LlamaModel.forward's causal_mask and rotary
+  // cos/sin, passed to every layer): alive until the forward returns, not just to their last consumer.
+  bool held_by_forward = false;
   // Said in the estimate's notes when this op's output goes straight into the loss (softmax before
   // nn.CrossEntropyLoss applies softmax twice); nullptr: nothing to say.
   const char* before_loss_note = nullptr;

@@ -102,7 +102,9 @@ i64 int_field(const json& req, const std::string& key, i64 fallback, i64 lo, i64
 
 }  // namespace
 
-std::string handle_request(std::string_view request_json) {
+std::string handle_request(std::string_view request_json) { return handle_request(request_json, nullptr); }
+
+std::string handle_request(std::string_view request_json, ByteSource* onnx_file) {
   try {
     check_depth(request_json);
     json req;
@@ -162,8 +164,23 @@ std::string handle_request(std::string_view request_json) {
     }
     Options options = make_options(s);
     std::string file = string_field(req, "file", "model", "send \"file\": \"name used in error messages\"");
+    DimValues dims;
+    if (req.contains("dims")) {
+      const json& d = req["dims"];
+      if (!d.is_object()) bad_field("dims", d, "an object", "send \"dims\": {\"seq\": 128}");
+      for (const auto& [k, v] : d.items()) {
+        if (!v.is_number_integer() && !v.is_string()) bad_field("dims." + k, v, "an integer", "send \"dims\": {\"" + k + "\": 128}");
+        std::string text = v.is_string() ? v.get<std::string>() : v.dump();
+        dims.emplace(parse_dim_setting(k + "=" + text));
+      }
+      if (!onnx_file && !dims.empty())
+        throw Error({}, "", "request field \"dims\" applies to ONNX models only", "remove it, or send an .onnx file");
+    }
     std::string source;
-    if (req.contains("model")) {
+    if (onnx_file) {
+      if (req.contains("model"))
+        throw Error({}, "", "the request has both an ONNX file and a \"model\"", "send one of them");
+    } else if (req.contains("model")) {
       // The model's source text (the .memfit format or JSON, both as one string); an object or a number
       // used to fall through to question_cnn and answer a question nobody asked.
       if (!req["model"].is_string())
@@ -174,7 +191,8 @@ std::string handle_request(std::string_view request_json) {
       source = find_builtin_model(kDefaultModel)->text;
       file = std::string("models/") + kDefaultModel + ".memfit";
     }
-    Model model = load_model_source(source, file, options);
+    Model model = onnx_file ? import_onnx(*onnx_file, file, dims) : load_model_source(source, file, options);
+    if (onnx_file) refuse_hf_options(options.hf(), model);  // --seq/--attention/--head are a config.json's
     if (command == "estimate") return estimate_json(model, options);
     if (command == "max-batch") return max_batch_json(model, options);
     if (command == "model") return model_json(model);

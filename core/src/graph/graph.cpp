@@ -151,6 +151,10 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
   g.compute = gs.compute;
   g.target = {{gs.batch}, DType::i64};
   const auto& globs = gs.freeze.empty() ? gs.train : gs.freeze;
+  // the model's own frozen parameters (exact "layer.param" names); --train replaces them
+  std::map<std::string, bool, std::less<>> model_frozen;  // name -> matched a parameter
+  if (gs.train.empty())
+    for (const auto& name : model.frozen) model_frozen.emplace(name, false);
   std::vector<bool> glob_used(globs.size(), false);
   std::map<std::string, int, std::less<>> by_name;
   // storage root of each node's output (in-place and view outputs share their input's), and the
@@ -198,6 +202,12 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
     for (std::size_t j = 0; j < n.in.size(); ++j) {
       Node& prod = g.nodes[static_cast<std::size_t>(n.in[j])];
       TensorType t = prod.out_type(n.in_out[j]);
+      // int64 token ids feed an embedding (or the rotary tables, which read only their length);
+      // PyTorch would refuse them in a matmul ("expected scalar type Float but found Long").
+      if (t.dtype == DType::i64 && !rule->takes_indices)
+        throw Error(layer.pos, layer.name,
+                    std::string(rule->kind) + " gets '" + layer.inputs[j] + "', int64 token ids: it computes on floating tensors",
+                    "put an embedding first (embedding num_embeddings=V embedding_dim=D), as a transformer's embed_tokens / wte");
       t.dtype = autocast_dtype(rule->autocast, gs.compute, t.dtype, widest);
       n.in_types.push_back(std::move(t));
       any_rg = any_rg || prod.requires_grad;
@@ -216,11 +226,59 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
       throw Error(layer.pos, layer.name, e.problem(), e.fix().empty() ? "use smaller sizes" : e.fix());
     }
     bool has_trainable = false;
+    for (std::size_t k = 0; k < n.shape.params.size(); ++k) {
+      ParamSpec& p = n.shape.params[k];
+      if (!p.tied_to.empty()) {
+        // The weight is an earlier layer's (lm_head tied to the token embedding): the same tensor,
+        // so it trains exactly when the owner's does and is counted once (PreTrainedModel.tie_weights).
+        auto owner = by_name.find(p.tied_to);
+        if (owner == by_name.end())
+          throw Error(layer.pos, layer.name, "tied_to='" + p.tied_to + "' names no earlier layer",
+                      "name the embedding whose weight this layer shares, e.g. tied_to=transformer.wte");
+        const Node& on = g.nodes[static_cast<std::size_t>(owner->second)];
+        int idx = -1;
+        for (std::size_t q = 0; q < on.shape.params.size(); ++q)
+          if (on.shape.params[q].name == p.name && on.shape.params[q].tied_node < 0) idx = static_cast<int>(q);
+        if (idx < 0)
+          throw Error(layer.pos, layer.name, "'" + p.tied_to + "' has no own parameter '" + p.name + "' to share",
+                      "tie to the layer that owns the weight (the embedding)");
+        const ParamSpec& op = on.shape.params[static_cast<std::size_t>(idx)];
+        if (op.shape != p.shape) {
+          auto txt = [](const std::vector<i64>& v) {
+            std::string o;
+            for (std::size_t q = 0; q < v.size(); ++q) o += (q ? "x" : "") + std::to_string(v[q]);
+            return o;
+          };
+          throw Error(layer.pos, layer.name,
+                      "its weight is " + txt(p.shape) + " but '" + p.tied_to + "'." + p.name + " is " + txt(op.shape),
+                      "a tied output layer has out_features = the vocabulary and the embedding's dimension as input");
+        }
+        p.tied_node = owner->second;
+        p.tied_index = idx;
+        p.trainable = op.trainable;
+        p.dtype = op.dtype;
+      }
+    }
     for (auto& p : n.shape.params) {
+      if (p.tied_node >= 0) {
+        has_trainable = has_trainable || p.trainable;
+        bool cast = is_float(p.dtype) && rule->autocast == Autocast::lower && gs.compute != DType::f32;
+        n.param_cast.push_back(cast);
+        n.param_cached.push_back(cast && p.trainable);
+        call.param_requires_grad.push_back(p.trainable);
+        continue;
+      }
       try {
         checked_mul(p.numel(), dtype_size(p.dtype), "parameter bytes");
       } catch (const Error& e) {
         throw Error(layer.pos, layer.name, e.problem(), "use smaller sizes");
+      }
+      if (!p.is_buffer && !model_frozen.empty()) {
+        auto it = model_frozen.find(layer.name + "." + p.name);
+        if (it != model_frozen.end()) {
+          it->second = true;
+          p.trainable = false;
+        }
       }
       if (p.is_buffer) {
         p.trainable = false;
@@ -231,7 +289,7 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
             hit = true;
             glob_used[k] = true;
           }
-        p.trainable = gs.freeze.empty() ? hit : !hit;
+        p.trainable = gs.freeze.empty() ? hit : (!hit && p.trainable);
       }
       if (!p.is_buffer && !p.trainable) g.n_frozen_params = checked_add(g.n_frozen_params, p.numel(), "parameter count");
       has_trainable = has_trainable || p.trainable;
@@ -240,7 +298,8 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
       n.param_cached.push_back(cast && p.trainable);
       call.param_requires_grad.push_back(p.trainable);
     }
-    n.requires_grad = any_rg || has_trainable;
+    n.requires_grad = rule->differentiable && (any_rg || has_trainable);
+    if (rule->is_loss) g.target = rule->target ? rule->target(call) : TensorType{{gs.batch}, DType::i64};
     n.grad_copies.assign(n.in.size(), false);
     n.mem = rule->memory(call, n.shape);
     if (!n.shape.extra_outs.empty())
@@ -298,6 +357,10 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
     add_node(layer);
   }
   if (g.nodes.size() < 2) throw Error(model.layers[0].pos, model.layers[0].name, "the model has only an input", "add layers");
+  for (const auto& [name, matched] : model_frozen)
+    if (!matched)
+      throw Error(model.frozen_pos, "", "\"freeze\" names '" + name + "', which is no parameter of the model",
+                  "name parameters as 'layer.param' (e.g. 'conv1.weight'); 'memfit model MODEL --json' lists the layers");
   for (std::size_t k = 0; k < globs.size(); ++k)
     if (!glob_used[k])
       throw Error({}, "", std::string(gs.freeze.empty() ? "--train" : "--freeze") + " '" + globs[k] +

@@ -326,6 +326,24 @@ Model parse_model_json_with(std::string_view src, std::string_view file, const H
     throw Error(layers_pos, "", "\"layers\" must be an array of layer objects", "write \"layers\": [{...}, ...]");
   if (jlayers.size() > static_cast<std::size_t>(kMaxLayers))
     throw Error(layers_pos, "", "more than " + std::to_string(kMaxLayers) + " layers", "memfit refuses models this large");
+  for (const auto& [key, value] : doc.items())
+    if (key != "format" && key != "name" && key != "layers" && key != "freeze")
+      throw Error(pos(r.top_keys[key].value), "", "unknown top-level key \"" + key + "\"",
+                  "a JSON model has \"format\", \"name\", \"layers\" and \"freeze\" (docs/model-format.md#json)");
+  if (doc.contains("format") && doc["format"] != "memfit-model/1")
+    throw Error(pos(r.top_keys["format"].value), "", "\"format\" must be \"memfit-model/1\"",
+                "this memfit reads memfit-model/1 (memfit model FILE --json writes it)");
+  if (doc.contains("freeze")) {
+    const json& f = doc["freeze"];
+    m.frozen_pos = pos(r.top_keys["freeze"].value);
+    if (!f.is_array())
+      throw Error(m.frozen_pos, "", "\"freeze\" must be a list of \"layer.param\" names", "write \"freeze\": [\"conv1.weight\"]");
+    for (const auto& name : f) {
+      if (!name.is_string())
+        throw Error(m.frozen_pos, "", "\"freeze\" must be a list of \"layer.param\" names", "write \"freeze\": [\"conv1.weight\"]");
+      m.frozen.push_back(name.get<std::string>());
+    }
+  }
   m.name = utf8_or_question_marks(file);
   if (doc.contains("name")) {
     if (!doc["name"].is_string())

@@ -566,6 +566,23 @@ class TextParser {
       if (!out_.empty()) error(ln, t, layer.name, "memfit models have one input, and it must come first", "remove this line");
       if (!from.empty())
         error(ln, from[0].second, layer.name, "the input takes no from= (it is the batch the loop feeds in)", "remove from=");
+      // dtype= (token ids: dtype=int64) is read here; the shape options are parse_input_shape's
+      for (auto it = given.begin(); it != given.end();) {
+        if (it->first != "dtype") {
+          ++it;
+          continue;
+        }
+        if (layer.attrs.count("dtype")) error(ln, it->second.second, layer.name, "option 'dtype' given twice", "keep one");
+        if (it->second.first != "int64" && it->second.first != "float32")
+          error(ln, it->second.second, layer.name, "input dtype '" + it->second.first + "' is not float32 or int64",
+                "write dtype=int64 for token ids (input 128 dtype=int64), or leave it out for float32 data");
+        Value d;
+        d.type = Value::Type::text;
+        d.text = it->second.first;
+        d.pos = {file_, ln.number, ln.tokens[it->second.second].column};
+        layer.attrs["dtype"] = d;
+        it = given.erase(it);
+      }
       Value v;
       v.type = Value::Type::text;
       v.text = parse_input_shape(ln, layer.name, positional, given);

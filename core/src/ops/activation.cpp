@@ -61,6 +61,14 @@ OpShape dropout_shape(const OpCall& c) {
 }
 OpMemory dropout_memory(const OpCall& c, const OpShape&) {
   OpMemory m;
+  // p=0 (Llama's attention_dropout, HF configs' *_pdrop=0): the input itself, nothing recorded
+  // (Dropout.cpp: native_dropout only for 0 < p < 1 (is_fused_kernel_acceptable); _dropout_impl
+  // returns the input when p == 0).
+  if (attr_real(c.layer, "p") == 0.0) {
+    m.output = OpMemory::Output::view;
+    m.grad_in = {GradIn::pass};
+    return m;
+  }
   if (inplace_of(c.layer)) {
     m.output = OpMemory::Output::in_place;
     m.extras = {{"noise", c.in[0]}};

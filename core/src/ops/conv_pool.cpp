@@ -173,12 +173,14 @@ OpShape adaptive_shape(const OpCall& c) {
   return {with_shape(c.in[0], {in[0], in[1], oh, ow}), {}, c.layer.attrs};
 }
 
+}  // namespace
+
 // ---- linear: F.linear lowers to addmm(bias, input, weight.t()) for 2-d input. derivatives.yaml
 // addmm saves mat1 only if mat2 needs grad and mat2 only if mat1 needs grad.
 // On N-d input (Linear.cpp linear) the leading dims are folded: addmm on input.view(-1, D) (3-d
 // contiguous with bias) or matmul, which reshapes: either way a view of the input when its strides
 // allow (measured, torch 1.13: the saved mat1 is the input's storage), else a contiguous copy.
-bool linear_folds(const TensorType& t) {
+static bool linear_folds(const TensorType& t) {
   if (t.shape.size() <= 2) return true;
   i64 rows = 1;
   for (std::size_t k = 0; k + 1 < t.shape.size(); ++k) rows = checked_mul(rows, t.shape[k], "linear's rows");
@@ -194,6 +196,10 @@ OpShape linear_shape(const OpCall& c) {
   shape.back() = out;
   OpShape s{with_shape(c.in[0], shape), {}, c.layer.attrs};
   s.params.push_back({"weight", {out, in_features}});
+  // tied_to: the weight is that layer's (GPT2LMHeadModel.lm_head.weight is transformer.wte.weight,
+  // PreTrainedModel.tie_weights); the graph checks the shapes and links the two.
+  auto tied = c.layer.attrs.find("tied_to");
+  if (tied != c.layer.attrs.end() && !tied->second.text.empty()) s.params.back().tied_to = tied->second.text;
   if (attr_bool(c.layer, "bias")) s.params.push_back({"bias", {out}});
   return s;
 }
@@ -220,6 +226,8 @@ OpMemory linear_memory(const OpCall& c, const OpShape& s) {
   (void)c;
   return m;
 }
+
+namespace {
 
 
 }  // namespace
@@ -273,7 +281,7 @@ void conv_pool_rules(std::vector<OpRule>& out) {
                  .memory = adaptive_memory});
   out.push_back({.kind = "linear",
                  .aliases = {"fc", "dense"},
-                 .attrs = {A("out_features", VT::integer, nullptr), A("bias", VT::boolean, "true")},
+                 .attrs = {A("out_features", VT::integer, nullptr), A("bias", VT::boolean, "true"), A("tied_to", VT::text, "")},
                  .positional = {"out_features"},
                  .autocast = Autocast::lower,
                  .family = OpFamily::conv_pool,

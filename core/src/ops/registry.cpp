@@ -137,6 +137,7 @@ void register_builtins(Registry& r) {
   rules::norm_rules(rules);
   rules::activation_rules(rules);
   rules::loss_rules(rules);
+  rules::transformer_rules(rules);
   for (auto& rule : rules) add_rule(r, std::move(rule));
 }
 
@@ -168,6 +169,7 @@ const char* op_family_name(OpFamily f) {
     case OpFamily::norm: return "norm";
     case OpFamily::activation: return "activation";
     case OpFamily::loss: return "loss";
+    case OpFamily::transformer: return "transformer";
   }
   return "?";
 }

@@ -55,5 +55,9 @@ void norm_rules(std::vector<OpRule>& out);
 void activation_rules(std::vector<OpRule>& out);
 void loss_rules(std::vector<OpRule>& out);
 void tensor_rules(std::vector<OpRule>& out);
+void transformer_rules(std::vector<OpRule>& out);
+// linear's shape and memory, shared with gpt2_conv1d (the same addmm)
+OpShape linear_shape(const OpCall& c);
+OpMemory linear_memory(const OpCall& c, const OpShape& s);
 
 }  // namespace memfit::rules

@@ -22,7 +22,16 @@ OpShape input_shape(const OpCall& c) {
     if (x == std::string::npos) break;
     start = x + 1;
   }
-  return {TensorType{shape, DType::f32}, {}, c.layer.attrs};
+  // dtype=int64: token ids (`input 128 dtype=int64` is [N, 128]), what HF's input_ids are.
+  DType dtype = DType::f32;
+  auto d = c.layer.attrs.find("dtype");
+  if (d != c.layer.attrs.end()) {
+    if (d->second.text == "int64") dtype = DType::i64;
+    else if (d->second.text != "float32")
+      fail(c.layer, "input dtype '" + d->second.text + "' is not float32 or int64",
+           "write dtype=int64 for token ids, or leave it out for float32 data");
+  }
+  return {TensorType{shape, dtype}, {}, c.layer.attrs};
 }
 OpMemory no_memory(const OpCall&, const OpShape&) { return {}; }
 
@@ -186,13 +195,13 @@ OpMemory mean_memory(const OpCall& c, const OpShape& s) {
 void shape_rules(std::vector<OpRule>& out) {
   const char* derivs = "tools/autograd/derivatives.yaml";
   out.push_back({.kind = "input",
-                 .attrs = {A("shape", VT::text, nullptr)},
+                 .attrs = {A("shape", VT::text, nullptr), A("dtype", VT::text, "float32")},
                  .positional = {"shape"},
                  .min_inputs = 0,
                  .max_inputs = 0,
                  .family = OpFamily::shape,
                  .pytorch = "the batch",
-                 .summary = "the batch the training loop holds (per-sample shape; N is --batch)",
+                 .summary = "the batch the training loop holds (per-sample shape; N is --batch; dtype=int64 for token ids)",
                  .source = "the batch held by the training loop",
                  .shape = input_shape,
                  .memory = no_memory});

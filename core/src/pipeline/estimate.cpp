@@ -98,7 +98,6 @@ Estimate estimate(const Model& model, const Options& options) {
   e.options = options;
   e.model_name = model.name;
   e.model_file = model.file;
-  e.notes = model.notes;  // what the model's builder chose (a Hugging Face config's sequence length)
   Pipeline p = run_pipeline(model, options);
   e.graph = std::move(p.graph);
   e.plan = std::move(p.plan);
@@ -118,6 +117,7 @@ Estimate estimate(const Model& model, const Options& options) {
                        : nd.mem.output == OpMemory::Output::view     ? "view"
                                                                      : "new";
     for (const auto& p : nd.shape.params) {
+      if (p.tied_node >= 0) continue;  // another layer's parameter (a tied lm_head): counted there
       i64 b = checked_mul(p.numel(), dtype_size(p.dtype), "parameter bytes");
       if (!p.is_buffer) {
         r.params = checked_add(r.params, p.numel(), "parameter count");
@@ -182,6 +182,7 @@ Estimate estimate(const Model& model, const Options& options) {
       e.notes.push_back("the CUDA-visible memory of this GPU was not observed: nvidia-smi's total minus a typical driver "
                         "reservation (" + format_mib(kDriverReservedDefaultBytes) + ") is used");
   }
+  for (const auto& n : model.notes) e.notes.push_back(n);
   if (e.graph.loss_appended)
     e.notes.push_back("the model does not end in a loss: nn.CrossEntropyLoss on '" +
                       nodes[static_cast<std::size_t>(e.graph.model_output)].layer->name + "' is assumed (layer 'loss')");
@@ -199,6 +200,17 @@ Estimate estimate(const Model& model, const Options& options) {
   if (!nodes.back().requires_grad)
     e.notes.push_back("nothing in this model requires grad (it has no parameters): PyTorch's loss.backward() would fail "
                       "with \"element 0 of tensors does not require grad\"; only the forward pass is modelled");
+  // rules' own notes (sdpa's backend, unmodelled half-precision paths), once each with a count
+  std::vector<std::pair<std::string, std::pair<std::string, int>>> rule_notes;  // note -> (first layer, count)
+  for (const auto& nd : nodes) {
+    if (nd.mem.note.empty()) continue;
+    auto it = std::find_if(rule_notes.begin(), rule_notes.end(), [&](const auto& r) { return r.first == nd.mem.note; });
+    if (it == rule_notes.end()) rule_notes.push_back({nd.mem.note, {nd.layer->name, 1}});
+    else it->second.second++;
+  }
+  for (const auto& [note, where] : rule_notes)
+    e.notes.push_back("'" + where.first + "'" + (where.second > 1 ? " and " + std::to_string(where.second - 1) + " more" : "") +
+                      ": " + note);
   before_loss_note(e);
   rules_of_thumb(e);
   return e;

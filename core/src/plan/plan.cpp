@@ -52,6 +52,12 @@ struct Param {
   int storage = -1;
   int grad = -1;  // .grad storage, -1 = None
   std::vector<int> state;  // optimizer state storages
+  // A parameter several layers use (a tied lm_head and its embedding): its AccumulateGrad node has
+  // one input edge per use, so the engine sums their gradients in its input buffer first
+  // (input_buffer.cpp) and accumulates into .grad once, after the last use's backward.
+  int users = 1;
+  int received = 0;
+  int buffer = -1;
 };
 
 // What autograd's engine does that differs between the PyTorch versions memfit follows.
@@ -122,6 +128,8 @@ class Planner {
   std::vector<int> loop_held_;
   bool fwd_blas_ready_ = false, bwd_blas_ready_ = false, fwd_lt_ready_ = false, bwd_lt_ready_ = false;
   std::unordered_map<int, int> first_saver_;
+  std::vector<bool> held_done_;  // per node: its held_by_forward outputs were released in this forward
+  std::vector<std::size_t> held_nodes_;  // the nodes whose rule is held_by_forward
   bool recorded_ = false;  // the first micro-batch of iteration 1 has been recorded  // storage -> node that saved it first (iteration 1)
 
   int alloc(i64 bytes, Category c) {
@@ -145,6 +153,13 @@ class Planner {
       node_ = static_cast<int>(i);
       const auto& ps = g_.nodes[i].shape.params;
       for (std::size_t k = 0; k < ps.size(); ++k) {
+        if (ps[k].tied_node >= 0) {  // the owner's storage and Param (owners come earlier in the graph)
+          const auto tn = static_cast<std::size_t>(ps[k].tied_node), ti = static_cast<std::size_t>(ps[k].tied_index);
+          param_storage_[i].push_back(param_storage_[tn][ti]);
+          node_params_[i].push_back(node_params_[tn][ti]);
+          if (node_params_[tn][ti] >= 0) params_[static_cast<std::size_t>(node_params_[tn][ti])].users++;
+          continue;
+        }
         i64 bytes = checked_mul(ps[k].numel(), dtype_size(ps[k].dtype), "parameter bytes");
         int t = alloc(bytes, ps[k].is_buffer ? Category::buffer : Category::parameter);
         param_storage_[i].push_back(t);
@@ -239,6 +254,13 @@ class Planner {
     for (std::size_t i = 0; i < n; ++i)
       for (int k = 0; k < g_.nodes[i].n_outputs(); ++k) uses_[vid(i, k)] = g_.nodes[i].out_consumers[static_cast<std::size_t>(k)];
     if (g_.model_output >= 0) uses_[vid(g_.model_output, g_.model_output_out)]++;  // `out` held by the loop
+    held_done_.assign(n, false);
+    held_nodes_.clear();
+    for (std::size_t i = 0; i < n; ++i)  // held until their module's forward returns (release_held_by_forward)
+      if (g_.nodes[i].rule->held_by_forward) {
+        held_nodes_.push_back(i);
+        for (int k = 0; k < g_.nodes[i].n_outputs(); ++k) uses_[vid(i, k)]++;
+      }
     value_[0] = x_;
     ref(x_);  // the forward's reference; the loop keeps its own
     weight_cache_.clear();
@@ -249,6 +271,7 @@ class Planner {
     const Node& nd = g_.nodes[i];
     node_ = static_cast<int>(i);
     phase_ = nd.rule->is_loss ? Phase::loss : Phase::forward;
+    release_held_by_forward(i);
     std::vector<int> temps = workspaces(nd.mem.fwd_workspaces, false);
     // autocast casts of inputs: a new storage when the dtype changes, held for the call
     std::vector<int> in_st, call_held;
@@ -301,9 +324,9 @@ class Planner {
     for (const auto& e : nd.mem.extras) extras.push_back(alloc(e.type.bytes(), Category::activation));
     for (const auto& sv : nd.saved) {  // already filtered by requires_grad and each save condition
       int t = resolve(nd, sv.ref, in_st, out, extras, param_st);
+      saved_[i].push_back(t);  // kept parallel to nd.saved (released_early is per entry)
       if (t < 0) continue;
       ref(t);
-      saved_[i].push_back(t);
       if (iter_ == 1 && !recorded_) record_saved(i, sv, t, in_st, out, extras);
     }
     for (int t : temps) unref(t);
@@ -330,6 +353,26 @@ class Planner {
     for (std::size_t j = 0; j < nd.in.size(); ++j) {
       std::size_t v = in_vid(nd, j);
       if (--uses_[v] == 0) unref(value_[v]);
+    }
+  }
+
+  // A held_by_forward output is a local of the module whose forward made it (LlamaModel.forward's
+  // causal_mask: the layer `model.mask` of the top-level module `model`); that forward returns when
+  // the first layer outside the module runs (lm_head), or at the loss for a top-level layer. Those
+  // are released as node `before` starts (every node up to the loss: all of them at the loss).
+  void release_held_by_forward(std::size_t before) {
+    for (std::size_t h : held_nodes_) {
+      if (h >= before || held_done_[h]) continue;
+      const std::string& name = g_.nodes[h].layer->name;
+      const std::size_t dot = name.find('.');
+      const bool left = g_.nodes[before].rule->is_loss ||
+                        (dot != std::string::npos && g_.nodes[before].layer->name.compare(0, dot + 1, name, 0, dot + 1) != 0);
+      if (!left) continue;
+      held_done_[h] = true;
+      for (int k = 0; k < g_.nodes[h].n_outputs(); ++k) {
+        const std::size_t v = vid(h, k);
+        if (--uses_[v] == 0 && value_[v] >= 0) unref(value_[v]);
+      }
     }
   }
 
@@ -428,6 +471,11 @@ class Planner {
     const std::size_t g0 = vid(i, 0);
     std::vector<int> temps = workspaces(nd.mem.bwd_workspaces, true);
     for (const auto& t : nd.mem.bwd_temps) temps.push_back(alloc(t.bytes(), Category::temporary));
+    for (std::size_t q = 0; q < nd.saved.size() && q < saved_[i].size(); ++q)
+      if (nd.saved[q].released_early && saved_[i][q] >= 0) {
+        unref(saved_[i][q]);
+        saved_[i][q] = -1;
+      }
     struct Pending {
       std::size_t value;
       const TensorType* type;
@@ -476,19 +524,17 @@ class Planner {
       } else {
         gw = alloc(pr.bytes, Category::gradient);
       }
-      // AccumulateGrad steals a fresh gradient as .grad; an existing .grad gets an in-place add
-      // (torch/csrc/autograd/functions/accumulate_grad.h).
-      if (pr.grad < 0) {
-        pr.grad = gw;
+      if (pr.users > 1) {
+        buffer_param_grad(pr, gw);
       } else {
-        p_.tensors[static_cast<std::size_t>(gw)].category = Category::temporary;
-        unref(gw);
+        accumulate_grad(pr, gw);
       }
-      if (iter_ == 1 && !recorded_) p_.node_grad_bytes[i] += pr.bytes;
+      if (iter_ == 1 && !recorded_ && nd.shape.params[k].tied_node < 0) p_.node_grad_bytes[i] += pr.bytes;
     }
     for (int t : temps) unref(t);
     // Engine: saved variables are released right after the node runs (release_variables).
-    for (int t : saved_[i]) unref(t);
+    for (int t : saved_[i])
+      if (t >= 0) unref(t);
     saved_[i].clear();
     for (int k = 0; k < nd.n_outputs(); ++k) {
       int& gk = grad_[vid(i, k)];
@@ -498,11 +544,48 @@ class Planner {
     for (const auto& pd : pending) deliver(pd.value, *pd.type, pd.grad, pd.slice);
   }
 
+  // AccumulateGrad steals a fresh gradient as .grad; an existing .grad gets an in-place add
+  // (torch/csrc/autograd/functions/accumulate_grad.h).
+  void accumulate_grad(Param& pr, int gw) {
+    if (pr.grad < 0) {
+      pr.grad = gw;
+    } else {
+      p_.tensors[static_cast<std::size_t>(gw)].category = Category::temporary;
+      unref(gw);
+    }
+  }
+  // One use's gradient of a shared parameter into its AccumulateGrad's input buffer, summed as
+  // deliver() sums activation gradients (in place in 2.x when the buffer is the only reference;
+  // torch 1.13 into a new tensor); after the last use, AccumulateGrad runs on the sum.
+  void buffer_param_grad(Param& pr, int gw) {
+    if (pr.buffer < 0) {
+      pr.buffer = gw;
+    } else if (engine_.input_buffer_in_place && refs_[static_cast<std::size_t>(pr.buffer)] == 1) {
+      p_.tensors[static_cast<std::size_t>(gw)].category = Category::temporary;
+      unref(gw);
+    } else {
+      int sum = alloc(pr.bytes, Category::gradient);
+      p_.tensors[static_cast<std::size_t>(pr.buffer)].category = Category::temporary;
+      p_.tensors[static_cast<std::size_t>(gw)].category = Category::temporary;
+      unref(pr.buffer);
+      unref(gw);
+      pr.buffer = sum;
+    }
+    if (++pr.received == pr.users) flush_param_buffer(pr);
+  }
+  void flush_param_buffer(Param& pr) {
+    if (pr.buffer >= 0) accumulate_grad(pr, pr.buffer);
+    pr.buffer = -1;
+    pr.received = 0;
+  }
+
   void end_backward() {
     // The graph is freed when backward returns: anything not reached is released now.
     node_ = -1;
+    for (auto& pr : params_) flush_param_buffer(pr);  // a use whose backward never ran
     for (std::size_t i = 0; i < g_.nodes.size(); ++i) {
-      for (int t : saved_[i]) unref(t);
+      for (int t : saved_[i])
+        if (t >= 0) unref(t);
       saved_[i].clear();
       for (int k = 0; k < g_.nodes[i].n_outputs(); ++k) {
         int& gk = grad_[vid(i, k)];

@@ -269,12 +269,15 @@ std::string model_json(const Model& model) {
     jl["kind"] = l.kind;
     if (l.kind == "input") {
       jl["shape"] = std::vector<i64>(nd.shape.out.shape.begin() + 1, nd.shape.out.shape.end());
+      if (nd.shape.out.dtype != DType::f32) jl["dtype"] = dtype_name(nd.shape.out.dtype);  // token ids: int64
       layers.push_back(std::move(jl));
       continue;
     }
     jl["from"] = l.inputs;
     for (const auto& spec : nd.rule->attrs) {
       const Value& v = nd.shape.attrs.at(spec.key);
+      // an optional reference left unset (linear's tied_to): not written, so models without it read as before
+      if (v.type == Value::Type::text && v.text.empty() && spec.default_text && !*spec.default_text) continue;
       switch (v.type) {
         case Value::Type::integer: jl[spec.key] = v.a; break;
         case Value::Type::pair: jl[spec.key] = {v.a, v.b}; break;
@@ -286,6 +289,7 @@ std::string model_json(const Model& model) {
     layers.push_back(std::move(jl));
   }
   j["layers"] = std::move(layers);
+  if (!model.frozen.empty()) j["freeze"] = model.frozen;
   return dump(j);
 }
 

@@ -1,0 +1,634 @@
+#!/usr/bin/env python3
+"""Transformer CPU references: small torch modules that run exactly the ops transformers' eager code
+runs, and what autograd saves / how many bytes are live in their training step.
+
+Three fixtures (tiny dims: D=32, T=16, vocab 100, 2 layers; module names = Hugging Face's paths):
+  gpt2_tiny   GPT2LMHeadModel, eager attention: wte + wpe (position ids arange(T)), LayerNorm,
+              Conv1D c_attn / c_proj / c_fc (addmm, weight [in, out]), split + view + transpose,
+              q @ k^T / torch.full([], sqrt(d)), + the additive causal mask, softmax, @ v, gelu_new,
+              ln_f, lm_head tied to wte, ForCausalLMLoss (labels padded and shifted).
+  llama_tiny  LlamaForCausalLM, eager attention with grouped-query attention (4 heads, 2 kv heads):
+              LlamaRMSNorm's float32 composite, LlamaRotaryEmbedding + apply_rotary_pos_emb,
+              repeat_kv, (q @ k^T) * scaling + mask, softmax(dtype=float32), dropout(p=0), @ v,
+              SwiGLU MLP (silu(gate) * up -> down), untied lm_head, ForCausalLMLoss.
+  bert_tiny   BertForMaskedLM, eager: word + position embeddings (position ids arange(T); HF slices
+              a registered buffer, 8*T bytes it does not allocate), `embeddings += position`,
+              LayerNorm, the extended padding mask from an all-ones attention_mask, scores / sqrt(d)
+              + mask, softmax, @ v, the MLM head (dense, gelu, LayerNorm, decoder tied to the word
+              embeddings + its own bias), CrossEntropyLoss over logits.view(-1, V).
+  Dropout probabilities are 0 (HF's defaults are 0.1 for GPT-2/BERT): dropout(p=0) returns its input.
+  BERT's token_type embeddings are left out (their indices are a buffer view: no activation bytes).
+
+The memfit twins are tests/fixtures/transformers/NAME.memfit; tests/transformer_reference_test.cpp
+compares memfit (--pytorch 1.13) with what this script records.
+
+Usage (repository root):
+  /usr/bin/python3 tools/transformer_fixtures.py saved -o tests/reference/cpu_saved_transformers.json
+  /usr/bin/python3 tools/transformer_fixtures.py live  -o tests/reference/cpu_live_transformers.json
+  python3 tools/transformer_fixtures.py cuda -o OUT.json     (a lent GPU: tools/gpu-session.sh)
+Options: --batch 2 --fixtures gpt2_tiny,llama_tiny,bert_tiny --nodes (live: per autograd node)
+"""
+
+import argparse
+import math
+import os
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import memfit_torch as mt  # noqa: E402
+
+D, T, V, LAYERS, HEADS = 32, 16, 100, 2, 4
+KV_HEADS = 2          # llama_tiny: grouped-query attention, n_rep = 2
+LLAMA_FFN = 64        # intermediate_size
+IGNORE_INDEX = -100   # transformers loss_utils.py ForCausalLMLoss ignore_index
+
+
+def causal_mask(n, t, dtype, device):
+    # masking_utils.py eager_mask: a boolean causal mask made additive with torch.where (0 / dtype min)
+    m = torch.ones(t, t, dtype=torch.bool, device=device).tril()[None, None].expand(n, 1, t, t)
+    return torch.where(m, torch.tensor(0.0, dtype=dtype, device=device),
+                       torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=device))
+
+
+def for_causal_lm_loss(logits, labels):
+    # transformers loss/loss_utils.py ForCausalLMLoss (num_items_in_batch None: reduction mean)
+    logits = logits.float()
+    labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)
+    shift_labels = labels[..., 1:].contiguous()
+    logits = logits.view(-1, logits.size(-1))
+    shift_labels = shift_labels.view(-1)
+    return F.cross_entropy(logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="mean")
+
+
+# ---------------------------------------------------------------- GPT-2
+class Conv1D(nn.Module):  # transformers pytorch_utils.py Conv1D
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.empty(nx, nf).normal_(std=0.02))
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x):
+        size_out = x.size()[:-1] + (self.nf,)
+        x = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
+        return x.view(size_out)
+
+
+class NewGELU(nn.Module):  # transformers activations.py NewGELUActivation
+    def forward(self, input):
+        return 0.5 * input * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (input + 0.044715 * torch.pow(input, 3.0))))
+
+
+class GPT2Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c_attn = Conv1D(3 * D, D)
+        self.c_proj = Conv1D(D, D)
+
+    def forward(self, h, mask):
+        n, t, _ = h.shape
+        q, k, v = self.c_attn(h).split(D, dim=2)
+        shape = (n, t, -1, D // HEADS)
+        q = q.view(shape).transpose(1, 2)
+        k = k.view(shape).transpose(1, 2)
+        v = v.view(shape).transpose(1, 2)
+        # modeling_gpt2.py eager_attention_forward
+        w = torch.matmul(q, k.transpose(-1, -2))
+        w = w / torch.full([], v.size(-1) ** 0.5, dtype=w.dtype, device=w.device)
+        w = w + mask[:, :, :, : k.shape[-2]]
+        w = F.softmax(w, dim=-1)
+        w = w.type(v.dtype)
+        o = torch.matmul(w, v)
+        o = o.transpose(1, 2)
+        o = o.reshape(n, t, -1).contiguous()
+        return self.c_proj(o)
+
+
+class GPT2MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c_fc = Conv1D(4 * D, D)
+        self.c_proj = Conv1D(D, 4 * D)
+        self.act = NewGELU()
+
+    def forward(self, h):
+        return self.c_proj(self.act(self.c_fc(h)))
+
+
+class GPT2Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(D, eps=1e-5)
+        self.attn = GPT2Attention()
+        self.ln_2 = nn.LayerNorm(D, eps=1e-5)
+        self.mlp = GPT2MLP()
+
+    def forward(self, h, mask):
+        residual = h
+        h = self.attn(self.ln_1(h), mask)
+        h = h + residual
+        residual = h
+        h = self.mlp(self.ln_2(h))
+        return residual + h
+
+
+class GPT2Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.wte = nn.Embedding(V, D)
+        self.wpe = nn.Embedding(T, D)
+        self.h = nn.ModuleList([GPT2Block() for _ in range(LAYERS)])
+        self.ln_f = nn.LayerNorm(D, eps=1e-5)
+
+    def forward(self, ids):
+        n, t = ids.shape
+        position_ids = torch.arange(0, t, dtype=torch.long, device=ids.device).unsqueeze(0)
+        h = self.wte(ids) + self.wpe(position_ids)
+        mask = causal_mask(n, t, h.dtype, h.device)
+        for block in self.h:
+            h = block(h, mask)
+        return self.ln_f(h)
+
+
+class GPT2LMHeadModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.transformer = GPT2Model()
+        self.lm_head = nn.Linear(D, V, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tie_weights
+
+    def forward(self, ids):
+        return self.lm_head(self.transformer(ids))
+
+    loss = staticmethod(for_causal_lm_loss)
+
+
+# ---------------------------------------------------------------- Llama
+class LlamaRMSNorm(nn.Module):  # modeling_llama.py
+    def __init__(self, d, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states):
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+
+class LlamaRotaryEmbedding(nn.Module):
+    def __init__(self, head_dim, base=10000.0):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.attention_scaling = 1.0
+
+    @torch.no_grad()
+    def forward(self, x, position_ids):
+        inv_freq_expanded = self.inv_freq[None, :, None].float().expand(position_ids.shape[0], -1, 1)
+        position_ids_expanded = position_ids[:, None, :].float()
+        freqs = (inv_freq_expanded.float() @ position_ids_expanded.float()).transpose(1, 2)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = emb.cos() * self.attention_scaling
+        sin = emb.sin() * self.attention_scaling
+        return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
+
+
+def rotate_half(x):
+    x1 = x[..., : x.shape[-1] // 2]
+    x2 = x[..., x.shape[-1] // 2:]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
+    cos = cos.unsqueeze(unsqueeze_dim)
+    sin = sin.unsqueeze(unsqueeze_dim)
+    q_embed = (q * cos) + (rotate_half(q) * sin)
+    k_embed = (k * cos) + (rotate_half(k) * sin)
+    return q_embed, k_embed
+
+
+def repeat_kv(hidden_states, n_rep):
+    batch, num_key_value_heads, slen, head_dim = hidden_states.shape
+    if n_rep == 1:
+        return hidden_states
+    hidden_states = hidden_states[:, :, None, :, :].expand(batch, num_key_value_heads, n_rep, slen, head_dim)
+    return hidden_states.reshape(batch, num_key_value_heads * n_rep, slen, head_dim)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head_dim = D // HEADS
+        self.num_key_value_groups = HEADS // KV_HEADS
+        self.scaling = self.head_dim ** -0.5
+        self.q_proj = nn.Linear(D, HEADS * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(D, KV_HEADS * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(D, KV_HEADS * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(HEADS * self.head_dim, D, bias=False)
+
+    def forward(self, h, cos, sin, mask):
+        input_shape = h.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        q = self.q_proj(h).view(hidden_shape).transpose(1, 2)
+        k = self.k_proj(h).view(hidden_shape).transpose(1, 2)
+        v = self.v_proj(h).view(hidden_shape).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        # modeling_llama.py eager_attention_forward
+        k = repeat_kv(k, self.num_key_value_groups)
+        v = repeat_kv(v, self.num_key_value_groups)
+        w = torch.matmul(q, k.transpose(2, 3)) * self.scaling
+        w = w + mask[:, :, :, : k.shape[-2]]
+        w = F.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
+        w = F.dropout(w, p=0.0, training=self.training)
+        o = torch.matmul(w, v)
+        o = o.transpose(1, 2).contiguous()
+        o = o.reshape(*input_shape, -1).contiguous()
+        return self.o_proj(o)
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gate_proj = nn.Linear(D, LLAMA_FFN, bias=False)
+        self.up_proj = nn.Linear(D, LLAMA_FFN, bias=False)
+        self.down_proj = nn.Linear(LLAMA_FFN, D, bias=False)
+        self.act_fn = nn.SiLU()
+
+    def forward(self, x):
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.self_attn = LlamaAttention()
+        self.mlp = LlamaMLP()
+        self.input_layernorm = LlamaRMSNorm(D)
+        self.post_attention_layernorm = LlamaRMSNorm(D)
+
+    def forward(self, h, cos, sin, mask):
+        residual = h
+        h = self.input_layernorm(h)
+        h = self.self_attn(h, cos, sin, mask)
+        h = residual + h
+        residual = h
+        h = self.post_attention_layernorm(h)
+        h = self.mlp(h)
+        return residual + h
+
+
+class LlamaModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(V, D)
+        self.layers = nn.ModuleList([LlamaDecoderLayer() for _ in range(LAYERS)])
+        self.norm = LlamaRMSNorm(D)
+        self.rotary_emb = LlamaRotaryEmbedding(D // HEADS)
+
+    def forward(self, ids):
+        h = self.embed_tokens(ids)
+        cache_position = torch.arange(0, h.shape[1], device=h.device)
+        position_ids = cache_position.unsqueeze(0)
+        mask = causal_mask(h.shape[0], h.shape[1], h.dtype, h.device)
+        cos, sin = self.rotary_emb(h, position_ids)
+        for layer in self.layers:
+            h = layer(h, cos, sin, mask)
+        return self.norm(h)
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.model = LlamaModel()
+        self.lm_head = nn.Linear(D, V, bias=False)
+
+    def forward(self, ids):
+        h = self.model(ids)
+        return self.lm_head(h[:, slice(0, None), :])  # logits_to_keep=0
+
+    loss = staticmethod(for_causal_lm_loss)
+
+
+# ---------------------------------------------------------------- BERT
+class BertEmbeddings(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(V, D, padding_idx=0)
+        self.position_embeddings = nn.Embedding(T, D)
+        self.LayerNorm = nn.LayerNorm(D, eps=1e-12)
+
+    def forward(self, ids):
+        position_ids = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+        embeddings = self.word_embeddings(ids)
+        embeddings += self.position_embeddings(position_ids)
+        return self.LayerNorm(embeddings)
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head_dim = D // HEADS
+        self.query = nn.Linear(D, D)
+        self.key = nn.Linear(D, D)
+        self.value = nn.Linear(D, D)
+
+    def split(self, x):
+        return x.view(x.size()[:-1] + (HEADS, self.head_dim)).permute(0, 2, 1, 3)
+
+    def forward(self, h, mask):
+        q, k, v = self.split(self.query(h)), self.split(self.key(h)), self.split(self.value(h))
+        scores = torch.matmul(q, k.transpose(-1, -2))
+        scores = scores / math.sqrt(self.head_dim)
+        scores = scores + mask
+        probs = F.softmax(scores, dim=-1)
+        ctx = torch.matmul(probs, v)
+        ctx = ctx.permute(0, 2, 1, 3).contiguous()
+        return ctx.view(ctx.size()[:-2] + (D,))
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, d_in):
+        super().__init__()
+        self.dense = nn.Linear(d_in, D)
+        self.LayerNorm = nn.LayerNorm(D, eps=1e-12)
+
+    def forward(self, h, input_tensor):
+        return self.LayerNorm(self.dense(h) + input_tensor)
+
+
+class BertAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.self = BertSelfAttention()
+        self.output = BertSelfOutput(D)
+
+    def forward(self, h, mask):
+        return self.output(self.self(h, mask), h)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.dense = nn.Linear(D, 4 * D)
+        self.intermediate_act_fn = nn.GELU()
+
+    def forward(self, h):
+        return self.intermediate_act_fn(self.dense(h))
+
+
+class BertLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attention = BertAttention()
+        self.intermediate = BertIntermediate()
+        self.output = BertSelfOutput(4 * D)
+
+    def forward(self, h, mask):
+        a = self.attention(h, mask)
+        return self.output(self.intermediate(a), a)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.ModuleList([BertLayer() for _ in range(LAYERS)])
+
+    def forward(self, h, mask):
+        for layer in self.layer:
+            h = layer(h, mask)
+        return h
+
+
+class BertModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embeddings = BertEmbeddings()
+        self.encoder = BertEncoder()
+
+    def forward(self, ids):
+        n, t = ids.shape
+        # modeling_bert.py: attention_mask = ones; get_extended_attention_mask: (1 - m[:, None, None, :]) * min
+        attention_mask = torch.ones((n, t), device=ids.device)
+        ext = attention_mask[:, None, None, :].to(dtype=torch.float32)
+        ext = (1.0 - ext) * torch.finfo(torch.float32).min
+        return self.encoder(self.embeddings(ids), ext)
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.dense = nn.Linear(D, D)
+        self.transform_act_fn = nn.GELU()
+        self.LayerNorm = nn.LayerNorm(D, eps=1e-12)
+
+    def forward(self, h):
+        return self.LayerNorm(self.transform_act_fn(self.dense(h)))
+
+
+class BertLMPredictionHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform()
+        self.decoder = nn.Linear(D, V, bias=False)
+        self.bias = nn.Parameter(torch.zeros(V))
+        self.decoder.bias = self.bias
+
+    def forward(self, h):
+        return self.decoder(self.transform(h))
+
+
+class BertOnlyMLMHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.predictions = BertLMPredictionHead()
+
+    def forward(self, h):
+        return self.predictions(h)
+
+
+class BertForMaskedLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bert = BertModel()
+        self.cls = BertOnlyMLMHead()
+        self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight  # tie_weights
+
+    def forward(self, ids):
+        return self.cls(self.bert(ids))
+
+    @staticmethod
+    def loss(scores, labels):
+        return nn.CrossEntropyLoss()(scores.view(-1, V), labels.view(-1))
+
+
+FIXTURES = {"gpt2_tiny": GPT2LMHeadModel, "llama_tiny": LlamaForCausalLM, "bert_tiny": BertForMaskedLM}
+
+
+def build(name, seed=0, device="cpu"):
+    torch.manual_seed(seed)
+    net = FIXTURES[name]().to(device)
+    net.train()
+    g = torch.Generator().manual_seed(seed)
+    return net, g
+
+
+def make_batch(batch, g, device="cpu"):
+    ids = torch.randint(1, V, (batch, T), generator=g).to(device)
+    labels = torch.randint(0, V, (batch, T), generator=g).to(device)
+    return ids, labels
+
+
+def _storage(t):
+    if hasattr(t, "untyped_storage"):
+        s = t.untyped_storage()
+        return s.data_ptr(), s.nbytes()
+    s = t.storage()
+    return s.data_ptr(), s.nbytes()
+
+
+def count_params(net):
+    seen, n = set(), 0
+    for p in net.parameters():  # net.parameters() yields a tied tensor once
+        if id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return n
+
+
+def measure_saved(name, batch, seed):
+    net, g = build(name, seed)
+    ids, labels = make_batch(batch, g)
+    param_ptrs = {_storage(p)[0] for p in net.parameters()} | {_storage(b)[0] for b in net.buffers()}
+    input_ptrs = {_storage(ids)[0], _storage(labels)[0]}
+    stack = ["(outside)"]
+    per_module = {}
+    handles = []
+    for mname, mod in net.named_modules():
+        if mname and not list(mod.children()):
+            handles.append(mod.register_forward_pre_hook(lambda m, i, n=mname: stack.append(n) and None))
+            handles.append(mod.register_forward_hook(lambda m, i, o: stack.pop() and None))
+    seen = {}
+    entries = []
+
+    def pack(t):
+        ptr, nbytes = _storage(t)
+        key = (ptr, nbytes)
+        first = key not in seen
+        if first:
+            seen[key] = len(seen)
+        e = {"module": stack[-1], "dtype": str(t.dtype).replace("torch.", ""), "shape": list(t.shape),
+             "bytes": nbytes, "storage_id": seen[key], "is_param": ptr in param_ptrs, "is_input": ptr in input_ptrs,
+             # a Python number wrapped as a 0-d float64 tensor (0.5 * x): a CPU scalar on CUDA too
+             "cpu_scalar": t.dim() == 0 and t.dtype == torch.float64, "first": first}
+        entries.append(e)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = net(ids)
+        loss = net.loss(out, labels)
+    for h in handles:
+        h.remove()
+    loss.backward()
+    def counted(e):
+        return e["first"] and not e["is_param"] and not e["is_input"] and not e["cpu_scalar"]
+    total = sum(e["bytes"] for e in entries if counted(e))
+    scalars = sum(e["bytes"] for e in entries if e["first"] and e["cpu_scalar"])
+    inputs = sum(e["bytes"] for e in entries if e["first"] and e["is_input"])
+    for e in entries:
+        if counted(e):
+            per_module[e["module"]] = per_module.get(e["module"], 0) + e["bytes"]
+    return {"name": name, "batch": batch, "params": count_params(net),
+            "param_bytes": sum(p.numel() * p.element_size() for p in net.parameters()),
+            "buffer_bytes": sum(b.numel() * b.element_size() for b in net.buffers()),
+            "saved_total_bytes": total, "saved_input_bytes": inputs, "saved_cpu_scalar_bytes": scalars, "first_saved_bytes_by_module": per_module,
+            "saved": entries, "loss": round(float(loss.detach()), 5)}
+
+
+def measure_live(name, batch, seed, opt_name, impl, want_nodes, want_ops=False):
+    from torch.profiler import ProfilerActivity, profile
+    import cpu_live_reference as clr
+    net, g = build(name, seed)
+    ids, labels = make_batch(batch, g)
+    opt = mt.make_optimizer(opt_name, net.parameters(), impl)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        for _ in range(clr.N_ITERATIONS):
+            mt.training_step(net, ids, labels, opt, net.loss)
+    its, end_bytes, timeline = clr.analyse(prof.profiler.kineto_results, want_nodes)
+    base = its[0]["start_bytes"]
+    for r in its:
+        r["relative_peak_bytes"] = r["peak_bytes"] - base
+        r["relative_start_bytes"] = r["start_bytes"] - base
+    params = list(net.parameters())
+    res = {"optimizer": opt_name, "optimizer_impl": impl,
+           "param_bytes": sum(p.numel() * p.element_size() for p in params), "param_tensors": len(params),
+           "grad_bytes_after": sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None),
+           "optimizer_state_bytes_after": sum(v.numel() * v.element_size() for st in opt.state.values()
+                                              for v in st.values() if torch.is_tensor(v)),
+           "iterations": its}
+    if want_nodes:
+        pre = "autograd::engine::evaluate_function: "
+        res["backward_nodes"] = [[u["op"][len(pre):], u["start"] - base, u["max"] - base, u["end"] - base]
+                                 for u in timeline if u["iteration"] == clr.N_ITERATIONS and u["op"].startswith(pre)]
+        if want_ops:  # every top-level op too (large; for investigating)
+            res["ops"] = [[u["phase"], u["op"], u["start"] - base, u["max"] - base, u["end"] - base]
+                          for u in timeline if u["iteration"] == clr.N_ITERATIONS]
+    return res
+
+
+def measure_cuda(name, batch, seed, opt_name, impl):
+    net, g = build(name, seed, "cuda")
+    ids, labels = make_batch(batch, g, "cuda")
+    opt = mt.make_optimizer(opt_name, net.parameters(), impl)
+    torch.cuda.synchronize()
+    its = []
+    for k in range(3):
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        mt.training_step(net, ids, labels, opt, net.loss)
+        torch.cuda.synchronize()
+        its.append({"iteration": k + 1, "start_bytes": start, "max_allocated_bytes": torch.cuda.max_memory_allocated(),
+                    "max_reserved_bytes": torch.cuda.max_memory_reserved()})
+    return {"optimizer": opt_name, "optimizer_impl": impl, "iterations": its}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=["saved", "live", "cuda"])
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fixtures", default=",".join(FIXTURES))
+    ap.add_argument("--configs", default="sgd:foreach,adam:foreach,adam:for-loop")
+    ap.add_argument("--nodes", action="store_true", help="live: the last iteration's autograd nodes [op, start, max, end]")
+    ap.add_argument("--ops", action="store_true", help="live, with --nodes: every top-level op as well")
+    ap.add_argument("-o", "--output")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    names = [n for n in args.fixtures.split(",") if n]
+    result = {"generated_by": " ".join(["python3"] + sys.argv), "torch_version": torch.__version__,
+              "dims": {"D": D, "T": T, "V": V, "layers": LAYERS, "heads": HEADS, "kv_heads": KV_HEADS,
+                       "llama_ffn": LLAMA_FFN},
+              "twins": {n: "tests/fixtures/transformers/%s.memfit" % n for n in names}, "fixtures": []}
+    configs = [c.split(":") for c in args.configs.split(",") if c]
+    for n in names:
+        if args.mode == "saved":
+            result["fixtures"].append(measure_saved(n, args.batch, args.seed))
+        else:
+            runs = []
+            for opt_name, impl in configs:
+                if args.mode == "live":
+                    runs.append(measure_live(n, args.batch, args.seed, opt_name, impl, args.nodes, args.ops))
+                else:
+                    runs.append(measure_cuda(n, args.batch, args.seed, opt_name, impl))
+            result["fixtures"].append({"name": n, "batch": args.batch, "runs": runs})
+    mt.write_json(result, args.output)
+
+
+if __name__ == "__main__":
+    main()
