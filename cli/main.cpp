@@ -29,6 +29,19 @@ std::string read_bounded(std::istream& in) {
   return text;
 }
 
+// MODEL's source text and the name errors use: a path, '-' for standard input, or a builtin name.
+std::pair<std::string, std::string> load_source(const std::string& arg) {
+  std::string name = arg.empty() ? memfit::kDefaultModel : arg;
+  if (name == "-") return {read_bounded(std::cin), "<stdin>"};
+  std::error_code ec;
+  if (std::filesystem::is_directory(name, ec))
+    throw memfit::Error({name, 0, 0}, "", "is a directory, not a model file", "give a .memfit or .json file inside it");
+  std::ifstream in(name, std::ios::binary);
+  if (in) return {read_bounded(in), name};
+  if (const auto* b = memfit::find_builtin_model(name)) return {b->text, b->path};
+  throw memfit::Error({name, 0, 0}, "", "cannot open the model file", "give a path to a .memfit or .json file");
+}
+
 // MODEL: a path, '-' for standard input, or the name of a builtin model (models/NAME.memfit) or
 // Hugging Face config (models/hf/NAME.json). A config.json is built with --seq/--attention/--head.
 // The first bytes of a file, to tell an ONNX protobuf from a text or JSON model without the extension.
@@ -114,6 +127,8 @@ void add_settings(CLI::App* c, memfit::OptionStrings& s) {
   opt("--freeze", s.freeze, "freeze these layers/regions (globs, comma-separated): requires_grad=False");
   opt("--train", s.train, "train only these layers/regions (globs); every other parameter is frozen");
   add_hf_settings(c, s);
+  opt("--checkpoint", s.checkpoint, "activation checkpointing: regions (globs, e.g. 'layer*'); each top-most match is one torch.utils.checkpoint call");
+  opt("--checkpoint-impl", s.checkpoint_impl, "reentrant (default, as transformers' gradient_checkpointing_enable) or non-reentrant");
 }
 
 }  // namespace
@@ -140,6 +155,14 @@ int main(int argc, char** argv) {
   mb->add_option("MODEL", model_arg, "model file or builtin name");
   add_settings(mb, s);
   mb->add_flag("--json", json, "print the JSON result");
+
+  auto* ms = app.add_subcommand("max-seq", "the longest sequence that fits on the GPU (MODEL with $seq where the length goes)");
+  ms->add_option("MODEL", model_arg, "model file with $seq (text or JSON)");
+  add_settings(ms, s);
+  ms->add_flag("--json", json, "print the JSON result");
+  memfit::i64 seq_limit = 0;
+  ms->add_option("--seq-limit", seq_limit, "search no further than this length (e.g. max_position_embeddings)")
+      ->check(CLI::Range(memfit::i64{1}, memfit::kSeqSearchLimit));
 
   auto* ops = app.add_subcommand("ops", "the layer kinds memfit knows (the op registry)");
   ops->add_flag("--json", json, "print JSON (docs/ops.json is a copy)");
@@ -192,6 +215,16 @@ int main(int argc, char** argv) {
     for (const auto& d : dim_args) {
       auto [k, v] = memfit::parse_dim_setting(d);
       if (!dims.emplace(k, v).second) throw memfit::Error({}, "", "--dim " + k + " is given twice", "give each dimension once");
+    }
+    if (ms->parsed()) {
+      memfit::Options options = memfit::make_options(s);
+      if (!options.gpu) throw memfit::Error({}, "", "max-seq needs a GPU", "add --gpu NAME or --gpu 80GiB");
+      auto [source, file] = load_source(model_arg);
+      memfit::SeqModelFactory f = memfit::seq_model_factory(std::move(source), std::move(file));
+      f.limit = seq_limit;
+      memfit::MaxSeq found = memfit::max_seq(f, options);
+      std::cout << (json ? memfit::max_seq_json(f, options, found) : memfit::render_max_seq_text(f, options, found));
+      return found.max_seq > 0 ? kExitFits : kExitDoesNotFit;
     }
     memfit::Options options = memfit::make_options(s);
     memfit::Model m = load_model(model_arg, dims, options);

@@ -32,6 +32,15 @@ grep -q '"max_batch"' /tmp/memfit_cli_out || { echo "FAIL: no max_batch"; fail=$
 check "explain" 0 "$BIN" estimate --explain
 grep -q "64 x 32 x 50 x 50 x 4 B = 20,480,000 B" /tmp/memfit_cli_out || { echo "FAIL: explain lacks conv1 arithmetic"; fail=$((fail + 1)); }
 check "gpus" 0 "$BIN" gpus
+check "checkpoint json" 0 "$BIN" estimate resnet18 --batch 8 --checkpoint 'layer*' --json
+grep -q '"recompute_flops"' /tmp/memfit_cli_out || { echo "FAIL: no checkpoint object"; fail=$((fail + 1)); }
+check "checkpoint names no region" 2 "$BIN" estimate resnet18 --checkpoint nothing
+grep -q "matches no region" /tmp/memfit_cli_err || { echo "FAIL: checkpoint error unclear"; fail=$((fail + 1)); }
+check "checkpoint impl unknown" 2 "$BIN" estimate resnet18 --checkpoint 'layer*' --checkpoint-impl maybe
+check "max-seq" 0 "$BIN" max-seq "$SRC/tests/fixtures/seq_attention.json" --gpu 2GiB --batch 4 --json
+grep -q '"max_seq"' /tmp/memfit_cli_out || { echo "FAIL: no max_seq"; fail=$((fail + 1)); }
+check "max-seq without \$seq" 2 "$BIN" max-seq resnet18 --gpu 8GiB
+check "max-seq without gpu" 2 "$BIN" max-seq "$SRC/tests/fixtures/seq_attention.json"
 check "bad usage" 2 "$BIN" estimate --batch
 check "bad batch" 2 "$BIN" estimate --batch zero
 check "unknown gpu" 2 "$BIN" estimate --gpu potato

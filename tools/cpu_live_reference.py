@@ -270,13 +270,16 @@ def release_env_forward(net):
 
 
 def measure(m, batch, opt_name, impl, seed, want_ops, release_env=False, freeze=None, train=None,
-            want_nodes=False):
+            want_nodes=False, wrap_forward=None):
+    """wrap_forward(net) -> a forward replacing net.forward (tools/cpu_checkpoint_reference.py)."""
     torch.manual_seed(seed)
     net = mt.build_module(m)
     net.train()
     frozen = mt.apply_freeze(net, freeze, train) if (freeze is not None or train is not None) else None
     if release_env:
         net.forward = release_env_forward(net)
+    if wrap_forward is not None:
+        net.forward = wrap_forward(net)
     loss_fn = mt.loss_fn_for(net)
     opt = mt.make_optimizer(opt_name, net.parameters(), impl)
     x, target = mt.make_batch(m, batch, "cpu", torch.float32, seed=seed)

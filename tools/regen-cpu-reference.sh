@@ -47,6 +47,9 @@ done
 /usr/bin/python3 tools/cpu_live_reference.py --runs tests/reference/fixtures/densenet_mini.json:4 --nodes \
     -o tests/reference/cpu_live_densenet.json
 
+# Activation checkpointing, reentrant and non-reentrant (docs/checkpointing.md; about 1 minute).
+/usr/bin/python3 tools/cpu_checkpoint_reference.py -o tests/reference/cpu_live_checkpoint.json
+
 # The PyTorch exporter on torchvision's models (tools/check_export_torchvision.py; about 5 minutes). It exits 1
 # on a mismatch, which it records in the file as well: report it, do not stop the other references.
 [ -x build/live_bytes_estimate ] || g++ -std=c++20 -O1 -Icore/include tools/live_bytes_estimate.cpp \

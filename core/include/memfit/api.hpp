@@ -29,7 +29,8 @@ inline constexpr const char* kDefaultModel = "question_cnn";
 // Settings as the user typed them; unset fields keep memfit's defaults.
 struct OptionStrings {
   std::optional<std::string> batch, dtype, optimizer, optimizer_impl, zero_grad, gpu, context, cublas_workspace,
-      cudnn_workspace, iterations, pytorch, grad_accumulation, freeze, train, seq, attention, head;
+      cudnn_workspace, iterations, pytorch, grad_accumulation, freeze, train, checkpoint, checkpoint_impl, seq,
+      attention, head;
   bool timeline = false, events = false;
 };
 Options make_options(const OptionStrings& s);
@@ -40,13 +41,15 @@ Optimizer parse_optimizer(std::string_view s);
 OptimizerImpl parse_optimizer_impl(std::string_view s);
 
 
-// Request: {"command": "estimate" | "max-batch" | "model" | "gpus" | "sweep" | "models" | "ops",
+// Request: {"command": "estimate" | "max-batch" | "max-seq" | "model" | "gpus" | "sweep" | "models" | "ops",
+//           max-seq: "model" holds `$seq` where the sequence length goes; "seq_limit": N caps the search,
 //           "model": "<text or JSON source>", "file": "name for errors",
 //           "options": {"batch": "64", "dtype": "fp32", "optimizer": "sgd", "optimizer_impl": "foreach",
 //                       "zero_grad": "set_to_none", "gpu": "RTX 3090", "context": "426MiB",
 //                       "cublas_workspace": "...", "cudnn_workspace": "...", "iterations": "3",
 //                       "grad_accumulation": "1", "freeze": "features.*", "train": "fc,layer4",
 //                       "seq": "2048", "attention": "sdpa", "head": "mlm",   (a Hugging Face config.json)
+//                       "checkpoint": "layer*", "checkpoint_impl": "reentrant" | "non-reentrant",
 //                       "timeline": true, "events": true},
 //           "sweep_up_to": 256, "sweep_points": 24, "dims": {"seq": 128}}
 // Result: the command's JSON (as `memfit <command> --json` prints it), or {"error": {...}}.

@@ -67,7 +67,20 @@ struct Estimate {
   bool fits_only_by_freeing_cache = false;  // needed the allocator's release-and-retry path
   std::vector<RuleOfThumb> rules_of_thumb;
   std::vector<std::string> notes;
+  // Activation checkpointing's price: matrix-multiply and convolution FLOPs (2 x multiply-adds) of one
+  // forward, and of the reruns in one backward (0 without --checkpoint).
+  i64 forward_flops = 0, recompute_flops = 0;
 };
+
+// 2 x multiply-adds of one node's forward when it is a convolution, a linear layer or a matmul (the
+// ops that dominate a training step's time); 0 for the others.
+i64 node_matmul_flops(const Node& nd);
+
+// The regions a checkpointing remedy would wrap: the largest group of sibling regions (resnet's layer1..4,
+// a transformer's model.layers.*), as --checkpoint globs; empty when the model has no region with a sibling.
+std::vector<std::string> block_checkpoint_globs(const Graph& g);
+// The reruns' share of a step's compute, recompute / (3 x forward FLOPs), in whole percent.
+int recompute_percent(const Estimate& e);
 
 // The one pipeline every command, search and front end runs: graph -> schedule -> plan -> allocator
 // model. `capacity_bytes` > 0 replays with the GPU's usable memory as the cudaMalloc limit (the
@@ -127,15 +140,41 @@ struct MaxBatch {
 };
 MaxBatch max_batch(const Model& model, const Options& options);
 
+// Longest sequence: a model per sequence length T (the hfconfig branch's config.json builder gives one;
+// seq_model_factory() makes one from a source with `$seq` in it). The peak is not affine in T
+// (attention's T x T scores), so every probe runs the whole pipeline: a galloping search from
+// kSeqSearchStart in steps of 1/16 of it, then bisection (about 15 pipelines; bench/).
+struct SeqModelFactory {
+  std::function<Model(i64 seq)> build;
+  i64 limit = 0;  // the longest sequence the model takes (max_position_embeddings); 0: kSeqSearchLimit
+};
+// The source with every `$seq` replaced by T (text or JSON); throws Error when it has no `$seq`.
+SeqModelFactory seq_model_factory(std::string source, std::string file);
+inline constexpr i64 kSeqSearchLimit = i64{1} << 20;  // a million tokens: the search's cap without one
+inline constexpr i64 kSeqSearchStart = 2048;
+struct MaxSeq {
+  i64 max_seq = 0;    // 0: even T = 1 does not fit
+  int n_probes = 0;   // full pipelines run
+  bool capped = false;  // every T up to `limit` fits: max_seq is the cap, not a limit of the GPU
+  i64 limit = 0;      // the cap searched up to
+};
+MaxSeq max_seq(const SeqModelFactory& factory, const Options& options);  // requires options.gpu
+
 // What to change when it does not fit, each computed by the whole pipeline.
 struct Remedy {
   std::string change;  // e.g. "--batch 32", "--optimizer sgd-momentum", "--dtype bf16"
   std::string why;
+  std::string cost;    // what it costs in time or training behaviour (remedies are sorted by it)
   Options options;
   i64 device_bytes = 0;
   i64 peak_reserved_bytes = 0;
   bool fits = false;
 };
+// Each is checked by running the estimate with it; ordered from the cheapest: free switches
+// (set_to_none, fused Adam), autocast bf16, checkpointing (one more forward of the checkpointed
+// regions), gradient accumulation (same effective batch, smaller kernels), then what changes the
+// training itself (another optimizer, a smaller effective batch). Hooks for the train branch's
+// 8-bit optimizers and LoRA rank go in the same list (estimate.cpp, "more remedies").
 std::vector<Remedy> remedies(const Model& model, const Options& options);
 
 }  // namespace memfit

@@ -23,6 +23,18 @@ struct Workspaces {
   i64 cudnn_conv_bytes = 0;  // per convolution call, forward and backward (not modelled by default: 0)
 };
 
+// How torch.utils.checkpoint runs a checkpointed call (docs/checkpointing.md):
+//  reentrant      CheckpointFunction (use_reentrant=True): forward under no_grad keeping its tensor
+//                 inputs (ctx.save_for_backward); its backward reruns the call under enable_grad and
+//                 runs a nested backward over the rerun graph.
+//  non_reentrant  saved-tensor hooks (use_reentrant=False): the forward records the outer graph but
+//                 keeps no saved tensor; the first unpack in backward reruns the call (PyTorch 2.x stops
+//                 the rerun at the last tensor it needs, 1.13 reruns all of it).
+// transformers 4.x's gradient_checkpointing_enable() ends up reentrant (modeling_utils.py; sources in
+// docs/checkpointing.md), the default here.
+enum class CheckpointImpl : std::uint8_t { reentrant, non_reentrant };
+const char* checkpoint_impl_name(CheckpointImpl c);  // "reentrant", "non-reentrant"
+
 struct TrainSettings {
   i64 batch = 64;                // samples per forward/backward (the micro-batch with accumulation)
   int grad_accumulation = 1;     // micro-batches per optimizer step (gradients accumulate in .grad)
@@ -34,12 +46,16 @@ struct TrainSettings {
   TorchRules rules = TorchRules::v2;
   Workspaces workspaces;
   std::vector<std::string> freeze, train;  // parameter globs (GraphSettings)
+  // Activation checkpointing: globs over region names (`layer*`, `model.layers.*`); each top-most
+  // matching region is one torch.utils.checkpoint call.
+  std::vector<std::string> checkpoint;
+  CheckpointImpl checkpoint_impl = CheckpointImpl::reentrant;
 };
 GraphSettings graph_settings(const TrainSettings& s);
 
 // The training step as a schedule of steps over the graph; the planner executes it. The steady-state
 // loop, the first iteration and gradient accumulation are different schedules of the same steps
-// (activation checkpointing will add recompute steps).
+// (activation checkpointing adds the checkpoint_* and recompute steps).
 struct Step {
   enum class Kind : std::uint8_t {
     setup,           // model.cuda(), the optimizer's __init__ state, the batch on the device
@@ -52,10 +68,31 @@ struct Step {
     end_backward,    // the graph is freed: anything not reached is released
     end_micro_batch, // the loop rebinds out and loss
     optimizer,       // optimizer.step()
+    // Activation checkpointing (`segment` says which checkpointed call):
+    checkpoint_forward,  // the call starts: its tensor inputs are held (ctx / the rerun's closure)
+    recompute_begin,     // backward reaches the call: the rerun starts (under enable_grad, autocast re-entered)
+    recompute,           // one node's forward rerun, saving what its backward needs
+    recompute_end,       // the rerun returns: autocast's cache is cleared; unused outputs dropped
+    checkpoint_release,  // the call's backward is done: its inputs (and the reentrant rerun's outputs) go
   } kind;
   std::int32_t node = -1;
   std::uint8_t iteration = 0;
+  std::int32_t segment = -1;  // forward/backward/recompute steps inside a checkpointed call: its index
 };
+
+// One checkpointed call: a region, its nodes [first, last] in graph order, the values it takes from
+// outside (its inputs) and the ones used after it (its outputs), as value ids.
+struct CheckpointSegment {
+  int region = -1;
+  int first = 0, last = 0;
+  std::vector<int> inputs, outputs;
+  int last_saver = -1;  // the last node in it whose backward needs saved tensors (-1: none)
+  int recompute_last = -1;  // where the rerun stops (PyTorch 2.x non-reentrant: at last_saver)
+};
+// The top-most regions matching s.checkpoint; throws Error for a glob matching no region, a region
+// holding the loss, or a reentrant call whose parameters would get no gradient.
+std::vector<CheckpointSegment> checkpoint_segments(const Graph& g, const TrainSettings& s);
+std::vector<Step> build_schedule(const Graph& g, const TrainSettings& s, const std::vector<CheckpointSegment>& segs);
 std::vector<Step> build_schedule(const Graph& g, const TrainSettings& s);
 const char* step_kind_name(Step::Kind k);
 
@@ -92,6 +129,7 @@ struct Plan {
   std::vector<SavedRecord> saved;
   std::vector<i64> node_grad_bytes;       // per node: parameter gradient bytes (f32)
   std::vector<i64> node_optimizer_bytes;  // per node: persistent optimizer state bytes
+  std::vector<CheckpointSegment> checkpoints;  // the checkpointed calls the plan runs
 };
 
 Plan plan_training(const Graph& g, const TrainSettings& s);  // executes build_schedule(g, s)

@@ -25,6 +25,10 @@ inline constexpr i64 kMaxBatchSearchCap = kBatchSearchLimit;  // estimate.hpp: t
 inline bool max_batch_capped(const MaxBatch& mb) { return mb.capped; }
 // The model as the flat JSON form (docs/model-format.md#json), attributes resolved.
 std::string model_json(const Model& model);
+// max-seq: the estimate at the longest sequence that fits (T = 1 when none does), plus "max_seq",
+// "max_seq_capped", "max_seq_search_cap", "max_seq_probes".
+std::string max_seq_json(const SeqModelFactory& factory, const Options& options, const MaxSeq& ms);
+std::string render_max_seq_text(const SeqModelFactory& factory, const Options& options, const MaxSeq& ms);
 // The plan the allocator model replays, one line per event (docs/json-output.md "Events"):
 //   alloc ID BYTES CATEGORY LAYER PHASE ITERATION   (LAYER "-" for none)
 //   free ID

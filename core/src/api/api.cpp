@@ -120,7 +120,7 @@ std::string handle_request(std::string_view request_json, ByteSource* onnx_file)
     if (!req.is_object())
       throw Error({}, "", std::string("the request is ") + type_name(req) + ", expected a JSON object",
                   "send {\"command\": \"estimate\", \"model\": \"...\"}");
-    std::string command = string_field(req, "command", "estimate", "use estimate, max-batch, model, sweep, gpus, models or ops");
+    std::string command = string_field(req, "command", "estimate", "use estimate, max-batch, max-seq, model, sweep, gpus, models or ops");
     if (command == "gpus") return gpus_json();
     if (command == "ops") return ops_json();
     if (command == "models") {
@@ -159,6 +159,8 @@ std::string handle_request(std::string_view request_json, ByteSource* onnx_file)
         else if (k == "seq") s.seq = text;
         else if (k == "attention") s.attention = text;
         else if (k == "head") s.head = text;
+        else if (k == "checkpoint") s.checkpoint = text;
+        else if (k == "checkpoint_impl") s.checkpoint_impl = text;
         else throw Error({}, "", "unknown option '" + k + "'", "see core/include/memfit/api.hpp");
       }
     }
@@ -191,6 +193,11 @@ std::string handle_request(std::string_view request_json, ByteSource* onnx_file)
       source = find_builtin_model(kDefaultModel)->text;
       file = std::string("models/") + kDefaultModel + ".memfit";
     }
+    if (command == "max-seq") {
+      SeqModelFactory f = seq_model_factory(source, file);
+      f.limit = int_field(req, "seq_limit", 0, 0, kSeqSearchLimit);
+      return max_seq_json(f, options, max_seq(f, options));
+    }
     Model model = onnx_file ? import_onnx(*onnx_file, file, dims) : load_model_source(source, file, options);
     if (onnx_file) refuse_hf_options(options.hf(), model);  // --seq/--attention/--head are a config.json's
     if (command == "estimate") return estimate_json(model, options);
@@ -201,7 +208,7 @@ std::string handle_request(std::string_view request_json, ByteSource* onnx_file)
       int n = static_cast<int>(int_field(req, "sweep_points", 24, 2, 200));
       return batch_sweep_json(model, options, up_to, n);
     }
-    throw Error({}, "", "unknown command '" + command + "'", "use estimate, max-batch, model, sweep, gpus, models or ops");
+    throw Error({}, "", "unknown command '" + command + "'", "use estimate, max-batch, max-seq, model, sweep, gpus, models or ops");
   } catch (const Error& e) {
     return error_json(e);
   } catch (const std::exception& e) {

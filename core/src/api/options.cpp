@@ -95,6 +95,15 @@ Options make_options(const OptionStrings& s) {
   if (s.seq) o.seq = parse_positive(*s.seq, "seq", kMaxSeq);
   if (s.attention) o.attention = parse_hf_attention(*s.attention);
   if (s.head) o.head = parse_hf_head(*s.head);
+  if (s.checkpoint) o.train.checkpoint = parse_globs(*s.checkpoint, "--checkpoint");
+  if (s.checkpoint_impl) {
+    if (*s.checkpoint_impl == "reentrant" || *s.checkpoint_impl == "use_reentrant=True") o.train.checkpoint_impl = CheckpointImpl::reentrant;
+    else if (*s.checkpoint_impl == "non-reentrant" || *s.checkpoint_impl == "non_reentrant" || *s.checkpoint_impl == "use_reentrant=False")
+      o.train.checkpoint_impl = CheckpointImpl::non_reentrant;
+    else
+      throw Error({}, "", "unknown checkpoint implementation '" + *s.checkpoint_impl + "'",
+                  "use reentrant (torch.utils.checkpoint use_reentrant=True, the default) or non-reentrant");
+  }
   o.timeline = s.timeline;
   o.events = s.events;
   return o;

@@ -1,6 +1,7 @@
 #include "memfit/estimate.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <limits>
 
 namespace memfit {
@@ -66,6 +67,27 @@ constexpr i64 kParamCopies = 3;        // weights + gradients + one optimizer bu
 constexpr i64 kFloat32Bytes = 4;       // "... x 4 bytes"
 constexpr i64 kTorchinfoPassFactor = 2;  // torchinfo: forward + backward = 2 x outputs
 
+// A multiply-add is two floating-point operations (the usual FLOP count of a GEMM: 2 x M x N x K).
+constexpr i64 kFlopsPerMultiplyAdd = 2;
+// A training step's compute is about three forwards: backward computes the input and the weight
+// gradient, each a GEMM the size of the forward's (Kaplan et al. 2020, "Scaling Laws", C = 6 N per token
+// = 2 N forward + 4 N backward).
+constexpr i64 kStepForwards = 3;
+constexpr i64 kPercent = 100;
+// FLOP counts only inform a note: beyond 2^63 they saturate instead of failing the estimate.
+i64 saturating_mul(i64 a, i64 b) {
+  i64 r = 0;
+  return __builtin_mul_overflow(a, b, &r) ? std::numeric_limits<i64>::max() : r;
+}
+i64 saturating_add(i64 a, i64 b) {
+  i64 r = 0;
+  return __builtin_add_overflow(a, b, &r) ? std::numeric_limits<i64>::max() : r;
+}
+
+// What checkpointing costs: the reruns' FLOPs against one step's (forward + backward); and where
+// preserve_rng_state's stashes live.
+void checkpoint_cost(Estimate& e);
+
 void rules_of_thumb(Estimate& e) {
   i64 outputs = 0, param_outputs = 0;
   for (const auto& row : e.layers) {
@@ -89,6 +111,39 @@ void rules_of_thumb(Estimate& e) {
        checked_add(checked_mul(kTorchinfoPassFactor, param_outputs, "rule of thumb"), checked_add(p, e.input_bytes, "rule of thumb"),
                    "rule of thumb")},
   };
+}
+
+}  // namespace
+
+int recompute_percent(const Estimate& e) {
+  if (e.forward_flops <= 0) return 0;
+  // share = recompute / (3 x forward), in whole percent; long double keeps 2^63-sized counts exact enough
+  long double share = static_cast<long double>(e.recompute_flops) / (static_cast<long double>(kStepForwards) * e.forward_flops);
+  return static_cast<int>(share * kPercent + 0.5L);
+}
+
+namespace {
+
+void checkpoint_cost(Estimate& e) {
+  for (const auto& nd : e.graph.nodes) e.forward_flops = saturating_add(e.forward_flops, node_matmul_flops(nd));
+  if (e.plan.checkpoints.empty()) return;
+  std::string names;
+  for (const auto& sg : e.plan.checkpoints) {
+    for (int n = sg.first; n <= sg.recompute_last; ++n)
+      e.recompute_flops = saturating_add(e.recompute_flops, node_matmul_flops(e.graph.nodes[static_cast<std::size_t>(n)]));
+    if (names.size() < 200) names += (names.empty() ? "" : ", ") + e.graph.regions[static_cast<std::size_t>(sg.region)].name;
+  }
+  const bool reentrant = e.options.train.checkpoint_impl == CheckpointImpl::reentrant;
+  std::string note = "activation checkpointing: " + std::to_string(e.plan.checkpoints.size()) + " torch.utils.checkpoint calls (" +
+                     names + (names.size() >= 200 ? ", ..." : "") + "), use_reentrant=" + (reentrant ? "True" : "False");
+  if (e.forward_flops > 0) {
+    note += "; the reruns cost about " + std::to_string(recompute_percent(e)) +
+            "% more step time (their matmul/convolution FLOPs " + format_count(e.recompute_flops) + " against a step's 3 x " +
+            format_count(e.forward_flops) + ")";
+  }
+  note += "; preserve_rng_state's stashed RNG states are CPU tensors (torch.get_rng_state, torch.cuda.get_rng_state), "
+          "not GPU memory";
+  e.notes.push_back(note + ".");
 }
 
 }  // namespace
@@ -213,7 +268,44 @@ Estimate estimate(const Model& model, const Options& options) {
                       ": " + note);
   before_loss_note(e);
   rules_of_thumb(e);
+  checkpoint_cost(e);
   return e;
+}
+
+i64 node_matmul_flops(const Node& nd) {
+  const std::string_view kind = nd.rule->kind;
+  i64 macs_per_output = 0;
+  if (kind == "conv2d" || kind == "linear") {
+    for (const auto& p : nd.shape.params)  // weight [out, in/groups, (kh, kw)]: in/groups x kh x kw per output
+      if (p.name == "weight" && p.shape.size() >= 2 && p.shape[0] > 0) macs_per_output = p.numel() / p.shape[0];
+  } else if (kind == "matmul" && !nd.in_types.empty() && !nd.in_types[0].shape.empty()) {
+    macs_per_output = nd.in_types[0].shape.back();  // the contracted dimension
+  }
+  return saturating_mul(kFlopsPerMultiplyAdd, saturating_mul(nd.shape.out.numel(), macs_per_output));
+}
+
+std::vector<std::string> block_checkpoint_globs(const Graph& g) {
+  // The nesting depth whose regions cover the most layers (at least two regions there; a tie goes to
+  // the deeper level: more, smaller calls hold less during each rerun): resnet's blocks layer1.0 ..
+  // layer4.1, a transformer's model.layers.N.
+  std::vector<i64> cover, count;
+  for (const auto& r : g.regions) {
+    const std::size_t d = static_cast<std::size_t>(r.depth);
+    if (cover.size() <= d) cover.resize(d + 1, 0), count.resize(d + 1, 0);
+    cover[d] += r.n_nodes;
+    ++count[d];
+  }
+  int best = -1;
+  for (std::size_t d = 0; d < cover.size(); ++d)
+    if (count[d] >= 2 && (best < 0 || cover[d] >= cover[static_cast<std::size_t>(best)])) best = static_cast<int>(d);
+  std::vector<std::string> globs;
+  if (best < 0) return globs;
+  for (const auto& r : g.regions) {
+    if (r.depth != best) continue;
+    std::string glob = r.parent < 0 ? r.name : g.regions[static_cast<std::size_t>(r.parent)].name + ".*";
+    if (std::find(globs.begin(), globs.end(), glob) == globs.end()) globs.push_back(glob);
+  }
+  return globs;
 }
 
 LargestSearch search_largest(const std::function<std::optional<bool>(i64)>& fits, i64 start, i64 limit,
@@ -376,19 +468,123 @@ MaxBatch max_batch(const Model& model, const Options& options) {
   return {.max_batch = s.largest, .n_probes = s.n_probes, .capped = s.capped};
 }
 
+SeqModelFactory seq_model_factory(std::string source, std::string file) {
+  static constexpr std::string_view kToken = "$seq";
+  auto is_ident = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; };
+  // `$seq` not followed by an identifier character ($seq_len is another name), except a shape's
+  // separator: `$seqx64x128` is T x 64 x 128
+  std::vector<std::size_t> at;
+  for (std::size_t k = source.find(kToken); k != std::string::npos; k = source.find(kToken, k + 1)) {
+    const std::size_t e = k + kToken.size();
+    const bool separator = e + 1 < source.size() && source[e] == 'x' && std::isdigit(static_cast<unsigned char>(source[e + 1]));
+    if (e >= source.size() || !is_ident(source[e]) || separator) at.push_back(k);
+  }
+  if (at.empty())
+    throw Error({file, 0, 0}, "", "max-seq needs a model whose sequence length is a parameter, and this one has no $seq",
+                "write $seq where the length goes (JSON: \"shape\": [$seq, 512]; reshapes: $seq,8,64), or give a config.json");
+  SeqModelFactory f;
+  f.build = [source = std::move(source), file = std::move(file), at = std::move(at)](i64 seq) {
+    std::string text;
+    std::size_t from = 0;
+    const std::string n = std::to_string(seq);
+    for (std::size_t k : at) {
+      text.append(source, from, k - from);
+      text += n;
+      from = k + kToken.size();
+    }
+    text.append(source, from, std::string::npos);
+    return parse_model(text, file);
+  };
+  return f;
+}
+
+MaxSeq max_seq(const SeqModelFactory& factory, const Options& options) {
+  if (!options.gpu) throw Error({}, "", "max-seq needs a GPU", "give --gpu NAME or --gpu SIZE (e.g. --gpu 80GiB)");
+  MaxSeq r;
+  r.limit = factory.limit > 0 ? std::min(factory.limit, kSeqSearchLimit) : kSeqSearchLimit;
+  const i64 usable = usable_bytes(options);
+  if (usable <= 0) return r;
+  auto fits = [&](i64 seq) -> std::optional<bool> {
+    try {
+      return !run_pipeline(factory.build(seq), options, usable).sim.oom;
+    } catch (const Error& e) {
+      // byte counts beyond 64 bits at this length certainly do not fit; anything else (a shape
+      // error) is the model's and is reported
+      if (std::string(e.what()).find("overflows") != std::string::npos) return false;
+      throw;
+    }
+  };
+  // the model at T = 1 is checked first: a model that cannot be built is an error, not "0 fits"
+  (void)factory.build(1);
+  const i64 start = std::min(kSeqSearchStart, r.limit);
+  LargestSearch s = search_largest(fits, start, r.limit, std::max<i64>(1, start / 16));
+  r.max_seq = s.largest;
+  r.n_probes = s.n_probes;
+  r.capped = s.capped;
+  return r;
+}
+
 std::vector<Remedy> remedies(const Model& model, const Options& options) {
   std::vector<Remedy> out;
   if (!options.gpu) return out;
-  auto attempt = [&](std::string change, std::string why, Options o) {
+  std::vector<int> rank;  // cost order (see estimate.hpp); equal ranks keep the order they were tried in
+  auto attempt = [&](int cost_rank, std::string change, std::string why, std::string cost, Options o) {
     Estimate e = estimate(model, o);
-    out.push_back({std::move(change), std::move(why), o, e.device_bytes, e.peak_reserved_bytes, e.fits.value_or(false)});
+    out.push_back({std::move(change), std::move(why), std::move(cost), o, e.device_bytes, e.peak_reserved_bytes,
+                   e.fits.value_or(false)});
+    rank.push_back(cost_rank);
+    return e;
   };
+  enum Rank { kFree, kPrecision, kRecompute, kAccumulate, kTrainingChange, kSmallerBatch };
+  if (!options.train.set_to_none) {
+    Options o = options;
+    o.train.set_to_none = true;
+    attempt(kFree, "--zero-grad set-to-none", "gradients are freed before the forward pass", "none", o);
+  }
+  const Optimizer opt = options.train.optimizer;
+  if ((opt == Optimizer::adam || opt == Optimizer::adamw) && options.train.impl == OptimizerImpl::foreach) {
+    Options o = options;
+    o.train.impl = OptimizerImpl::fused;
+    attempt(kFree, "--optimizer-impl fused", "the fused step allocates no parameter-sized temporaries", "none (same update)", o);
+  }
+  if (options.train.precision == DType::f32) {
+    Options o = options;
+    o.train.precision = DType::bf16;
+    attempt(kPrecision, "--dtype bf16", "autocast halves most activations (parameters and gradients stay float32)",
+            "bfloat16 matmuls (usually faster; slightly different numerics)", o);
+  }
+  // Checkpointing the model's blocks (when it has a group of sibling regions and checkpoints none yet):
+  // reentrant as transformers does, non-reentrant when a block's inputs need no grad (reentrant refuses).
+  if (options.train.checkpoint.empty()) {
+    std::vector<std::string> globs;
+    try {
+      globs = block_checkpoint_globs(build_graph(model, graph_settings(effective_train(options))));
+    } catch (const Error&) {
+    }
+    if (!globs.empty()) {
+      std::string list;
+      for (const auto& gl : globs) list += (list.empty() ? "" : ",") + gl;
+      for (CheckpointImpl impl : {CheckpointImpl::reentrant, CheckpointImpl::non_reentrant}) {
+        Options o = options;
+        o.train.checkpoint = globs;
+        o.train.checkpoint_impl = impl;
+        try {
+          std::string change = "--checkpoint '" + list + "'";
+          if (impl != CheckpointImpl::reentrant) change += " --checkpoint-impl non-reentrant";
+          // the cost comes from the checked estimate itself
+          std::size_t at = out.size();
+          Estimate e = attempt(kRecompute, change, "the blocks keep only their inputs; backward reruns each one's forward", "", o);
+          out[at].cost = "about " + std::to_string(recompute_percent(e)) + "% more step time (one more forward of the blocks)";
+          break;
+        } catch (const Error&) {
+          continue;  // reentrant refused (an input needs no grad): try the hooks version
+        }
+      }
+    }
+  }
   // (a model beyond the search's size gets the other remedies only)
   MaxBatch mb = static_cast<i64>(model.layers.size()) > kMaxSearchLayers ? MaxBatch{} : max_batch(model, options);
   if (mb.max_batch >= 1 && mb.max_batch < options.train.batch) {
-    Options o = options;
-    o.train.batch = mb.max_batch;
-    attempt("--batch " + std::to_string(mb.max_batch), "the largest batch that fits with the other settings unchanged", o);
     // The same effective batch as K micro-batches: the smallest K dividing the batch whose micro-batch
     // is at most the largest batch that fits (then checked by the whole pipeline).
     const i64 b = options.train.batch * options.train.grad_accumulation;
@@ -397,35 +593,33 @@ std::vector<Remedy> remedies(const Model& model, const Options& options) {
       Options g = options;
       g.train.batch = b / k;
       g.train.grad_accumulation = static_cast<int>(k);
-      attempt("--batch " + std::to_string(b / k) + " --grad-accum " + std::to_string(k),
+      attempt(kAccumulate, "--batch " + std::to_string(b / k) + " --grad-accum " + std::to_string(k),
               "the same effective batch (" + std::to_string(b) + ") as " + std::to_string(k) + " micro-batches of " +
                   std::to_string(b / k) + "; gradients accumulate in .grad",
+              "smaller kernels, " + std::to_string(k) + " passes per step (slower when " + std::to_string(b / k) +
+                  " samples underuse the GPU)",
               g);
       break;
     }
+    Options o = options;
+    o.train.batch = mb.max_batch;
+    attempt(kSmallerBatch, "--batch " + std::to_string(mb.max_batch), "the largest batch that fits with the other settings unchanged",
+            "a smaller effective batch (learning rate and convergence change)", o);
   }
-  const Optimizer opt = options.train.optimizer;
   if (opt != Optimizer::sgd && opt != Optimizer::sgd_momentum) {
     Options o = options;
     o.train.optimizer = Optimizer::sgd_momentum;
-    attempt("--optimizer sgd-momentum", "one state tensor per parameter instead of two, no sqrt temporaries", o);
+    attempt(kTrainingChange, "--optimizer sgd-momentum", "one state tensor per parameter instead of two, no sqrt temporaries",
+            "a different optimizer (training dynamics change)", o);
   }
-  if ((opt == Optimizer::adam || opt == Optimizer::adamw) && options.train.impl == OptimizerImpl::foreach) {
-    Options o = options;
-    o.train.impl = OptimizerImpl::fused;
-    attempt("--optimizer-impl fused", "the fused step allocates no parameter-sized temporaries", o);
-  }
-  if (options.train.precision == DType::f32) {
-    Options o = options;
-    o.train.precision = DType::bf16;
-    attempt("--dtype bf16", "autocast halves most activations (parameters and gradients stay float32)", o);
-  }
-  if (!options.train.set_to_none) {
-    Options o = options;
-    o.train.set_to_none = true;
-    attempt("--zero-grad set-to-none", "gradients are freed before the forward pass", o);
-  }
-  return out;
+  // More remedies: the train branch's 8-bit / paged optimizers and LoRA rank belong here, as
+  // kTrainingChange attempts checked by the estimate like the others.
+  std::vector<std::size_t> order(out.size());
+  for (std::size_t k = 0; k < order.size(); ++k) order[k] = k;
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return rank[a] < rank[b]; });
+  std::vector<Remedy> sorted;
+  for (std::size_t k : order) sorted.push_back(std::move(out[k]));
+  return sorted;
 }
 
 }  // namespace memfit

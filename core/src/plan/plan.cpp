@@ -31,6 +31,10 @@ const char* optimizer_name(Optimizer o) {
   return "?";
 }
 
+const char* checkpoint_impl_name(CheckpointImpl c) {
+  return c == CheckpointImpl::reentrant ? "reentrant" : "non-reentrant";
+}
+
 const char* optimizer_impl_name(OptimizerImpl i) {
   switch (i) {
     case OptimizerImpl::foreach: return "foreach";
@@ -84,16 +88,28 @@ class Planner {
     grad_slice_.assign(nv, false);
     uses_.assign(nv, 0);
     saved_.assign(n, {});
+    value_type_.assign(nv, nullptr);
+    for (std::size_t i = 0; i < n; ++i)
+      for (int k = 0; k < g_.nodes[i].n_outputs(); ++k) value_type_[vid(i, k)] = &g_.nodes[i].out_type(k);
+    seg_held_.assign(p_.checkpoints.size(), {});
+    seg_input_st_.assign(p_.checkpoints.size(), {});
     for (const Step& st : steps) {
       iter_ = st.iteration;
       switch (st.kind) {
         case Step::Kind::setup: setup(); break;
         case Step::Kind::zero_grad: zero_grad(); break;
         case Step::Kind::begin_forward: begin_forward(); break;
-        case Step::Kind::forward: forward_node(static_cast<std::size_t>(st.node)); break;
+        case Step::Kind::forward:
+          forward_node(static_cast<std::size_t>(st.node), st.segment >= 0 ? Run::keep_nothing : Run::normal);
+          break;
         case Step::Kind::end_forward: end_forward(); break;
         case Step::Kind::begin_backward: begin_backward(); break;
-        case Step::Kind::backward: backward_node(static_cast<std::size_t>(st.node)); break;
+        case Step::Kind::backward: backward_node(static_cast<std::size_t>(st.node), st.segment); break;
+        case Step::Kind::checkpoint_forward: checkpoint_forward(st.segment); break;
+        case Step::Kind::recompute_begin: recompute_begin(st.segment); break;
+        case Step::Kind::recompute: forward_node(static_cast<std::size_t>(st.node), Run::recompute); break;
+        case Step::Kind::recompute_end: recompute_end(st.segment); break;
+        case Step::Kind::checkpoint_release: checkpoint_release(st.segment); break;
         case Step::Kind::end_backward: end_backward(); break;
         case Step::Kind::end_micro_batch:
           node_ = -1;
@@ -128,6 +144,14 @@ class Planner {
   std::vector<int> loop_held_;
   bool fwd_blas_ready_ = false, bwd_blas_ready_ = false, fwd_lt_ready_ = false, bwd_lt_ready_ = false;
   std::unordered_map<int, int> first_saver_;
+  // Activation checkpointing: per call, the storages it holds (its inputs; reentrant: the rerun's
+  // outputs and the output gradients its backward received), its inputs' storages (parallel to the
+  // segment's `inputs`), and the reentrant inner backward's gradients of the detached inputs.
+  std::vector<const TensorType*> value_type_;
+  std::vector<std::vector<int>> seg_held_, seg_input_st_;
+  std::unordered_map<int, int> inner_grad_;  // value id -> .grad storage of the detached input
+  const CheckpointSegment& seg(int k) const { return p_.checkpoints[static_cast<std::size_t>(k)]; }
+  bool reentrant() const { return s_.checkpoint_impl == CheckpointImpl::reentrant; }
   std::vector<bool> held_done_;  // per node: its held_by_forward outputs were released in this forward
   std::vector<std::size_t> held_nodes_;  // the nodes whose rule is held_by_forward
   bool recorded_ = false;  // the first micro-batch of iteration 1 has been recorded  // storage -> node that saved it first (iteration 1)
@@ -267,12 +291,17 @@ class Planner {
     casts_in_order_.clear();
   }
 
-  void forward_node(std::size_t i) {
+  // normal: the op under grad mode, autograd saving what its backward needs; keep_nothing: inside a
+  // checkpointed call's forward (no_grad for reentrant, pack hooks keeping nothing for non-reentrant);
+  // recompute: the rerun in backward (on the engine's thread, enable_grad: it saves).
+  enum class Run : std::uint8_t { normal, keep_nothing, recompute };
+
+  void forward_node(std::size_t i, Run run = Run::normal) {
     const Node& nd = g_.nodes[i];
     node_ = static_cast<int>(i);
-    phase_ = nd.rule->is_loss ? Phase::loss : Phase::forward;
-    release_held_by_forward(i);
-    std::vector<int> temps = workspaces(nd.mem.fwd_workspaces, false);
+    phase_ = run == Run::recompute ? Phase::backward : nd.rule->is_loss ? Phase::loss : Phase::forward;
+    if (run != Run::recompute) release_held_by_forward(i);  // the rerun is inside backward: every module forward has returned
+    std::vector<int> temps = workspaces(nd.mem.fwd_workspaces, run == Run::recompute);
     // autocast casts of inputs: a new storage when the dtype changes, held for the call
     std::vector<int> in_st, call_held;
     for (std::size_t j = 0; j < nd.in.size(); ++j) {
@@ -323,11 +352,12 @@ class Planner {
     std::vector<int> extras;
     for (const auto& e : nd.mem.extras) extras.push_back(alloc(e.type.bytes(), Category::activation));
     for (const auto& sv : nd.saved) {  // already filtered by requires_grad and each save condition
+      if (run == Run::keep_nothing) break;
       int t = resolve(nd, sv.ref, in_st, out, extras, param_st);
       saved_[i].push_back(t);  // kept parallel to nd.saved (released_early is per entry)
       if (t < 0) continue;
       ref(t);
-      if (iter_ == 1 && !recorded_) record_saved(i, sv, t, in_st, out, extras);
+      if (run == Run::normal && iter_ == 1 && !recorded_) record_saved(i, sv, t, in_st, out, extras);
     }
     for (int t : temps) unref(t);
     for (int t : extras) unref(t);
@@ -460,7 +490,133 @@ class Planner {
     grad_[vid(n - 1, 0)] = alloc(g_.nodes[n - 1].shape.out.bytes(), Category::activation_grad);
   }
 
-  void backward_node(std::size_t i) {
+  // A checkpointed call starts (torch/utils/checkpoint.py, docs/checkpointing.md): reentrant,
+  // CheckpointFunction.forward keeps its tensor inputs by ctx.save_for_backward (saved tensors the
+  // outer graph's hooks see); non-reentrant, the rerun's closure holds `args` until the last hook dies.
+  void checkpoint_forward(int k) {
+    const CheckpointSegment& sg = seg(k);
+    phase_ = Phase::forward;
+    node_ = sg.first;
+    auto& held = seg_input_st_[static_cast<std::size_t>(k)];
+    held.clear();
+    for (int v : sg.inputs) {
+      int t = value_[static_cast<std::size_t>(v)];
+      held.push_back(t);
+      if (t < 0) continue;
+      ref(t);
+      seg_held_[static_cast<std::size_t>(k)].push_back(t);
+      if (reentrant() && iter_ == 1 && !recorded_) {
+        SavedRecord r;
+        r.node = sg.first;
+        r.role = "checkpoint input (ctx.save_for_backward)";
+        r.tensor = t;
+        r.owner = first_saver_.emplace(t, sg.first).first->second;
+        for (std::size_t n = 0; n < g_.nodes.size(); ++n)
+          if (v >= g_.nodes[n].first_value && v < g_.nodes[n].first_value + g_.nodes[n].n_outputs()) r.producer = static_cast<int>(n);
+        r.type = *value_type_[static_cast<std::size_t>(v)];
+        r.storage_bytes = p_.tensors[static_cast<std::size_t>(t)].bytes;
+        r.is_input = t == x_;
+        p_.saved.push_back(std::move(r));
+      }
+    }
+  }
+
+  // The rerun starts. Values inside the call get their uses within the rerun; its inputs are the held
+  // storages; its outputs get one more use (reentrant: `outputs` in CheckpointFunction.backward holds
+  // them until it returns; non-reentrant: dropped when the rerun returns).
+  void recompute_begin(int k) {
+    const CheckpointSegment& sg = seg(k);
+    phase_ = Phase::backward;
+    node_ = sg.last;
+    if (reentrant())  // the engine's grads for the call's outputs: `args`, held until backward returns
+      for (int v : sg.outputs) {
+        int gv = grad_[static_cast<std::size_t>(v)];
+        if (gv < 0) continue;
+        ref(gv);
+        seg_held_[static_cast<std::size_t>(k)].push_back(gv);
+      }
+    const int stop = sg.recompute_last;
+    for (int n = sg.first; n <= stop; ++n)
+      for (int o = 0; o < g_.nodes[static_cast<std::size_t>(n)].n_outputs(); ++o) uses_[vid(n, o)] = 0;
+    for (int v : sg.inputs) uses_[static_cast<std::size_t>(v)] = 0;
+    for (int n = sg.first; n <= stop; ++n) {
+      const Node& nd = g_.nodes[static_cast<std::size_t>(n)];
+      for (std::size_t j = 0; j < nd.in.size(); ++j) uses_[in_vid(nd, j)]++;
+    }
+    for (int v : sg.outputs)
+      if (produced_by_rerun(sg, v)) uses_[static_cast<std::size_t>(v)]++;
+    const auto& in_st = seg_input_st_[static_cast<std::size_t>(k)];
+    for (std::size_t j = 0; j < sg.inputs.size(); ++j) {
+      std::size_t v = static_cast<std::size_t>(sg.inputs[j]);
+      value_[v] = in_st[j];
+      if (uses_[v] > 0 && in_st[j] >= 0) ref(in_st[j]);  // the rerun's own reference, dropped after its last use
+    }
+    // autocast is entered again for the rerun (CheckpointFunction.backward / the recompute closure):
+    // its weight-cast cache starts empty and is cleared when the rerun's autocast exits
+    weight_cache_.clear();
+    casts_in_order_.clear();
+  }
+
+  bool produced_by_rerun(const CheckpointSegment& sg, int v) const {
+    return v >= g_.nodes[static_cast<std::size_t>(sg.first)].first_value &&
+           v < g_.nodes[static_cast<std::size_t>(sg.recompute_last)].first_value +
+                   g_.nodes[static_cast<std::size_t>(sg.recompute_last)].n_outputs();
+  }
+
+  void recompute_end(int k) {
+    const CheckpointSegment& sg = seg(k);
+    node_ = sg.recompute_last;
+    for (int c : casts_in_order_) unref(c);  // autocast exits: nesting back to 0 clears its cache
+    casts_in_order_.clear();
+    weight_cache_.clear();
+    for (int v : sg.outputs) {
+      if (!produced_by_rerun(sg, v)) continue;
+      int t = value_[static_cast<std::size_t>(v)];
+      if (reentrant()) seg_held_[static_cast<std::size_t>(k)].push_back(t);  // `outputs`, until backward returns
+      else unref(t);  // `_unused = function(*args)`: the rerun's result is dropped
+    }
+  }
+
+  // The call's backward is done (reentrant: CheckpointFunction.backward returns and the engine releases
+  // its ctx; non-reentrant: the last saved-tensor hook holding the closure is gone).
+  void checkpoint_release(int k) {
+    const CheckpointSegment& sg = seg(k);
+    node_ = sg.first;
+    for (int t : seg_held_[static_cast<std::size_t>(k)]) unref(t);
+    seg_held_[static_cast<std::size_t>(k)].clear();
+    for (int v : sg.inputs) {  // reentrant: the detached inputs' .grad, returned to the outer engine
+      auto it = inner_grad_.find(v);
+      if (it == inner_grad_.end()) continue;
+      int gr = it->second;
+      inner_grad_.erase(it);
+      deliver(static_cast<std::size_t>(v), *value_type_[static_cast<std::size_t>(v)], gr, false);
+    }
+  }
+
+  bool is_segment_input(int k, std::size_t v) const {
+    for (int u : seg(k).inputs)
+      if (static_cast<std::size_t>(u) == v) return true;
+    return false;
+  }
+
+  // Reentrant inner backward: a gradient for one of the call's inputs goes to the detached input's
+  // input buffer in the inner engine (summed like any other, input_buffer.cpp), then its AccumulateGrad
+  // steals it as .grad once every contribution is in (measured: its AccumulateGrad runs after fc1's
+  // AddmmBackward0, not after the residual's AddBackward0; tests/reference/cpu_live_checkpoint.json).
+  void accumulate_inner(std::size_t v, int g) {
+    auto [it, fresh] = inner_grad_.emplace(static_cast<int>(v), g);
+    if (fresh) return;
+    if (engine_.input_buffer_in_place && refs_[static_cast<std::size_t>(it->second)] == 1) {
+      unref(g);
+      return;
+    }
+    int sum = alloc(value_type_[v]->bytes(), Category::activation_grad);
+    unref(it->second);
+    unref(g);
+    it->second = sum;
+  }
+
+  void backward_node(std::size_t i, int segment = -1) {
     const Node& nd = g_.nodes[i];
     node_ = static_cast<int>(i);
     // The node runs once the gradients of its outputs are in (any of them: PyTorch passes undefined
@@ -541,7 +697,10 @@ class Planner {
       if (gk >= 0) unref(gk);
       gk = -1;
     }
-    for (const auto& pd : pending) deliver(pd.value, *pd.type, pd.grad, pd.slice);
+    for (const auto& pd : pending) {
+      if (segment >= 0 && is_segment_input(segment, pd.value)) accumulate_inner(pd.value, pd.grad);
+      else deliver(pd.value, *pd.type, pd.grad, pd.slice);
+    }
   }
 
   // AccumulateGrad steals a fresh gradient as .grad; an existing .grad gets an in-place add
@@ -593,6 +752,12 @@ class Planner {
         gk = -1;
       }
     }
+    for (auto& held : seg_held_) {  // calls whose backward never ran
+      for (int t : held) unref(t);
+      held.clear();
+    }
+    for (auto& [v, t] : inner_grad_) unref(t);
+    inner_grad_.clear();
     if (iter_ == 1) recorded_ = true;  // the per-layer report reads the first micro-batch only
   }
 
@@ -704,13 +869,109 @@ const char* step_kind_name(Step::Kind k) {
     case Step::Kind::end_backward: return "end_backward";
     case Step::Kind::end_micro_batch: return "end_micro_batch";
     case Step::Kind::optimizer: return "optimizer";
+    case Step::Kind::checkpoint_forward: return "checkpoint_forward";
+    case Step::Kind::recompute_begin: return "recompute_begin";
+    case Step::Kind::recompute: return "recompute";
+    case Step::Kind::recompute_end: return "recompute_end";
+    case Step::Kind::checkpoint_release: return "checkpoint_release";
   }
   return "?";
 }
 
-// for it in 1..n: zero_grad; K x (forward nodes in order, backward nodes in reverse); step.
-std::vector<Step> build_schedule(const Graph& g, const TrainSettings& s) {
+std::vector<CheckpointSegment> checkpoint_segments(const Graph& g, const TrainSettings& s) {
+  std::vector<CheckpointSegment> out;
+  if (s.checkpoint.empty()) return out;
+  const std::size_t nr = g.regions.size();
+  std::vector<bool> chosen(nr, false);
+  for (const auto& glob : s.checkpoint) {
+    bool any = false;
+    for (std::size_t r = 0; r < nr; ++r)
+      if (glob_match(glob, g.regions[r].name)) chosen[r] = any = true;
+    if (!any)
+      throw Error({}, "", "--checkpoint '" + glob + "' matches no region of '" + g.model_name + "'",
+                  "give region names, the dotted prefixes of layer names (e.g. layer1, 'layer*', 'model.layers.*'); "
+                  "`memfit model MODEL --json` lists the layer names");
+  }
+  std::vector<int> top;
+  for (std::size_t r = 0; r < nr; ++r) {
+    if (!chosen[r]) continue;
+    bool inside_chosen = false;  // parents come before children: a chosen ancestor makes this one part of its call
+    for (int a = g.regions[r].parent; a >= 0; a = g.regions[static_cast<std::size_t>(a)].parent)
+      inside_chosen = inside_chosen || chosen[static_cast<std::size_t>(a)];
+    if (!inside_chosen) top.push_back(static_cast<int>(r));
+  }
+  std::sort(top.begin(), top.end(), [&](int a, int b) {
+    return g.regions[static_cast<std::size_t>(a)].first_node < g.regions[static_cast<std::size_t>(b)].first_node;
+  });
   const int n_nodes = static_cast<int>(g.nodes.size());
+  for (int r : top) {
+    const Region& rg = g.regions[static_cast<std::size_t>(r)];
+    const Layer* first_layer = g.nodes[static_cast<std::size_t>(rg.first_node)].layer;
+    const SourcePos pos = first_layer ? first_layer->pos : SourcePos{};
+    if (rg.n_nodes != rg.last_node - rg.first_node + 1)
+      throw Error(pos, rg.name, "region '" + rg.name + "' is not one run of consecutive layers, so it is not one module call",
+                  "checkpoint a region whose layers are written together");
+    CheckpointSegment sg;
+    sg.region = r;
+    sg.first = rg.first_node;
+    sg.last = rg.last_node;
+    for (int n = sg.first; n <= sg.last; ++n)
+      if (g.nodes[static_cast<std::size_t>(n)].rule->is_loss || n == n_nodes - 1)
+        throw Error(pos, rg.name, "region '" + rg.name + "' holds the loss; torch.utils.checkpoint wraps a part of the model",
+                    "checkpoint the blocks before the loss (e.g. --checkpoint 'layer*')");
+    auto add_unique = [](std::vector<int>& v, int x) {
+      if (std::find(v.begin(), v.end(), x) == v.end()) v.push_back(x);
+    };
+    bool input_requires_grad = false, inside_requires_grad = false;
+    for (int n = sg.first; n <= sg.last; ++n) {
+      const Node& nd = g.nodes[static_cast<std::size_t>(n)];
+      inside_requires_grad = inside_requires_grad || nd.requires_grad;
+      if (!nd.saved.empty()) {
+        sg.last_saver = n;
+      }
+      for (std::size_t j = 0; j < nd.in.size(); ++j)
+        if (nd.in[j] < sg.first) {
+          add_unique(sg.inputs, g.nodes[static_cast<std::size_t>(nd.in[j])].first_value + nd.in_out[j]);
+          input_requires_grad = input_requires_grad || g.nodes[static_cast<std::size_t>(nd.in[j])].requires_grad;
+        }
+    }
+    for (int m = sg.last + 1; m < n_nodes; ++m) {
+      const Node& nd = g.nodes[static_cast<std::size_t>(m)];
+      for (std::size_t j = 0; j < nd.in.size(); ++j)
+        if (nd.in[j] >= sg.first && nd.in[j] <= sg.last)
+          add_unique(sg.outputs, g.nodes[static_cast<std::size_t>(nd.in[j])].first_value + nd.in_out[j]);
+    }
+    if (g.model_output >= sg.first && g.model_output <= sg.last)
+      add_unique(sg.outputs, g.nodes[static_cast<std::size_t>(g.model_output)].first_value + g.model_output_out);
+    // CheckpointFunction's outputs require grad only if one of its tensor inputs does (parameters are
+    // not inputs): PyTorch warns "None of the inputs have requires_grad=True. Gradients will be None"
+    // (checkpoint.py check_backward_validity) and the region's parameters get no gradient.
+    if (s.checkpoint_impl == CheckpointImpl::reentrant && inside_requires_grad && !input_requires_grad)
+      throw Error(pos, rg.name,
+                  "reentrant checkpoint of '" + rg.name + "': none of its inputs requires grad, so PyTorch warns "
+                  "\"None of the inputs have requires_grad=True. Gradients will be None\" and its parameters get no gradient",
+                  "use --checkpoint-impl non-reentrant, leave this region out of --checkpoint, or (transformers) call "
+                  "model.enable_input_require_grads() and model it with an input that requires grad");
+    // PyTorch 2.x's non-reentrant rerun stops once it has every tensor it needs (checkpoint.py, "Rule 5",
+    // _StopRecomputationError); torch 1.13's _checkpoint_without_reentrant reruns the whole function.
+    sg.recompute_last = (s.checkpoint_impl == CheckpointImpl::non_reentrant && s.rules == TorchRules::v2)
+                            ? (sg.last_saver >= 0 ? sg.last_saver : sg.first - 1)
+                            : sg.last;
+    out.push_back(std::move(sg));
+  }
+  return out;
+}
+
+// for it in 1..n: zero_grad; K x (forward nodes in order, backward nodes in reverse); step.
+// Checkpointed calls: their forward steps keep nothing; reentrant, the call's backward is one node of
+// the outer graph at its place in reverse order: rerun, inner backward, release; non-reentrant, the
+// outer graph's nodes run as usual and the rerun happens at the first one that unpacks a saved tensor.
+std::vector<Step> build_schedule(const Graph& g, const TrainSettings& s, const std::vector<CheckpointSegment>& segs) {
+  const int n_nodes = static_cast<int>(g.nodes.size());
+  std::vector<int> seg_of(g.nodes.size(), -1);
+  for (std::size_t k = 0; k < segs.size(); ++k)
+    for (int n = segs[k].first; n <= segs[k].last; ++n) seg_of[static_cast<std::size_t>(n)] = static_cast<int>(k);
+  const bool reentrant = s.checkpoint_impl == CheckpointImpl::reentrant;
   std::vector<Step> steps;
   steps.reserve(static_cast<std::size_t>(s.n_iterations) * static_cast<std::size_t>(s.grad_accumulation) *
                     (2 * static_cast<std::size_t>(n_nodes) + 6) + 1);
@@ -720,10 +981,43 @@ std::vector<Step> build_schedule(const Graph& g, const TrainSettings& s) {
     steps.push_back({Step::Kind::zero_grad, -1, iter});
     for (int micro = 0; micro < s.grad_accumulation; ++micro) {
       steps.push_back({Step::Kind::begin_forward, -1, iter});
-      for (int i = 1; i < n_nodes; ++i) steps.push_back({Step::Kind::forward, i, iter});
+      for (int i = 1; i < n_nodes; ++i) {
+        const int k = seg_of[static_cast<std::size_t>(i)];
+        if (k >= 0 && i == segs[static_cast<std::size_t>(k)].first) steps.push_back({Step::Kind::checkpoint_forward, i, iter, k});
+        steps.push_back({Step::Kind::forward, i, iter, k});
+        // non-reentrant with nothing saved inside: no hook holds the closure past the forward
+        if (k >= 0 && i == segs[static_cast<std::size_t>(k)].last && !reentrant && segs[static_cast<std::size_t>(k)].last_saver < 0)
+          steps.push_back({Step::Kind::checkpoint_release, i, iter, k});
+      }
       steps.push_back({Step::Kind::end_forward, -1, iter});
       steps.push_back({Step::Kind::begin_backward, -1, iter});
-      for (int i = n_nodes - 1; i >= 1; --i) steps.push_back({Step::Kind::backward, i, iter});
+      auto rerun = [&](int k) {
+        const CheckpointSegment& sg = segs[static_cast<std::size_t>(k)];
+        steps.push_back({Step::Kind::recompute_begin, sg.last, iter, k});
+        for (int n = sg.first; n <= sg.recompute_last; ++n) steps.push_back({Step::Kind::recompute, n, iter, k});
+        steps.push_back({Step::Kind::recompute_end, sg.recompute_last, iter, k});
+      };
+      for (int i = n_nodes - 1; i >= 1; --i) {
+        const int k = seg_of[static_cast<std::size_t>(i)];
+        if (k < 0) {
+          steps.push_back({Step::Kind::backward, i, iter});
+          continue;
+        }
+        const CheckpointSegment& sg = segs[static_cast<std::size_t>(k)];
+        if (reentrant) {  // CheckpointFunction.backward: rerun, torch.autograd.backward over it, return
+          rerun(k);
+          for (int n = sg.last; n >= sg.first; --n) steps.push_back({Step::Kind::backward, n, iter, k});
+          steps.push_back({Step::Kind::checkpoint_release, sg.first, iter, k});
+          i = sg.first;
+          continue;
+        }
+        if (i == sg.last_saver) rerun(k);  // the first unpack (nodes after the last saver unpack nothing)
+        steps.push_back({Step::Kind::backward, i, iter});
+        // the closure goes with the last saved-tensor hook: after the first saver's backward
+        bool first_saver = sg.last_saver >= 0 && !g.nodes[static_cast<std::size_t>(i)].saved.empty();
+        for (int n = sg.first; n < i && first_saver; ++n) first_saver = g.nodes[static_cast<std::size_t>(n)].saved.empty();
+        if (first_saver) steps.push_back({Step::Kind::checkpoint_release, i, iter, k});
+      }
       steps.push_back({Step::Kind::end_backward, -1, iter});
       // The loop's `out` and `loss` live until its body ends: after the step for the last
       // micro-batch (tools/memfit_torch.py training_step), after backward for the others.
@@ -733,6 +1027,10 @@ std::vector<Step> build_schedule(const Graph& g, const TrainSettings& s) {
     steps.push_back({Step::Kind::end_micro_batch, -1, iter});
   }
   return steps;
+}
+
+std::vector<Step> build_schedule(const Graph& g, const TrainSettings& s) {
+  return build_schedule(g, s, checkpoint_segments(g, s));
 }
 
 // Limits on the work, checked before it: the plan holds about 12 events per node and micro-batch.
@@ -757,9 +1055,10 @@ Plan plan_training(const Graph& g, const TrainSettings& s) {
                             format_count(kMaxPlanNodeSteps),
                 "use fewer --iterations (3 shows the first and the steady state) or fewer micro-batches");
   Plan p;
+  p.checkpoints = checkpoint_segments(g, s);
   p.events.reserve(g.nodes.size() * 12 * static_cast<std::size_t>(s.n_iterations) *
                        static_cast<std::size_t>(s.grad_accumulation) + 64);
-  Planner(g, s, p).run(build_schedule(g, s));
+  Planner(g, s, p).run(build_schedule(g, s, p.checkpoints));
   return p;
 }
 

@@ -188,6 +188,19 @@ ojson estimate_object(const Model& model, const Estimate& e) {
     rules.push_back({{"name", r.name}, {"formula", r.formula}, {"bytes", r.bytes}});
   j["rules_of_thumb"] = std::move(rules);
   j["notes"] = e.notes;
+  if (!e.plan.checkpoints.empty()) {  // only with --checkpoint (keeps the other outputs unchanged)
+    ojson calls = ojson::array();
+    for (const auto& sg : e.plan.checkpoints)
+      calls.push_back({{"region", e.graph.regions[static_cast<std::size_t>(sg.region)].name},
+                       {"first_layer", node_name(e, sg.first)},
+                       {"last_layer", node_name(e, sg.last)},
+                       {"rerun_last_layer", sg.recompute_last >= sg.first ? ojson(node_name(e, sg.recompute_last)) : ojson(nullptr)}});
+    j["checkpoint"] = {{"globs", o.train.checkpoint},
+                       {"impl", checkpoint_impl_name(o.train.checkpoint_impl)},
+                       {"calls", std::move(calls)},
+                       {"forward_flops", e.forward_flops},
+                       {"recompute_flops", e.recompute_flops}};
+  }
   if (o.events) {
     ojson ev = ojson::array();
     for_each_event_line(e, [&](std::string line) { ev.push_back(std::move(line)); });
@@ -211,6 +224,7 @@ void add_remedies(const Model& model, const Options& o, ojson& j) {
   for (const auto& r : remedies(model, o))
     arr.push_back({{"change", r.change},
                    {"why", r.why},
+                   {"cost", r.cost},
                    {"device_bytes", r.device_bytes},
                    {"peak_reserved_bytes", r.peak_reserved_bytes},
                    {"fits", r.fits}});
@@ -251,6 +265,17 @@ std::string max_batch_json(const Model& model, const Options& options, const Max
   // true: every batch up to the search's cap fits, so max_batch is the cap, not a limit of the GPU.
   j["max_batch_capped"] = max_batch_capped(mb);
   j["max_batch_search_cap"] = kMaxBatchSearchCap;
+  return dump(j);
+}
+
+std::string max_seq_json(const SeqModelFactory& factory, const Options& options, const MaxSeq& ms) {
+  Model model = factory.build(ms.max_seq > 0 ? ms.max_seq : 1);
+  Estimate e = estimate(model, options);
+  ojson j = estimate_object(model, e);
+  j["max_seq"] = ms.max_seq;
+  j["max_seq_capped"] = ms.capped;  // every length up to the cap fits: max_seq is the cap
+  j["max_seq_search_cap"] = ms.limit;
+  j["max_seq_probes"] = ms.n_probes;  // full pipelines the search ran
   return dump(j);
 }
 

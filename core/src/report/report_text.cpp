@@ -308,7 +308,7 @@ std::string render_text(const Model& model, const Estimate& e, bool explain) {
       o << "what to change:\n";
       for (const auto& r : remedies(model, options))
         o << "  " << pad(r.change, 28) << pad(mib(r.device_bytes), 14, true) << " on the GPU  "
-          << (r.fits ? "fits" : "does not fit") << "  (" << r.why << ")\n";
+          << (r.fits ? "fits" : "does not fit") << "  (" << r.why << "; cost: " << r.cost << ")\n";
     }
     o << "\n";
   }
@@ -347,6 +347,25 @@ std::string render_max_batch_text(const Model& model, const Options& options, co
     o << "  even batch 1 does not fit\n";
   }
   o << "  (" << mb.n_probes << " full estimates searched)\n";
+  return o.str();
+}
+
+std::string render_max_seq_text(const SeqModelFactory& factory, const Options& options, const MaxSeq& ms) {
+  std::ostringstream o;
+  if (ms.capped)
+    o << "every sequence length up to the search cap fits on " << options.gpu->name << ": " << format_count(ms.max_seq)
+      << " (the cap, not a limit of this GPU)\n";
+  else
+    o << "longest sequence that fits on " << options.gpu->name << " at batch " << options.train.batch << ": "
+      << format_count(ms.max_seq) << "\n";
+  if (ms.max_seq > 0) {
+    Estimate e = estimate(factory.build(ms.max_seq), options);
+    o << "  at " << format_count(ms.max_seq) << " tokens: allocated " << mib(e.peak_allocated_bytes) << " of "
+      << mib(e.usable_bytes) << " usable, headroom " << mib(e.headroom_bytes) << "\n";
+  } else {
+    o << "  even one token does not fit\n";
+  }
+  o << "  (" << ms.n_probes << " full estimates searched, one per length tried)\n";
   return o.str();
 }
 
