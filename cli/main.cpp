@@ -38,11 +38,12 @@ std::pair<std::string, std::string> load_source(const std::string& arg) {
     throw memfit::Error({name, 0, 0}, "", "is a directory, not a model file", "give a .memfit or .json file inside it");
   std::ifstream in(name, std::ios::binary);
   if (in) return {read_bounded(in), name};
-  if (const auto* b = memfit::find_builtin_model(name)) return {b->text, std::string("models/") + b->name + ".memfit"};
+  if (const auto* b = memfit::find_builtin_model(name)) return {b->text, b->path};
   throw memfit::Error({name, 0, 0}, "", "cannot open the model file", "give a path to a .memfit or .json file");
 }
 
-// MODEL: a path, '-' for standard input, or the name of a builtin model (models/NAME.memfit).
+// MODEL: a path, '-' for standard input, or the name of a builtin model (models/NAME.memfit) or
+// Hugging Face config (models/hf/NAME.json). A config.json is built with --seq/--attention/--head.
 // The first bytes of a file, to tell an ONNX protobuf from a text or JSON model without the extension.
 std::string file_head(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -51,7 +52,13 @@ std::string file_head(const std::string& path) {
   return std::string(head, static_cast<std::size_t>(in.gcount()));
 }
 
-memfit::Model load_model(const std::string& arg, const memfit::DimValues& dims) {
+// An ONNX model takes no Hugging Face settings (they would be ignored silently).
+memfit::Model checked_onnx(memfit::Model m, const memfit::Options& options) {
+  memfit::refuse_hf_options(options.hf(), m);
+  return m;
+}
+
+memfit::Model load_model(const std::string& arg, const memfit::DimValues& dims, const memfit::Options& options) {
   std::string name = arg.empty() ? memfit::kDefaultModel : arg;
   if (name == "-") {
     std::string text = read_bounded(std::cin);
@@ -61,9 +68,9 @@ memfit::Model load_model(const std::string& arg, const memfit::DimValues& dims) 
         throw memfit::Error({"<stdin>", 0, 0}, "", "an ONNX model on standard input is larger than 16 MiB",
                             "give the .onnx file's path instead (it is then read without its weights)");
       memfit::MemoryByteSource src(text);
-      return memfit::import_onnx(src, "<stdin>", dims);
+      return checked_onnx(memfit::import_onnx(src, "<stdin>", dims), options);
     }
-    return memfit::parse_model(text, "<stdin>");
+    return memfit::load_model_source(text, "<stdin>", options);
   }
   std::error_code ec;
   // An ifstream opens a directory on Linux and reads nothing ("the model has no layers").
@@ -74,16 +81,26 @@ memfit::Model load_model(const std::string& arg, const memfit::DimValues& dims) 
   // ONNX files are read through a byte source that skips the weights (no 16 MiB limit: docs/onnx.md).
   if (in && (memfit::has_onnx_extension(name) || memfit::looks_like_onnx(file_head(name)))) {
     memfit::FileByteSource src(name);
-    return memfit::import_onnx(src, name, dims);
+    return checked_onnx(memfit::import_onnx(src, name, dims), options);
   }
   if (in && !dims.empty())
     throw memfit::Error({name, 0, 0}, "", "--dim applies to ONNX models only", "remove --dim, or give an .onnx file");
-  if (in) return memfit::parse_model(read_bounded(in), name);
-  if (const auto* b = memfit::find_builtin_model(name))
-    return memfit::parse_model(b->text, std::string("models/") + b->name + ".memfit");
+  if (in) return memfit::load_model_source(read_bounded(in), name, options);
+  if (const auto* b = memfit::find_builtin_model(name)) return memfit::load_model_source(b->text, b->path, options);
   std::string names;
   for (const auto& m : memfit::builtin_models()) names += (names.empty() ? "" : ", ") + std::string(m.name);
+  for (const auto& m : memfit::builtin_hf_configs()) names += ", " + std::string(m.name);
   throw memfit::Error({name, 0, 0}, "", "cannot open the model file", "give a path to a .memfit or .json file, or one of: " + names);
+}
+
+// How a Hugging Face config.json becomes a model (docs/hf-config.md).
+void add_hf_settings(CLI::App* c, memfit::OptionStrings& s) {
+  auto opt = [&](const char* flag, std::optional<std::string>& dst, const char* help) {
+    c->add_option_function<std::string>(flag, [&dst](const std::string& v) { dst = v; }, help);
+  };
+  opt("--seq", s.seq, "config.json: tokens per sample (default 2048, at most max_position_embeddings)");
+  opt("--attention", s.attention, "config.json: sdpa (default, as transformers) or eager");
+  opt("--head", s.head, "BERT config.json: mlm (BertForMaskedLM) or cls (BertForSequenceClassification)");
 }
 
 void add_dims(CLI::App* c, std::vector<std::string>& dims) {
@@ -118,6 +135,7 @@ void add_settings(CLI::App* c, memfit::OptionStrings& s) {
   c->add_flag_function("--grad-scaler", [&s](std::int64_t) { s.grad_scaler = "on"; },
                        "torch.amp.GradScaler (default on for --dtype fp16)");
   c->add_flag_function("--no-grad-scaler", [&s](std::int64_t) { s.grad_scaler = "off"; }, "fp16 autocast without GradScaler");
+  add_hf_settings(c, s);
   opt("--checkpoint", s.checkpoint, "activation checkpointing: regions (globs, e.g. 'layer*'); each top-most match is one torch.utils.checkpoint call");
   opt("--checkpoint-impl", s.checkpoint_impl, "reentrant (default, as transformers' gradient_checkpointing_enable) or non-reentrant");
 }
@@ -167,6 +185,7 @@ int main(int argc, char** argv) {
   add_dims(model, dim_args);
   model->add_option("MODEL", model_arg, "model file or builtin name");
   model->add_flag("--json", json, "JSON (the only format)");
+  add_hf_settings(model, s);
 
   auto* probe = app.add_subcommand("probe", "replay the allocation plan on this machine's CUDA GPU");
   add_dims(probe, dim_args);
@@ -216,12 +235,12 @@ int main(int argc, char** argv) {
       std::cout << (json ? memfit::max_seq_json(f, options, found) : memfit::render_max_seq_text(f, options, found));
       return found.max_seq > 0 ? kExitFits : kExitDoesNotFit;
     }
-    memfit::Model m = load_model(model_arg, dims);
+    memfit::Options options = memfit::make_options(s);
+    memfit::Model m = load_model(model_arg, dims, options);
     if (model->parsed()) {
       std::cout << memfit::model_json(m);
       return kExitFits;
     }
-    memfit::Options options = memfit::make_options(s);
     if (probe->parsed()) return memfit::run_probe_command(m, options, json, probe_max_batch, probe_time_limit);
     if (mb->parsed()) {
       if (!options.gpu) throw memfit::Error({}, "", "max-batch needs a GPU", "add --gpu NAME or --gpu 24GiB");

@@ -81,6 +81,30 @@ check "long layer names" 0 "$BIN" estimate /tmp/memfit_long_names.memfit
 size=$(wc -c < /tmp/memfit_cli_out)
 [ "$size" -lt 1000000 ] || { echo "FAIL: text output of long names is $size bytes"; fail=$((fail + 1)); }
 grep -q "nnnnn\.\.\." /tmp/memfit_cli_out || { echo "FAIL: long names not ellipsized"; fail=$((fail + 1)); }
+# Hugging Face config.json (docs/hf-config.md): settings checked, errors name the field and the file.
+check "hf: --seq beyond max_position_embeddings" 2 "$BIN" estimate llama-3.1-8b --seq 200000
+grep -q "models/hf/llama-3.1-8b.json:13:.*--seq 200000 is longer than the model's max_position_embeddings (131072)" /tmp/memfit_cli_err ||
+  { echo "FAIL: hf --seq error"; cat /tmp/memfit_cli_err; fail=$((fail + 1)); }
+check "hf: --seq on a memfit model" 2 "$BIN" estimate resnet18 --seq 128
+grep -q "\-\-seq applies to a Hugging Face config.json" /tmp/memfit_cli_err || { echo "FAIL: --seq on memfit model"; cat /tmp/memfit_cli_err; fail=$((fail + 1)); }
+check "hf: bad --attention" 2 "$BIN" estimate gpt2 --attention flash
+printf '{\n  "model_type": "t5"\n}\n' > /tmp/memfit_t5.json
+check "hf: unknown model_type" 2 "$BIN" estimate /tmp/memfit_t5.json
+grep -q "/tmp/memfit_t5.json:2:.*supported model types: llama, mistral, qwen2, gpt2, bert, vit" /tmp/memfit_cli_err ||
+  { echo "FAIL: unknown model_type message"; cat /tmp/memfit_cli_err; fail=$((fail + 1)); }
+# Once the transformer kinds are registered, every shipped config estimates.
+if "$BIN" ops | grep -q "^rms_norm "; then
+  for f in "$SRC"/models/hf/*.json; do
+    name=$(basename "$f" .json)
+    seq_flag="--seq 512"
+    if [ "$name" = vit-base-patch16-224 ]; then
+      "$BIN" ops | grep -q "^parameter " || continue  # ViT's cls_token / position_embeddings need the parameter kind
+      seq_flag=""
+    fi
+    [ "$name" = bert-base-uncased ] && seq_flag="--seq 128"
+    check "hf: estimate $name" 0 "$BIN" estimate "$f" $seq_flag --batch 1
+  done
+fi
 # The flat JSON of every model, committed for the PyTorch tools, is what memfit prints now.
 for f in "$SRC"/models/*.memfit; do
   name=$(basename "$f" .memfit)

@@ -13,17 +13,24 @@
 namespace memfit {
 
 struct BuiltinModel {
-  const char* name;  // file stem in models/
-  const char* text;  // the .memfit source
+  const char* name;  // file stem in models/ (models/hf/ for the configs)
+  const char* text;  // the .memfit source, or the config.json
+  const char* path = "";  // "models/resnet18.memfit", "models/hf/gpt2.json": the file name errors show
 };
 const std::vector<BuiltinModel>& builtin_models();  // generated from models/*.memfit at build time
-const BuiltinModel* find_builtin_model(std::string_view name);
+// The Hugging Face configs shipped in models/hf/*.json (docs/hf-config.md), also generated at build time.
+const std::vector<BuiltinModel>& builtin_hf_configs();
+const BuiltinModel* find_builtin_model(std::string_view name);  // either list, by name
+// A model's source text as every front end reads it: a memfit model, or a config.json built with the
+// options' --seq/--attention/--head (which a memfit model refuses).
+Model load_model_source(std::string_view source, std::string_view file, const Options& options);
 inline constexpr const char* kDefaultModel = "question_cnn";
 
 // Settings as the user typed them; unset fields keep memfit's defaults.
 struct OptionStrings {
   std::optional<std::string> batch, dtype, optimizer, optimizer_impl, zero_grad, gpu, context, cublas_workspace,
-      cudnn_workspace, iterations, pytorch, grad_accumulation, freeze, train, checkpoint, checkpoint_impl;
+      cudnn_workspace, iterations, pytorch, grad_accumulation, freeze, train, checkpoint, checkpoint_impl, seq,
+      attention, head;
   // Fine-tuning (docs/fine-tuning.md): lora "r=16,alpha=32,dropout=0.05,targets=q_proj,v_proj" (or "on"
   // for PEFT's defaults), lora_dtype fp32|bf16|fp16, qlora on|off, grad_scaler on|off (default: on
   // for fp16 autocast).
@@ -50,6 +57,7 @@ OptimizerImpl parse_optimizer_impl(std::string_view s);
 //                       "grad_accumulation": "1", "freeze": "features.*", "train": "fc,layer4",
 //                       "lora": "r=16,alpha=32,dropout=0.05,targets=q_proj,v_proj", "lora_dtype": "fp32",
 //                       "qlora": "on", "grad_scaler": "off",
+//                       "seq": "2048", "attention": "sdpa", "head": "mlm",   (a Hugging Face config.json)
 //                       "checkpoint": "layer*", "checkpoint_impl": "reentrant" | "non-reentrant",
 //                       "timeline": true, "events": true},
 //           "sweep_up_to": 256, "sweep_points": 24, "dims": {"seq": 128}}

@@ -10,6 +10,7 @@
 #include "memfit/allocator.hpp"
 #include "memfit/device.hpp"
 #include "memfit/graph.hpp"
+#include "memfit/hf_config.hpp"
 #include "memfit/plan.hpp"
 
 namespace memfit {
@@ -22,6 +23,12 @@ struct Options {
   AllocatorConfig allocator;                     // capacity is set from the GPU by estimate()
   bool timeline = false;                         // record memory per op (for charts)
   bool events = false;                           // include the planned alloc/free events in the output
+  // How a Hugging Face config.json becomes a model (--seq, --attention, --head; docs/hf-config.md).
+  // Read when the model is built, before the pipeline: memfit models refuse them (refuse_hf_options).
+  i64 seq = 0;  // tokens per sample; 0: min(kDefaultSeq, max_position_embeddings)
+  std::optional<HfAttention> attention;
+  std::optional<HfHead> head;
+  HfOptions hf() const { return {seq, attention, head}; }
 };
 
 struct LayerRow {

@@ -40,13 +40,18 @@ struct Model {
   std::vector<std::string> frozen;
   SourcePos frozen_pos;
   // What the source could not say and memfit assumed (the ONNX importer: which PyTorch module a node
-  // stands for); the estimate repeats them in its notes.
+  // stands for; a Hugging Face config's default sequence length): the estimate repeats them in its notes.
   std::vector<std::string> notes;
 };
 
+struct HfOptions;  // memfit/hf_config.hpp: --seq, --attention, --head for a Hugging Face config.json
+
 // Parsers. `file` names the source in errors. Throws Error (file:line:col, layer, what to do).
-// parse_model picks JSON when the first non-blank character is '{', the text format otherwise.
+// parse_model picks JSON when the first non-blank character is '{', the text format otherwise; a JSON
+// object with "model_type" and no "layers" is a Hugging Face config.json, built by hf_config.cpp with
+// `hf` (the two-argument form uses its defaults). Settings in `hf` on any other model are refused.
 Model parse_model(std::string_view source, std::string_view file);
+Model parse_model(std::string_view source, std::string_view file, const HfOptions& hf);
 Model parse_model_text(std::string_view source, std::string_view file);
 Model parse_model_json(std::string_view source, std::string_view file);
 

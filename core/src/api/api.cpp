@@ -11,7 +11,13 @@ namespace memfit {
 const BuiltinModel* find_builtin_model(std::string_view name) {
   for (const auto& m : builtin_models())
     if (name == m.name) return &m;
+  for (const auto& m : builtin_hf_configs())
+    if (name == m.name) return &m;
   return nullptr;
+}
+
+Model load_model_source(std::string_view source, std::string_view file, const Options& options) {
+  return parse_model(source, file, options.hf());
 }
 
 namespace {
@@ -158,6 +164,9 @@ std::string handle_request(std::string_view request_json, ByteSource* onnx_file)
         else if (k == "lora_dtype") s.lora_dtype = text;
         else if (k == "qlora") s.qlora = text;
         else if (k == "grad_scaler") s.grad_scaler = text;
+        else if (k == "seq") s.seq = text;
+        else if (k == "attention") s.attention = text;
+        else if (k == "head") s.head = text;
         else if (k == "checkpoint") s.checkpoint = text;
         else if (k == "checkpoint_impl") s.checkpoint_impl = text;
         else throw Error({}, "", "unknown option '" + k + "'", "see core/include/memfit/api.hpp");
@@ -197,7 +206,8 @@ std::string handle_request(std::string_view request_json, ByteSource* onnx_file)
       f.limit = int_field(req, "seq_limit", 0, 0, kSeqSearchLimit);
       return max_seq_json(f, options, max_seq(f, options));
     }
-    Model model = onnx_file ? import_onnx(*onnx_file, file, dims) : parse_model(source, file);
+    Model model = onnx_file ? import_onnx(*onnx_file, file, dims) : load_model_source(source, file, options);
+    if (onnx_file) refuse_hf_options(options.hf(), model);  // --seq/--attention/--head are a config.json's
     if (command == "estimate") return estimate_json(model, options);
     if (command == "max-batch") return max_batch_json(model, options);
     if (command == "model") return model_json(model);

@@ -18,6 +18,7 @@ i64 parse_positive(const std::string& s, const char* what, i64 max) {
     throw Error({}, "", std::string(what) + " '" + s + "' is not a whole number from 1 to " + std::to_string(max),
                 std::string("give e.g. ") + (std::string(what) == "batch"       ? "--batch 64"
                                              : std::string(what) == "iterations" ? "--iterations 3"
+                                             : std::string(what) == "seq"        ? "--seq 2048"
                                                                                  : "--grad-accum 4"));
   return v;
 }
@@ -44,6 +45,10 @@ std::vector<std::string> parse_globs(const std::string& text, const char* flag) 
 // A workspace is one allocation per call: at most 1 TiB, beyond every GPU in the catalog (docs/gpu-catalog.md),
 // so one that large could never be allocated anyway. The tighter bound than kMaxSizeBytes keeps
 // workspace x calls (one per conv call, per iteration) far from 2^63.
+// 2^24 tokens: beyond every published max_position_embeddings (Llama 3.1: 131,072), and T * T stays
+// far inside int64 for the attention matrices an eager path would hold.
+constexpr i64 kMaxSeq = i64{1} << 24;
+
 constexpr i64 kMaxWorkspaceBytes = i64{1} << 40;
 
 // on/off switches (--qlora, --grad-scaler, and their request fields)
@@ -123,6 +128,11 @@ Options make_options(const OptionStrings& s) {
   // GradScaler is what fp16 autocast training uses (torch.amp docs: "gradient scaling ... to prevent
   // underflow"); bf16 needs none.
   o.train.grad_scaler = s.grad_scaler ? parse_switch(*s.grad_scaler, "--grad-scaler") : o.train.precision == DType::f16;
+  // --seq: any length whose [N, T, T] attention sizes stay inside 64 bits is read; the config's
+  // max_position_embeddings bounds it (hf_config.cpp).
+  if (s.seq) o.seq = parse_positive(*s.seq, "seq", kMaxSeq);
+  if (s.attention) o.attention = parse_hf_attention(*s.attention);
+  if (s.head) o.head = parse_hf_head(*s.head);
   if (s.checkpoint) o.train.checkpoint = parse_globs(*s.checkpoint, "--checkpoint");
   if (s.checkpoint_impl) {
     if (*s.checkpoint_impl == "reentrant" || *s.checkpoint_impl == "use_reentrant=True") o.train.checkpoint_impl = CheckpointImpl::reentrant;

@@ -16,6 +16,7 @@
 #include <set>
 #include <vector>
 
+#include "memfit/hf_config.hpp"
 #include "memfit/model.hpp"
 #include "memfit/ops.hpp"
 #include "model_parse.hpp"
@@ -290,7 +291,9 @@ std::string value_text(const json& v) {
 
 }  // namespace
 
-Model parse_model_json(std::string_view src, std::string_view file) {
+Model parse_model_json(std::string_view src, std::string_view file) { return parse_model_json_with(src, file, HfOptions{}); }
+
+Model parse_model_json_with(std::string_view src, std::string_view file, const HfOptions& hf) {
   if (src.size() > kMaxSourceBytes)
     throw Error({std::string(file), 0, 0}, "", "the model file is larger than 16 MiB", "split it or use the text format");
   src = strip_bom(src);
@@ -309,6 +312,12 @@ Model parse_model_json(std::string_view src, std::string_view file) {
     throw Error(top, "", std::string("a JSON model is an object with a \"layers\" array, not ") +
                              (doc.is_array() ? "an array" : "a " + std::string(doc.type_name())),
                 "see docs/model-format.md#json");
+  // A Hugging Face config.json (docs/hf-config.md): the builder reads it with the same positions.
+  if (doc.contains("model_type") && !doc.contains("layers")) {
+    std::map<std::string, SourcePos> key_pos;
+    for (const auto& [k, kp] : r.top_keys) key_pos[k] = pos(kp.value);
+    return build_hf_model(doc, key_pos, file, hf);
+  }
   if (!doc.contains("layers"))
     throw Error(top, "", "a JSON model is an object with a \"layers\" array", "see docs/model-format.md#json");
   const json& jlayers = doc["layers"];
@@ -439,6 +448,7 @@ Model parse_model_json(std::string_view src, std::string_view file) {
     m.layers.push_back(std::move(l));
   }
   if (m.layers.empty()) throw Error(layers_pos, "", "the model has no layers", "add an input layer and at least one more");
+  refuse_hf_options(hf, m);
   return m;
 }
 

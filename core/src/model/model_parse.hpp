@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstddef>
+#include <map>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <string_view>
 
@@ -48,5 +50,16 @@ std::size_t invalid_utf8_at(std::string_view s);
 // The default model name comes from the file name, which the user did not write as model text and
 // may be in any encoding: ill-formed bytes become '?' rather than failing the model (or its JSON).
 std::string utf8_or_question_marks(std::string_view s);
+
+// The JSON reader with the Hugging Face settings: a config.json goes to build_hf_model, a memfit model
+// (with "layers") is read as parse_model_json does and refuses settings meant for a config.
+Model parse_model_json_with(std::string_view src, std::string_view file, const HfOptions& hf);
+// hf_config.cpp: a memfit Model from a parsed config.json; `key_pos` holds where each top-level
+// field's value starts, so errors name the field's line.
+Model build_hf_model(const nlohmann::json& config, const std::map<std::string, SourcePos>& key_pos,
+                     std::string_view file, const HfOptions& hf);
+// The same layers before the op registry checks them (kinds may not be registered yet, attributes stay
+// text): for tests that read a config's layers without estimating it.
+Model parse_hf_config_unresolved(std::string_view source, std::string_view file, const HfOptions& hf);
 
 }  // namespace memfit

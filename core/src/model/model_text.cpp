@@ -13,6 +13,7 @@
 
 #include "memfit/model.hpp"
 #include "memfit/ops.hpp"
+#include "memfit/hf_config.hpp"
 #include "model_parse.hpp"
 
 namespace memfit {
@@ -725,14 +726,18 @@ Model parse_model_text(std::string_view source, std::string_view file) {
 
 // JSON when the first non-blank character opens a JSON object or array (no text line starts with
 // either), so `[1, 2]` is answered as a JSON model that is not an object, not as an unknown layer kind.
-Model parse_model(std::string_view source, std::string_view file) {
+Model parse_model(std::string_view source, std::string_view file) { return parse_model(source, file, HfOptions{}); }
+
+Model parse_model(std::string_view source, std::string_view file, const HfOptions& hf) {
   std::string_view s = strip_bom(source);
   for (char c : s) {
     if (std::isspace(static_cast<unsigned char>(c))) continue;
-    if (c == '{' || c == '[') return parse_model_json(source, file);
+    if (c == '{' || c == '[') return parse_model_json_with(source, file, hf);
     break;
   }
-  return parse_model_text(source, file);
+  Model m = parse_model_text(source, file);
+  refuse_hf_options(hf, m);
+  return m;
 }
 
 }  // namespace memfit
