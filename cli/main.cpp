@@ -229,8 +229,8 @@ int main(int argc, char** argv) {
       memfit::Options options = memfit::make_options(s);
       if (!options.gpu) throw memfit::Error({}, "", "max-seq needs a GPU", "add --gpu NAME or --gpu 80GiB");
       auto [source, file] = load_source(model_arg);
-      memfit::SeqModelFactory f = memfit::seq_model_factory(std::move(source), std::move(file));
-      f.limit = seq_limit;
+      memfit::SeqModelFactory f = memfit::seq_model_factory(std::move(source), std::move(file), options.hf());
+      memfit::limit_seq_search(f, seq_limit);
       memfit::MaxSeq found = memfit::max_seq(f, options);
       std::cout << (json ? memfit::max_seq_json(f, options, found) : memfit::render_max_seq_text(f, options, found));
       return found.max_seq > 0 ? kExitFits : kExitDoesNotFit;

@@ -150,8 +150,11 @@ struct SeqModelFactory {
   std::function<Model(i64 seq)> build;
   i64 limit = 0;  // the longest sequence the model takes (max_position_embeddings); 0: kSeqSearchLimit
 };
-// The source with every `$seq` replaced by T (text or JSON); throws Error when it has no `$seq`.
-SeqModelFactory seq_model_factory(std::string source, std::string file);
+// A Hugging Face config.json: the builder at --seq T, up to its max_position_embeddings. Otherwise the
+// source with every `$seq` replaced by T (text or JSON); throws Error when it has neither.
+SeqModelFactory seq_model_factory(std::string source, std::string file, const HfOptions& hf = {});
+// A user's cap (--seq-limit, "seq_limit"; 0: none) tightens the factory's own.
+void limit_seq_search(SeqModelFactory& f, i64 user_limit);
 inline constexpr i64 kSeqSearchLimit = i64{1} << 20;  // a million tokens: the search's cap without one
 inline constexpr i64 kSeqSearchStart = 2048;
 struct MaxSeq {

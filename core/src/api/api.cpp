@@ -202,8 +202,8 @@ std::string handle_request(std::string_view request_json, ByteSource* onnx_file)
       file = std::string("models/") + kDefaultModel + ".memfit";
     }
     if (command == "max-seq") {
-      SeqModelFactory f = seq_model_factory(source, file);
-      f.limit = int_field(req, "seq_limit", 0, 0, kSeqSearchLimit);
+      SeqModelFactory f = seq_model_factory(source, file, options.hf());
+      limit_seq_search(f, int_field(req, "seq_limit", 0, 0, kSeqSearchLimit));
       return max_seq_json(f, options, max_seq(f, options));
     }
     Model model = onnx_file ? import_onnx(*onnx_file, file, dims) : load_model_source(source, file, options);

@@ -1,5 +1,8 @@
 #include "memfit/estimate.hpp"
 
+#include <nlohmann/json.hpp>
+#include "memfit/hf_config.hpp"
+
 #include <algorithm>
 #include <cctype>
 #include <limits>
@@ -311,11 +314,15 @@ Estimate estimate(const Model& model, const Options& options) {
 i64 node_matmul_flops(const Node& nd) {
   const std::string_view kind = nd.rule->kind;
   i64 macs_per_output = 0;
-  if (kind == "conv2d" || kind == "linear") {
-    for (const auto& p : nd.shape.params)  // weight [out, in/groups, (kh, kw)]: in/groups x kh x kw per output
+  if (kind == "conv2d") {
+    for (const auto& p : nd.shape.params)  // weight [out, in/groups, kh, kw]: in/groups x kh x kw per output
       if (p.name == "weight" && p.shape.size() >= 2 && p.shape[0] > 0) macs_per_output = p.numel() / p.shape[0];
-  } else if (kind == "matmul" && !nd.in_types.empty() && !nd.in_types[0].shape.empty()) {
-    macs_per_output = nd.in_types[0].shape.back();  // the contracted dimension
+  } else if ((kind == "linear" || kind == "linear4bit" || kind == "gpt2_conv1d" || kind == "matmul") && !nd.in_types.empty() &&
+             !nd.in_types[0].shape.empty()) {
+    macs_per_output = nd.in_types[0].shape.back();  // the contracted dimension (in_features)
+  } else if (kind == "sdpa" && nd.in_types.size() >= 2 && nd.in_types[1].shape.size() >= 2) {
+    // q @ k^T and probs @ v: 2 x key length per output element (causal kernels skip about half)
+    macs_per_output = saturating_mul(2, nd.in_types[1].shape[nd.in_types[1].shape.size() - 2]);
   }
   return saturating_mul(kFlopsPerMultiplyAdd, saturating_mul(nd.shape.out.numel(), macs_per_output));
 }
@@ -510,7 +517,32 @@ MaxBatch max_batch(const Model& model, const Options& options) {
   return {.max_batch = s.largest, .n_probes = s.n_probes, .capped = s.capped};
 }
 
-SeqModelFactory seq_model_factory(std::string source, std::string file) {
+void limit_seq_search(SeqModelFactory& f, i64 user_limit) {
+  if (user_limit > 0) f.limit = f.limit > 0 ? std::min(f.limit, user_limit) : user_limit;
+}
+
+SeqModelFactory seq_model_factory(std::string source, std::string file, const HfOptions& hf) {
+  // A config.json (an object with "model_type" and no "layers", as parse_model decides): the builder
+  // takes the length, and max_position_embeddings bounds the search (the builder refuses longer).
+  {
+    nlohmann::json doc = nlohmann::json::parse(source, nullptr, false);
+    if (doc.is_object() && doc.contains("model_type") && !doc.contains("layers")) {
+      SeqModelFactory f;
+      auto mpe = doc.find("max_position_embeddings");
+      if (mpe == doc.end() || !mpe->is_number_integer() || mpe->get<i64>() < 1)
+        throw Error({file, 0, 0}, "", "max-seq needs the config's max_position_embeddings (a " +
+                                          (doc["model_type"].is_string() ? doc["model_type"].get<std::string>() : std::string("?")) +
+                                          " model's length is fixed by its inputs, e.g. ViT's image size)",
+                    "use max-batch for this model");
+      f.limit = std::min(mpe->get<i64>(), kSeqSearchLimit);
+      f.build = [source = std::move(source), file = std::move(file), hf](i64 seq) {
+        HfOptions o = hf;
+        o.seq = seq;
+        return parse_model(source, file, o);
+      };
+      return f;
+    }
+  }
   static constexpr std::string_view kToken = "$seq";
   auto is_ident = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; };
   // `$seq` not followed by an identifier character ($seq_len is another name), except a shape's

@@ -240,8 +240,10 @@ std::vector<std::string> finetune_notes(const TrainSettings& s, const FinetunedM
                     " [out, in] temporary in forward and again in backward (autograd/_functions.py MatMul4Bit, bitsandbytes "
                     "0.43 to 0.45); the output head and the other parameters stay float32 as prepare_model_for_kbit_training "
                     "leaves them (peft/utils/other.py). Not checked on a GPU: bitsandbytes needs CUDA");
-    notes.push_back("prepare_model_for_kbit_training turns gradient checkpointing on by default; memfit models the step "
-                    "without it, so saved activations are what a run without checkpointing keeps (an upper bound)");
+    if (s.checkpoint.empty())
+      notes.push_back("prepare_model_for_kbit_training turns gradient checkpointing on by default; without --checkpoint "
+                      "memfit models the step without it, so saved activations are what a run without checkpointing keeps "
+                      "(an upper bound; add --checkpoint 'model.layers.*' --checkpoint-impl non-reentrant)");
     notes.push_back("the transient full-precision copy of each weight while it is quantized at load is not modelled");
   }
   return notes;
