@@ -101,6 +101,9 @@ function humanChange(change) {
   const m = /^--([a-z-]+)\s+(.+)$/.exec(change);
   if (!m) return { text: change };
   const [, flag, value] = m;
+  // gradient accumulation: the page has no setting for it yet, so it is shown with its CLI flags
+  const accum = /^(\d+) --grad-accum (\d+)$/.exec(value);
+  if (flag === 'batch' && accum) return { text: `Batch size ${int(accum[1])} with ${accum[2]} micro-batches (gradient accumulation)` };
   if (flag === 'batch') return { text: `Batch size ${int(value)}`, apply: { batch: Number(value) } };
   if (flag === 'dtype') return { text: `Precision ${value} (autocast)`, apply: { dtype: value } };
   if (flag === 'optimizer') return { text: `Optimizer ${(OPTIMIZERS.find(([v]) => v === value) || [0, value])[1]}`, apply: { optimizer: value } };

@@ -80,8 +80,8 @@ test('raising the batch past the largest batch flips the verdict; remedies appea
   assert.match(await rem.innerText(), new RegExp(`Batch size ${maxBatch.toLocaleString('en-US')}`));
   await idle(page);
   await shot(page, 'index-does-not-fit');
-  // applying the first remedy makes it fit again
-  await rem.locator('button', { hasText: 'Apply' }).first().click();
+  // applying the batch-size remedy makes it fit again (remedies are ordered by cost: cheaper switches first)
+  await rem.locator('li', { hasText: `Batch size ${maxBatch.toLocaleString('en-US')}` }).first().locator('button', { hasText: 'Apply' }).click();
   await page.waitForFunction(() => document.querySelector('[data-r="verdictText"]')?.innerText.startsWith('✓'), null, { timeout: 20000 });
   assert.equal(await page.locator('[data-r="batch"]').inputValue(), String(maxBatch));
   await page.close();
