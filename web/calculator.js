@@ -5,12 +5,63 @@ import { request, cancelStale, builtinModels, gpuCatalog, opRegistry } from './m
 import { bytes, int, shape, esc, exactBytes } from './format.js';
 import { breakdownChart, timelineChart, sweepChart, dataTable, CATEGORIES } from './charts.js';
 
-export const DEFAULTS = { preset: 'question_cnn', batch: 64, dtype: 'fp32', optimizer: 'sgd', impl: 'foreach', gpu: 'RTX 3090' };
+export const DEFAULTS = { preset: 'question_cnn', batch: 64, dtype: 'fp32', optimizer: 'sgd', impl: 'foreach', gpu: 'RTX 3090',
+  // Hugging Face config.json settings (shown for a config only): seq null = the builder's default
+  seq: null, attention: 'sdpa', ft: 'full', rank: 16,
+  // memory savers for every model: ckpt = the --checkpoint globs ('' = none), gradient accumulation steps
+  ckpt: '', ckptImpl: 'reentrant', accum: 1 };
 const DTYPES = [['fp32', 'fp32 (float32)'], ['fp16', 'fp16 (autocast mixed precision)'], ['bf16', 'bf16 (autocast mixed precision)'],
   ['bf16-true', 'bf16-true (model.to(bfloat16))'], ['fp16-true', 'fp16-true (model.to(float16))']];
 const OPTIMIZERS = [['sgd', 'SGD'], ['sgd-momentum', 'SGD with momentum'], ['adam', 'Adam'], ['adamw', 'AdamW'], ['adagrad', 'Adagrad'], ['rmsprop', 'RMSprop'],
   ['adamw8bit', 'AdamW 8-bit (bitsandbytes)'], ['paged_adamw', 'Paged AdamW (bitsandbytes)'], ['paged_adamw8bit', 'Paged AdamW 8-bit (bitsandbytes)']];
 const IMPLS = [['foreach', 'foreach (default on CUDA)'], ['fused', 'fused'], ['for-loop', 'for-loop']];
+const ATTENTIONS = [['sdpa', 'sdpa (transformers’ default)'], ['eager', 'eager (matmul, softmax, matmul)']];
+const FINETUNES = [['full', 'Full: every parameter trains'], ['lora', 'LoRA adapters (PEFT)'], ['qlora', 'QLoRA: 4-bit NF4 base + LoRA']];
+const CKPT_IMPLS = [['reentrant', 'reentrant (use_reentrant=True)'], ['non-reentrant', 'non-reentrant (use_reentrant=False)']];
+const RANK_MAX = 65536;   // options.cpp kMaxLoraRank
+const ACCUM_MAX = 1024;   // options.cpp: grad_accumulation up to 1024
+// Per config family (model_type): the LoRA targets of PEFT's mapping for it
+// (peft/utils/constants.py TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING: llama/mistral/qwen2 q_proj,v_proj;
+// gpt2 c_attn; bert/vit query,value) and the region glob of its blocks as core/src/model/hf_config.cpp names them
+// (docs/hf-config.md), which is what transformers' gradient_checkpointing_enable wraps.
+const FAMILIES = {
+  llama: { targets: 'q_proj,v_proj', block: 'model.layers.*' },
+  mistral: { targets: 'q_proj,v_proj', block: 'model.layers.*' },
+  qwen2: { targets: 'q_proj,v_proj', block: 'model.layers.*' },
+  gpt2: { targets: 'c_attn', block: 'transformer.h.*' },
+  bert: { targets: 'query,value', block: 'bert.encoder.layer.*' },
+  vit: { targets: 'query,value', block: 'vit.encoder.layer.*', fixedSeq: true },
+};
+const DEFAULT_SEQ = 2048;  // memfit/hf_config.hpp kDefaultSeq
+
+/**
+ * What the page needs to know about a Hugging Face config.json in the editor, or null for any other model.
+ * The core decides the same way (model_json.cpp: a JSON object with "model_type" and no "layers").
+ */
+export function hfInfo(text) {
+  const t = String(text ?? '').trimStart();
+  if (!t.startsWith('{') || !t.includes('model_type')) return null;
+  let cfg;
+  try { cfg = JSON.parse(t); } catch { return null; }
+  if (!cfg || typeof cfg !== 'object' || Array.isArray(cfg) || !('model_type' in cfg) || 'layers' in cfg) return null;
+  const type = String(cfg.model_type);
+  const fam = FAMILIES[type] || { targets: 'q_proj,v_proj', block: '' };
+  const maxPos = Number(cfg.max_position_embeddings ?? cfg.n_positions ?? 0) || null;
+  return { type, ...fam, maxPos, defaultSeq: maxPos ? Math.min(DEFAULT_SEQ, maxPos) : DEFAULT_SEQ, layers: cfg.num_hidden_layers ?? cfg.n_layer ?? null };
+}
+/** The LoRA spec the page sends: rank r, alpha 2r (the common choice), dropout 0.05, the family's targets. */
+export function loraSpec(rank, hf) {
+  return `r=${rank},alpha=${2 * rank},dropout=0.05,targets=${(hf && hf.targets) || 'q_proj,v_proj'}`;
+}
+/** Checks a whole-number field; returns a message or null. */
+export function checkWhole(raw, what, lo, hi) {
+  const s = String(raw ?? '').trim();
+  if (s === '') return `Enter ${what}: a whole number from ${int(lo)} to ${int(hi)}.`;
+  if (!/^\d+$/.test(s)) return `“${s}” is not a whole number: enter ${what} from ${int(lo)} to ${int(hi)}.`;
+  const v = Number(s);
+  if (v < lo || v > hi) return `${what[0].toUpperCase()}${what.slice(1)} is from ${int(lo)} to ${int(hi)} (you entered ${int(v)}).`;
+  return null;
+}
 const CUSTOM = '__custom__';
 const MODEL_FILE = 'model';  // the file name the core puts in errors for the editor's text
 const BATCH_MAX = 10_000_000;
@@ -84,7 +135,9 @@ export function checkGpuSize(raw) {
   return null;
 }
 
-const FIELD = { batch: 'the batch size', dtype: 'the precision', optimizer: 'the optimizer', 'optimizer-impl': 'the optimizer implementation', gpu: 'the GPU', 'zero-grad': 'zero_grad', iterations: 'iterations' };
+const FIELD = { batch: 'the batch size', dtype: 'the precision', optimizer: 'the optimizer', 'optimizer-impl': 'the optimizer implementation', gpu: 'the GPU', 'zero-grad': 'zero_grad', iterations: 'iterations',
+  seq: 'the sequence length', attention: 'the attention implementation', 'checkpoint-impl': 'the checkpoint implementation', checkpoint: 'checkpointing',
+  'grad-accum': 'gradient accumulation', qlora: 'QLoRA (fine-tuning)', lora: 'LoRA (fine-tuning)' };
 /** The core's messages are written for the CLI; say the same for the page. */
 export function pageWording(text) {
   return String(text ?? '')
@@ -101,9 +154,14 @@ function humanChange(change) {
   const m = /^--([a-z-]+)\s+(.+)$/.exec(change);
   if (!m) return { text: change };
   const [, flag, value] = m;
-  // gradient accumulation: the page has no setting for it yet, so it is shown with its CLI flags
   const accum = /^(\d+) --grad-accum (\d+)$/.exec(value);
-  if (flag === 'batch' && accum) return { text: `Batch size ${int(accum[1])} with ${accum[2]} micro-batches (gradient accumulation)` };
+  if (flag === 'batch' && accum) return { text: `Batch size ${int(accum[1])} with ${accum[2]} micro-batches (gradient accumulation)`, apply: { batch: Number(accum[1]), accum: Number(accum[2]) } };
+  // estimate.cpp remedies(): --checkpoint 'GLOBS' [--checkpoint-impl non-reentrant]
+  const ck = /^'([^']+)'(?: --checkpoint-impl (\S+))?$/.exec(value);
+  if (flag === 'checkpoint' && ck) {
+    const impl = ck[2] || 'reentrant';
+    return { text: `Checkpoint every block (${ck[1]}, ${impl})`, apply: { ckpt: ck[1], ckptImpl: impl } };
+  }
   if (flag === 'batch') return { text: `Batch size ${int(value)}`, apply: { batch: Number(value) } };
   if (flag === 'dtype') return { text: `Precision ${value} (autocast)`, apply: { dtype: value } };
   if (flag === 'optimizer') return { text: `Optimizer ${(OPTIMIZERS.find(([v]) => v === value) || [0, value])[1]}`, apply: { optimizer: value } };
@@ -145,7 +203,12 @@ export function mountCalculator(host, opts = {}) {
     timing: $('timing'), copy: $('copy'), copyStatus: $('copyStatus'), full: $('full'), exports: $('exports'), gpuTable: $('gpuTable'),
     results: $('results'), onnxPick: $('onnxPick'), onnxInfo: $('onnxInfo'), onnxName: $('onnxName'), onnxDims: $('onnxDims'),
     onnxClear: $('onnxClear'), panel: $('text') && $('text').closest('.panel'),
+    hfBox: $('hfBox'), seq: $('seq'), seqErr: $('seqErr'), seqHint: $('seqHint'), seqField: $('seqField'), attention: $('attention'),
+    ft: $('ft'), rank: $('rank'), rankErr: $('rankErr'), rankField: $('rankField'), loraSpec: $('loraSpec'),
+    ckpt: $('ckpt'), ckptImpl: $('ckptImpl'), ckptImplField: $('ckptImplField'), ckptHint: $('ckptHint'), accum: $('accum'), accumErr: $('accumErr'),
   };
+  let hf = null;         // hfInfo(the editor's text): a Hugging Face config.json, or null
+  let lastMaxSeq = null; // last good max-seq result ({max_seq, capped, cap}) or null
   let models = [];
   let gpus = [];
   let seq = 0;
@@ -249,7 +312,39 @@ export function mountCalculator(host, opts = {}) {
       gmsg = g && g.msg;
       fieldError(el.gpuCustom, el.gpuErr, gmsg, g && g.choices);
     } else fieldError(el.gpuCustom, el.gpuErr, null);
-    return bmsg ? 'the batch size is not valid' : gmsg ? 'the GPU size has no unit' : null;
+    const smsg = hf && !hf.fixedSeq && el.seq && el.seq.value.trim() !== '' ? checkWhole(el.seq.value, 'the sequence length', 1, hf.maxPos || 2 ** 24) : null;
+    if (el.seq) fieldError(el.seq, el.seqErr, smsg);
+    const rmsg = hf && state.ft !== 'full' && el.rank ? checkWhole(el.rank.value, 'the LoRA rank', 1, RANK_MAX) : null;
+    if (el.rank) fieldError(el.rank, el.rankErr, rmsg);
+    const amsg = el.accum ? checkWhole(el.accum.value, 'the number of micro-batches', 1, ACCUM_MAX) : null;
+    if (el.accum) fieldError(el.accum, el.accumErr, amsg);
+    return bmsg ? 'the batch size is not valid' : gmsg ? 'the GPU size has no unit' : smsg ? 'the sequence length is not valid'
+      : rmsg ? 'the LoRA rank is not valid' : amsg ? 'the gradient accumulation is not valid' : null;
+  }
+  /** Shows the config.json settings for a config, the LoRA rank for LoRA/QLoRA, the checkpoint choices. */
+  function showModelControls() {
+    hf = onnxFile ? null : hfInfo(state.text);
+    if (el.hfBox) el.hfBox.hidden = !hf;
+    root.classList.toggle('is-hf', !!hf);  // a config.json: a shorter editor, so its settings are in view
+    if (hf && el.seqField) {
+      el.seqField.hidden = !!hf.fixedSeq;
+      el.seq.placeholder = String(hf.defaultSeq);
+      el.seq.max = String(hf.maxPos || 2 ** 24);
+      el.seqHint.textContent = `Tokens per sample; empty: ${int(hf.defaultSeq)}${hf.maxPos ? `, at most ${int(hf.maxPos)}` : ''}.`;
+    }
+    if (el.rankField) el.rankField.hidden = !hf || state.ft === 'full';
+    if (el.loraSpec) el.loraSpec.textContent = hf && state.ft !== 'full' ? `options.lora = "${loraSpec(state.rank, hf)}"${state.ft === 'qlora' ? ', options.qlora = "on"' : ''}` : '';
+    if (el.ckpt) {
+      // none, every block of this family (a config) and whatever glob a remedy or a link set
+      const list = [['', 'None: autograd keeps what backward needs']];
+      if (hf && hf.block) list.push([hf.block, `Every block: ${hf.block}`]);
+      if (state.ckpt && !list.some(([v]) => v === state.ckpt)) list.push([state.ckpt, `Regions: ${state.ckpt}`]);
+      el.ckpt.innerHTML = opt(list, state.ckpt);
+      el.ckpt.value = state.ckpt;
+      el.ckpt.disabled = list.length === 1;
+      el.ckptImplField.hidden = !state.ckpt;
+      el.ckptHint.textContent = list.length === 1 ? 'This model has no block glob the page knows; a checkpointing remedy below can set one.' : '';
+    }
   }
 
   // ---------- state <-> controls ----------
@@ -265,6 +360,14 @@ export function mountCalculator(host, opts = {}) {
     state.impl = el.impl ? el.impl.value : state.impl;
     if (el.gpu.value !== CUSTOM) state.gpu = el.gpu.value;
     else if (!checkGpuSize(el.gpuCustom.value)) state.gpu = el.gpuCustom.value.trim();
+    if (el.seq) state.seq = el.seq.value.trim() === '' ? null : (/^\d+$/.test(el.seq.value.trim()) ? Number(el.seq.value.trim()) : state.seq);
+    if (el.attention) state.attention = el.attention.value;
+    if (el.ft) state.ft = el.ft.value;
+    if (el.rank && /^\d+$/.test(el.rank.value.trim()) && Number(el.rank.value) >= 1 && Number(el.rank.value) <= RANK_MAX) state.rank = Number(el.rank.value.trim());
+    if (el.ckpt) state.ckpt = el.ckpt.value;
+    if (el.ckptImpl) state.ckptImpl = el.ckptImpl.value;
+    if (el.accum && !checkWhole(el.accum.value, 'x', 1, ACCUM_MAX)) state.accum = Number(el.accum.value.trim());
+    showModelControls();
   }
   function ensureDraftOption() {
     if (!el.preset.querySelector(`option[value="${DRAFT}"]`) && loadDraft() != null) {
@@ -287,6 +390,13 @@ export function mountCalculator(host, opts = {}) {
       el.gpuCustom.value = state.gpu;
       el.gpuCustomWrap.hidden = false;
     }
+    if (el.seq) el.seq.value = state.seq == null ? '' : String(state.seq);
+    if (el.attention) el.attention.value = state.attention;
+    if (el.ft) el.ft.value = state.ft;
+    if (el.rank) el.rank.value = String(state.rank);
+    if (el.ckptImpl) el.ckptImpl.value = state.ckptImpl;
+    if (el.accum) el.accum.value = String(state.accum);
+    showModelControls();
     renderGutter();
   }
   function changed(delay) {
@@ -301,8 +411,14 @@ export function mountCalculator(host, opts = {}) {
   // ---------- an ONNX file instead of the text (dropped or picked; read in the worker, docs/onnx.md) ----------
   let onnxFile = null;
   let onnxDims = {};
+  // A preset's text goes with its file name (models/hf/llama-3.1-8b.json), as the CLI loads it by name: the
+  // model is named after it and errors point into it; the user's own text is MODEL_FILE.
+  function modelFile() {
+    const p = state.preset && models.find((m) => m.name === state.preset && m.text === state.text);
+    return p && p.path ? p.path : MODEL_FILE;
+  }
   function modelPart() {
-    if (!onnxFile) return { model: state.text, file: MODEL_FILE };
+    if (!onnxFile) return { model: state.text, file: modelFile() };
     return { onnx: onnxFile, file: onnxFile.name, ...(Object.keys(onnxDims).length ? { dims: onnxDims } : {}) };
   }
   function readDims() {
@@ -321,7 +437,13 @@ export function mountCalculator(host, opts = {}) {
     if (el.text) el.text.disabled = !!file;
     changed(0);
   }
-  if (el.onnxPick) el.onnxPick.addEventListener('change', () => { if (el.onnxPick.files[0]) useOnnx(el.onnxPick.files[0]); });
+  // A picked or dropped file: an .onnx export is read in the worker; a config.json, .memfit or JSON model goes
+  // into the editor (the core tells a config.json by its content, as the CLI does).
+  function useFile(f) {
+    if (/\.onnx$/i.test(f.name)) { useOnnx(f); return; }
+    f.text().then((t) => { if (onnxFile) useOnnx(null); el.text.value = t; renderGutter(); changed(0); });
+  }
+  if (el.onnxPick) el.onnxPick.addEventListener('change', () => { if (el.onnxPick.files[0]) useFile(el.onnxPick.files[0]); });
   if (el.onnxClear) el.onnxClear.addEventListener('click', () => { if (el.onnxPick) el.onnxPick.value = ''; useOnnx(null); });
   if (el.onnxDims) el.onnxDims.addEventListener('input', () => { readDims(); changed(200); });
   if (el.panel) {
@@ -330,15 +452,26 @@ export function mountCalculator(host, opts = {}) {
       const f = ev.dataTransfer && ev.dataTransfer.files && ev.dataTransfer.files[0];
       if (!f) return;
       ev.preventDefault();
-      if (/\.onnx$/i.test(f.name)) { useOnnx(f); return; }
-      f.text().then((t) => { useOnnx(null); el.text.value = t; renderGutter(); changed(0); });  // a text or JSON model
+      useFile(f);
     });
   }
 
   // ---------- the pipeline ----------
+  /** The request's options: the CLI flags' strings (core/src/api/options.cpp), only what differs from the defaults. */
   function options(st) {
     const o = { batch: String(st.batch), dtype: st.dtype, optimizer: st.optimizer, gpu: st.gpu };
     if (st.impl && st.impl !== 'foreach') o.optimizer_impl = st.impl;
+    if (st.accum > 1) o.grad_accumulation = String(st.accum);
+    if (hf) {
+      if (st.seq != null && !hf.fixedSeq) o.seq = String(st.seq);
+      if (st.attention && st.attention !== 'sdpa') o.attention = st.attention;
+      if (st.ft === 'lora' || st.ft === 'qlora') o.lora = loraSpec(st.rank, hf);
+      if (st.ft === 'qlora') o.qlora = 'on';
+    }
+    if (st.ckpt) {
+      o.checkpoint = st.ckpt;
+      if (st.ckptImpl && st.ckptImpl !== 'reentrant') o.checkpoint_impl = st.ckptImpl;
+    }
     return o;
   }
   async function call(req, kind) {
@@ -400,6 +533,16 @@ export function mountCalculator(host, opts = {}) {
     if (my !== seq) return;
     lastMax = mb.result.error ? null : mb.result.max_batch;
     timings.maxBatch = mb.ms;
+    lastMaxSeq = null;
+    if (hf && !hf.fixedSeq) {
+      renderEstimate(res, lastMax);
+      // the longest sequence at this batch: the 'max-seq' request builds the config at each length tried
+      const { seq: _s, ...msOpts } = base.options;
+      const ms = await call({ ...base, command: 'max-seq', options: msOpts }, 'max-seq');
+      if (my !== seq) return;
+      lastMaxSeq = ms.result.error ? { error: ms.result.error } : { max_seq: ms.result.max_seq, capped: ms.result.max_seq_capped, cap: ms.result.max_seq_search_cap };
+      timings.maxSeq = ms.ms;
+    }
     renderEstimate(res, lastMax);
     renderTiming(timings);
     if (!el.sweep) { root.dataset.idle = String(my); perf.calls.push({ kind: 'sweep', ms: 0, at: performance.now() }); return; }
@@ -454,7 +597,7 @@ export function mountCalculator(host, opts = {}) {
 
   function showError(e) {
     let reason;
-    if (e.file === MODEL_FILE) { showModelError(e); reason = `the model has an error${e.line > 0 ? ` at line ${e.line}` : ''}`; }
+    if (e.file === MODEL_FILE || (!onnxFile && e.file === modelFile())) { showModelError(e); reason = `the model has an error${e.line > 0 ? ` at line ${e.line}` : ''}`; }
     else if (onnxFile && e.file === onnxFile.name) {
       // the ONNX importer's message may list many nodes, one per line
       clearModelError();
@@ -475,11 +618,19 @@ export function mountCalculator(host, opts = {}) {
     if (!el.timing) return;
     const parts = [`estimate ${t.estimate.toFixed(1)} ms`];
     if (t.maxBatch != null) parts.push(`largest batch ${t.maxBatch.toFixed(1)} ms`);
+    if (t.maxSeq != null) parts.push(`longest sequence ${t.maxSeq.toFixed(1)} ms`);
     if (t.sweep != null) parts.push(`batch sweep ${t.sweep.toFixed(1)} ms`);
     el.timing.textContent = `Computed in your browser (WebAssembly): ${parts.join(', ')}.`;
     root.dataset.estimateMs = t.estimate.toFixed(2);
   }
 
+  function maxSeqText() {
+    if (lastMaxSeq == null) return '<span class="muted">computing…</span>';
+    if (lastMaxSeq.error) return `<span class="bad">${esc(pageWording(lastMaxSeq.error.problem || lastMaxSeq.error.message))}</span>`;
+    if (lastMaxSeq.max_seq === 0) return '<span class="bad" data-r="maxSeq" data-v="0">none: even one token does not fit</span>';
+    const cap = lastMaxSeq.max_seq >= lastMaxSeq.cap;
+    return `<b data-r="maxSeq" data-v="${lastMaxSeq.max_seq}">${int(lastMaxSeq.max_seq)}</b> tokens${cap ? ' <span class="muted">(the config’s max_position_embeddings: the model goes no longer)</span>' : ''}`;
+  }
   function renderEstimate(e, maxB) {
     const s = e.settings;
     const optName = (OPTIMIZERS.find(([v]) => v === s.optimizer) || [0, s.optimizer])[1];
@@ -509,7 +660,8 @@ export function mountCalculator(host, opts = {}) {
     }
     el.verdict.innerHTML = '<p class="stale-label" data-r="stale" hidden></p>' + head
       + `<div class="facts">`
-      + (e.gpu ? `<span class="maxb-fact">Largest batch that fits: ${maxText}</span>` : '')
+      + (e.gpu ? `<span class="maxb-fact">Largest batch that fits${hf && !hf.fixedSeq ? ` at ${int(s.seq || hf.defaultSeq)} tokens` : ''}: ${maxText}</span>` : '')
+      + (e.gpu && hf && !hf.fixedSeq ? `<span class="maxs-fact">Longest sequence that fits at batch ${int(s.batch)}: ${maxSeqText()}</span>` : '')
       + `<span>Parameters <b data-r="params">${int(e.totals.params)}</b></span>`
       + `<span>On the GPU at the peak (with CUDA context) <b>${esc(bytes(e.peak.device_bytes))}</b></span>`
       + `<span class="muted">${esc(e.model.name)} · batch ${int(s.batch)} · ${esc(s.dtype)} · ${esc(optName)} · ${where}</span></div>`;
@@ -544,12 +696,19 @@ export function mountCalculator(host, opts = {}) {
     drawCharts();
     if (el.breakdownNote) el.breakdownNote.innerHTML = breakdownNote(e);
     if (el.timelineNote) el.timelineNote.innerHTML = timelineNote(e);
-    if (el.layers) el.layers.innerHTML = layersTable(e);
+    drawLayers();
     if (el.rules) el.rules.innerHTML = rulesTable(e);
     if (el.notes) el.notes.innerHTML = e.notes.length ? `<ul>${e.notes.map((n) => `<li>${esc(pageWording(n))}</li>`).join('')}</ul>` : '<p class="muted">None.</p>';
     if (el.full) el.full.href = new URL(`index.html${hashFor(state)}`, new URL('.', import.meta.url)).href;
   }
 
+  let unfold = false;  // the per-layer table: repeated blocks folded (false) or every layer
+  function drawLayers() {
+    if (!el.layers || !last) return;
+    el.layers.innerHTML = layersTable(last, unfold);
+    const b = el.layers.querySelector('[data-r="unfold"]');
+    if (b) b.onclick = () => { unfold = !unfold; drawLayers(); el.layers.querySelector('[data-r="unfold"]').focus(); };
+  }
   function setState(patch) {
     Object.assign(state, patch);
     if (patch.preset) {
@@ -664,7 +823,14 @@ export function mountCalculator(host, opts = {}) {
     changed(120);
   });
   el.range.addEventListener('input', () => { el.batch.value = String(sliderToBatch(Number(el.range.value))); changed(60); });
-  for (const k of ['dtype', 'optimizer', 'impl']) if (el[k]) el[k].addEventListener('change', () => changed(0));
+  for (const k of ['dtype', 'optimizer', 'impl', 'attention', 'ckptImpl']) if (el[k]) el[k].addEventListener('change', () => changed(0));
+  // Reentrant checkpointing needs a block input that requires grad; with LoRA/QLoRA the embeddings are frozen,
+  // so memfit (as PyTorch's check_backward_validity warns) refuses it: turning checkpointing on then picks
+  // non-reentrant, what transformers does without enable_input_require_grads.
+  const peftImpl = () => { if (state.ft !== 'full' && el.ckpt.value && el.ckptImpl.value === 'reentrant') el.ckptImpl.value = 'non-reentrant'; };
+  if (el.ft) el.ft.addEventListener('change', () => { state.ft = el.ft.value; peftImpl(); changed(0); });
+  if (el.ckpt) el.ckpt.addEventListener('change', () => { state.ckpt = el.ckpt.value; peftImpl(); changed(0); });
+  for (const k of ['seq', 'rank', 'accum']) if (el[k]) el[k].addEventListener('input', () => changed(250));
   el.gpu.addEventListener('change', () => {
     el.gpuCustomWrap.hidden = el.gpu.value !== CUSTOM;
     if (el.gpu.value === CUSTOM && !el.gpuCustom.value) el.gpuCustom.value = '24GiB';
@@ -690,7 +856,10 @@ export function mountCalculator(host, opts = {}) {
       const box = root.querySelector('[data-r="ops-table"]');
       if (box) box.innerHTML = opsTableHtml(ops);
     }).catch(() => {});
-    el.preset.innerHTML = '<option value="">(your own model)</option>' + models.map((m) => `<option value="${esc(m.name)}">${esc(m.name)}</option>`).join('');
+    const group = (label, list) => (list.length ? `<optgroup label="${esc(label)}">${list.map((m) => `<option value="${esc(m.name)}">${esc(m.name)}</option>`).join('')}</optgroup>` : '');
+    el.preset.innerHTML = '<option value="">(your own model)</option>'
+      + group('Networks (memfit format)', models.filter((m) => !m.hf_config))
+      + group('Hugging Face config.json (LLMs, BERT, ViT)', models.filter((m) => m.hf_config));
     ensureDraftOption();
     el.gpu.innerHTML = gpus.map((g) => `<option value="${esc(g.name)}">${esc(gpuLabel(g))}</option>`).join('')
       + `<option value="${CUSTOM}">Custom size…</option>`;
@@ -746,7 +915,7 @@ function template(id, mode, state) {
       <label for="${id}-preset">Model preset</label>
       <select id="${id}-preset" data-r="preset"><option>${esc(state.preset || '')}</option></select>
     </div>
-    <label for="${id}-text">Model <span class="muted">(memfit text format; results update as you type)</span></label>
+    <label for="${id}-text">Model <span class="muted">(memfit text format, or paste a Hugging Face config.json; results update as you type)</span></label>
     <div class="editor">
       <div class="gutter" data-r="gutter" aria-hidden="true"></div>
       <div class="editor-main">
@@ -756,8 +925,8 @@ function template(id, mode, state) {
       </div>
     </div>
     <div class="editor-error" id="${id}-err" data-r="err" role="alert" hidden></div>
-    <div class="row onnx"><label for="${id}-onnx">Or an ONNX file <span class="muted">(drop it on the editor, or pick it; read in your browser, the weights are skipped)</span></label>
-      <input type="file" id="${id}-onnx" accept=".onnx" data-r="onnxPick"></div>
+    <div class="row onnx"><label for="${id}-onnx">Or a file: an ONNX export or a config.json <span class="muted">(drop it on the editor, or pick it; read in your browser, an ONNX file's weights are skipped)</span></label>
+      <input type="file" id="${id}-onnx" accept=".onnx,.json,.memfit" data-r="onnxPick"></div>
     <div class="row onnx-info" data-r="onnxInfo" hidden>Model: <strong data-r="onnxName"></strong>
       <label for="${id}-dims">symbolic dims</label><input id="${id}-dims" data-r="onnxDims" placeholder="seq=128" size="14">
       <button type="button" data-r="onnxClear">Use the text model</button></div>
@@ -798,13 +967,54 @@ function template(id, mode, state) {
     </div>
     <p class="settings-error" data-r="settingsErr" role="alert" hidden></p>
     ${compact ? '' : `<div class="row"><button type="button" class="primary" data-r="copy">Copy link to this calculation</button><span class="copy-status" data-r="copyStatus" role="status" aria-live="polite"></span></div>`}`;
+  // How the model trains beyond batch/precision/optimizer: a config.json's sequence length, attention and
+  // fine-tuning method, and the memory savers for any model (activation checkpointing, gradient accumulation).
+  const extra = `    <fieldset class="settings hf-box" data-r="hfBox" hidden><legend>Hugging Face config.json</legend>
+      <div class="field" data-r="seqField">
+        <label for="${id}-seq">Sequence length</label>
+        <input type="number" id="${id}-seq" data-r="seq" min="1" step="1" inputmode="numeric" aria-describedby="${id}-seqhint ${id}-seqerr">
+        <div class="hint" id="${id}-seqhint" data-r="seqHint"></div>
+        <div class="field-error" id="${id}-seqerr" data-r="seqErr" role="alert" hidden></div>
+      </div>
+      <div class="field">
+        <label for="${id}-attn">Attention</label>
+        <select id="${id}-attn" data-r="attention">${opt(ATTENTIONS, state.attention)}</select>
+      </div>
+      <div class="field">
+        <label for="${id}-ft">Fine-tuning</label>
+        <select id="${id}-ft" data-r="ft">${opt(FINETUNES, state.ft)}</select>
+      </div>
+      <div class="field" data-r="rankField" hidden>
+        <label for="${id}-rank">LoRA rank r <span class="muted">(alpha = 2r)</span></label>
+        <input type="number" id="${id}-rank" data-r="rank" min="1" max="${RANK_MAX}" step="1" inputmode="numeric" aria-describedby="${id}-rankerr ${id}-loraspec">
+        <div class="field-error" id="${id}-rankerr" data-r="rankErr" role="alert" hidden></div>
+      </div>
+      <p class="hint wide lora-spec" id="${id}-loraspec" data-r="loraSpec"></p>
+    </fieldset>
+    <div class="settings savers">
+      <div class="field">
+        <label for="${id}-ckpt">Activation checkpointing</label>
+        <select id="${id}-ckpt" data-r="ckpt" aria-describedby="${id}-ckpthint"><option value="">None</option></select>
+        <div class="hint" id="${id}-ckpthint" data-r="ckptHint"></div>
+      </div>
+      <div class="field" data-r="ckptImplField" hidden>
+        <label for="${id}-ckimpl">Checkpoint implementation</label>
+        <select id="${id}-ckimpl" data-r="ckptImpl">${opt(CKPT_IMPLS, state.ckptImpl)}</select>
+      </div>
+      <div class="field">
+        <label for="${id}-accum">Gradient accumulation <span class="muted">(micro-batches per step)</span></label>
+        <input type="number" id="${id}-accum" data-r="accum" min="1" max="${ACCUM_MAX}" step="1" inputmode="numeric" aria-describedby="${id}-accumerr">
+        <div class="field-error" id="${id}-accumerr" data-r="accumErr" role="alert" hidden></div>
+      </div>
+    </div>
+`;
   const verdict = '<section class="verdict" data-r="verdict" role="status" aria-live="polite"><p class="loading">Loading the memfit module…</p></section>';
   const urlNote = '<p class="url-note" data-r="urlNote" role="status" hidden></p>';
   const breakdown = `<section><h2>Where the memory goes at the peak</h2><figure data-r="breakdown"></figure>
         <figcaption>Tensors alive at the peak by category, the allocator's cached free blocks, and the CUDA context.</figcaption><div data-r="breakdownNote"></div></section>`;
   if (compact) {
     return `${urlNote}
-      <div class="panel">${settings}
+      <div class="panel">${settings}${extra}
         <details class="model"><summary>Model: edit the layers</summary>${editor}</details>
       </div>
       ${verdict}
@@ -815,7 +1025,10 @@ function template(id, mode, state) {
   }
   return `${urlNote}
     <div class="layout">
-      <div class="panel col-editor">${editor}</div>
+      <div class="col-main">
+        <div class="panel col-editor">${editor}</div>
+        <div class="panel model-settings"><h2>Fine-tuning and memory savers</h2>${extra}</div>
+      </div>
       <div class="col-side">
         <div class="panel"><h2>Training settings</h2>${settings}</div>
         ${verdict}
@@ -842,14 +1055,74 @@ function template(id, mode, state) {
     <section><h2>Notes</h2><div data-r="notes"></div><p class="timing" data-r="timing"></p></section>`;
 }
 
-function layersTable(e) {
-  const rows = e.layers.map((l) => {
-    const saved = l.saved.map((s) => `<div class="saved${s.counted ? '' : ' uncounted'}" title="${esc(s.note || (s.counted ? 'counted here' : ''))}">`
-      + `${esc(s.role)}${s.tensor ? ` (${esc(s.tensor)})` : ''}: ${esc(s.dtype)} ${esc(shape(s.shape))} ${esc(bytes(s.bytes))}</div>`).join('');
-    return `<tr><td>${esc(l.name)}</td><td>${esc(l.kind)}</td><td class="shape">${esc(shape(l.output_shape))}<br><span class="muted">${esc(l.output_dtype)}, ${esc(bytes(l.output_bytes))}</span></td>`
-      + `<td class="num">${int(l.params)}</td><td>${saved || '<span class="muted">—</span>'}</td><td class="num">${esc(bytes(l.saved_bytes))}</td>`
-      + `<td class="num">${esc(bytes(l.grad_bytes))}</td><td class="num">${esc(bytes(l.optimizer_bytes))}</td></tr>`;
-  }).join('');
+/**
+ * Repeated blocks folded as the core's text report does (report_text.cpp fold_repeats): a region identical to
+ * the sibling just before it (same layer kinds, output shapes and parameter counts, a name differing only in its
+ * last number: model.layers.1 after model.layers.0) joins that sibling's run; the run's first region is shown in
+ * full and the rest as one row. Returns [{layer} | {fold: {first, last, count, like, params, saved, grads, optim}}].
+ */
+export function foldLayers(e) {
+  const layers = e.layers, regions = e.regions || [];
+  const at = new Map(layers.map((l, i) => [l.name, i]));
+  const span = regions.map((r) => [at.get(r.first_layer), at.get(r.last_layer)]);
+  const sig = span.map(([a, b]) => (a == null || b == null ? null
+    : layers.slice(a, b + 1).map((l) => `${l.kind}|${l.output_shape.join('x')}|${l.params}|${l.frozen_params}`).join(';')));
+  const numbered = (a, b) => {
+    const pa = a.slice(0, a.lastIndexOf('.') + 1), pb = b.slice(0, b.lastIndexOf('.') + 1);
+    return pa === pb && /^\d+$/.test(a.slice(pa.length)) && /^\d+$/.test(b.slice(pb.length));
+  };
+  const start = new Map(regions.map((r, k) => [`${r.parent}|${span[k][0]}`, k]));
+  const like = regions.map(() => -1);
+  regions.forEach((r, j) => {   // parents come before children and earlier siblings before later ones
+    if (span[j][1] == null) return;
+    const k = start.get(`${r.parent}|${span[j][1] + 1}`);
+    if (k == null || sig[k] == null || sig[k] !== sig[j] || !numbered(r.name, regions[k].name)) return;
+    like[k] = like[j] >= 0 ? like[j] : j;
+  });
+  const out = [];
+  const byStart = new Map();  // layer index -> the outermost folded region starting there
+  regions.forEach((r, k) => { if (like[k] >= 0 && span[k][0] != null && !byStart.has(span[k][0])) byStart.set(span[k][0], k); });
+  for (let i = 0; i < layers.length;) {
+    const k = byStart.get(i);
+    if (k == null) { out.push({ layer: layers[i] }); i++; continue; }
+    // the run: this region and every following sibling folded into the same first region
+    let last = k, count = 1;
+    for (;;) {
+      const n = start.get(`${regions[last].parent}|${span[last][1] + 1}`);
+      if (n == null || like[n] !== like[k]) break;
+      last = n; count++;
+    }
+    const f = { first: regions[k].name, last: regions[last].name, count, like: regions[like[k]].name, params: 0, saved: 0, grads: 0, optim: 0, layers: 0 };
+    for (let j = span[k][0]; j <= span[last][1]; j++) {
+      const l = layers[j];
+      f.params += l.params; f.saved += l.saved_bytes; f.grads += l.grad_bytes; f.optim += l.optimizer_bytes; f.layers++;
+    }
+    out.push({ fold: f });
+    i = span[last][1] + 1;
+  }
+  return out;
+}
+
+function layerRow(l) {
+  const saved = l.saved.map((s) => `<div class="saved${s.counted ? '' : ' uncounted'}" title="${esc(s.note || (s.counted ? 'counted here' : ''))}">`
+    + `${esc(s.role)}${s.tensor ? ` (${esc(s.tensor)})` : ''}: ${esc(s.dtype)} ${esc(shape(s.shape))} ${esc(bytes(s.bytes))}</div>`).join('');
+  return `<tr><td class="lname">${esc(l.name)}</td><td>${esc(l.kind)}</td><td class="shape">${esc(shape(l.output_shape))}<br><span class="muted">${esc(l.output_dtype)}, ${esc(bytes(l.output_bytes))}</span></td>`
+    + `<td class="num">${int(l.params)}</td><td>${saved || '<span class="muted">—</span>'}</td><td class="num">${esc(bytes(l.saved_bytes))}</td>`
+    + `<td class="num">${esc(bytes(l.grad_bytes))}</td><td class="num">${esc(bytes(l.optimizer_bytes))}</td></tr>`;
+}
+
+function layersTable(e, unfold) {
+  const items = unfold ? e.layers.map((layer) => ({ layer })) : foldLayers(e);
+  const folded = items.some((x) => x.fold);
+  const rows = items.map((x) => (x.layer ? layerRow(x.layer) : `<tr class="fold" data-fold="${esc(x.fold.first)}"><td class="lname"><b>${esc(x.fold.first)} … ${esc(x.fold.last)}</b></td>`
+    + `<td colspan="2">${int(x.fold.count)} more blocks like <b>${esc(x.fold.like)}</b> (${int(x.fold.layers)} layers, the same per block)</td>`
+    + `<td class="num">${int(x.fold.params)}</td><td class="muted">together</td><td class="num">${esc(bytes(x.fold.saved))}</td><td class="num">${esc(bytes(x.fold.grads))}</td><td class="num">${esc(bytes(x.fold.optim))}</td></tr>`)).join('');
+  const toggle = folded || unfold ? `<p class="row fold-toggle"><button type="button" data-r="unfold" aria-pressed="${unfold ? 'true' : 'false'}">${unfold ? 'Fold repeated blocks' : `Show all ${int(e.layers.length)} layers`}</button>`
+    + `<span class="hint">${unfold ? '' : 'Repeated blocks are folded into one row each run (as memfit estimate prints them).'}</span></p>` : '';
+  return toggle + rowsTable(e, rows);
+}
+
+function rowsTable(e, rows) {
   const t = e.totals;
   return `<table><thead><tr><th scope="col">Layer</th><th scope="col">Kind</th><th scope="col">Output shape</th><th scope="col" class="num">Parameters</th>`
     + `<th scope="col">Saved for backward (dtype, shape, size)</th><th scope="col" class="num">Saved</th><th scope="col" class="num">Gradients</th><th scope="col" class="num">Optimizer state</th></tr></thead>`
@@ -894,6 +1167,12 @@ function settingsParams(st) {
   p.set('optimizer', st.optimizer);
   if (st.impl && st.impl !== 'foreach') p.set('impl', st.impl);
   p.set('gpu', st.gpu);
+  // config.json and memory-saving settings: only what differs from the defaults, so old links stay short
+  if (st.seq != null) p.set('seq', String(st.seq));
+  if (st.attention && st.attention !== 'sdpa') p.set('attention', st.attention);
+  if (st.ft && st.ft !== 'full') { p.set('ft', st.ft); p.set('rank', String(st.rank)); }
+  if (st.ckpt) { p.set('ckpt', st.ckpt); if (st.ckptImpl && st.ckptImpl !== 'reentrant') p.set('ckpt_impl', st.ckptImpl); }
+  if (st.accum > 1) p.set('accum', String(st.accum));
   return p;
 }
 function hashFor(st) {
@@ -941,7 +1220,20 @@ export async function decodeState(loc = location) {
   pick('optimizer', OPTIMIZERS, 'an optimizer', 'optimizer');
   pick('impl', IMPLS, 'an optimizer implementation', 'impl');
   if (p.has('gpu') && p.get('gpu')) st.gpu = p.get('gpu');
-  const known = new Set(['model', 'text', 'z', 'batch', 'dtype', 'optimizer', 'impl', 'gpu', 'view']);
+  pick('attention', ATTENTIONS, 'an attention implementation', 'attention');
+  pick('ft', FINETUNES, 'a fine-tuning method', 'ft');
+  pick('ckpt_impl', CKPT_IMPLS, 'a checkpoint implementation', 'ckptImpl');
+  const whole = (key, field, lo, hi, what) => {
+    if (!p.has(key)) return;
+    const msg = checkWhole(p.get(key), what, lo, hi);
+    if (msg) ignored.push({ param: `${key}=${p.get(key)}`, why: `${msg} Using ${DEFAULTS[field] ?? 'the default'}` });
+    else st[field] = Number(p.get(key));
+  };
+  whole('seq', 'seq', 1, 2 ** 24, 'the sequence length');
+  whole('rank', 'rank', 1, RANK_MAX, 'the LoRA rank');
+  whole('accum', 'accum', 1, ACCUM_MAX, 'the number of micro-batches');
+  if (p.has('ckpt')) st.ckpt = p.get('ckpt');  // globs: the core checks them against the model's regions
+  const known = new Set(['model', 'text', 'z', 'batch', 'dtype', 'optimizer', 'impl', 'gpu', 'seq', 'attention', 'ft', 'rank', 'ckpt', 'ckpt_impl', 'accum', 'view']);
   for (const k of new Set(p.keys())) if (!known.has(k)) ignored.push({ param: `${k}=${p.get(k)}`, why: `unknown key; the keys are ${[...known].join(', ')}` });
   Object.defineProperty(st, 'ignored', { value: ignored, enumerable: false });
   if (p.has('view')) Object.defineProperty(st, 'view', { value: p.get('view'), enumerable: false });

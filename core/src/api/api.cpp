@@ -125,7 +125,13 @@ std::string handle_request(std::string_view request_json, ByteSource* onnx_file)
     if (command == "ops") return ops_json();
     if (command == "models") {
       json arr = json::array();
-      for (const auto& m : builtin_models()) arr.push_back({{"name", m.name}, {"text", m.text}});
+      // "hf_config": a Hugging Face config.json (models/hf/, built with options.seq/attention/head), so a
+      // client can list the two kinds apart and offer the config's settings; "path" is the file name the
+      // core's errors use for it (the CLI's, when the model is loaded by name).
+      for (const auto& m : builtin_models())
+        arr.push_back({{"name", m.name}, {"text", m.text}, {"path", m.path}, {"hf_config", false}});
+      for (const auto& m : builtin_hf_configs())
+        arr.push_back({{"name", m.name}, {"text", m.text}, {"path", m.path}, {"hf_config", true}});
       return json{{"models", arr}}.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
     }
     OptionStrings s;
