@@ -1106,15 +1106,17 @@ export function foldLayers(e) {
 function layerRow(l) {
   const saved = l.saved.map((s) => `<div class="saved${s.counted ? '' : ' uncounted'}" title="${esc(s.note || (s.counted ? 'counted here' : ''))}">`
     + `${esc(s.role)}${s.tensor ? ` (${esc(s.tensor)})` : ''}: ${esc(s.dtype)} ${esc(shape(s.shape))} ${esc(bytes(s.bytes))}</div>`).join('');
-  return `<tr><td class="lname">${esc(l.name)}</td><td>${esc(l.kind)}</td><td class="shape">${esc(shape(l.output_shape))}<br><span class="muted">${esc(l.output_dtype)}, ${esc(bytes(l.output_bytes))}</span></td>`
-    + `<td class="num">${int(l.params)}</td><td>${saved || '<span class="muted">—</span>'}</td><td class="num">${esc(bytes(l.saved_bytes))}</td>`
+  return `<tr><td class="lname">${dotted(l.name)}</td><td>${esc(l.kind)}</td><td class="shape">${esc(shape(l.output_shape))}<br><span class="muted">${esc(l.output_dtype)}, ${esc(bytes(l.output_bytes))}</span></td>`
+    + `<td class="num">${int(l.params)}</td><td class="savedcol">${saved || '<span class="muted">—</span>'}</td><td class="num">${esc(bytes(l.saved_bytes))}</td>`
     + `<td class="num">${esc(bytes(l.grad_bytes))}</td><td class="num">${esc(bytes(l.optimizer_bytes))}</td></tr>`;
 }
+/** A dotted module path that may break after its dots (model.layers.0.self_attn.q_proj), never inside a name. */
+const dotted = (name) => esc(name).replace(/\./g, '.<wbr>');
 
 function layersTable(e, unfold) {
   const items = unfold ? e.layers.map((layer) => ({ layer })) : foldLayers(e);
   const folded = items.some((x) => x.fold);
-  const rows = items.map((x) => (x.layer ? layerRow(x.layer) : `<tr class="fold" data-fold="${esc(x.fold.first)}"><td class="lname"><b>${esc(x.fold.first)} … ${esc(x.fold.last)}</b></td>`
+  const rows = items.map((x) => (x.layer ? layerRow(x.layer) : `<tr class="fold" data-fold="${esc(x.fold.first)}"><td class="lname"><b>${dotted(x.fold.first)} … ${dotted(x.fold.last)}</b></td>`
     + `<td colspan="2">${int(x.fold.count)} more blocks like <b>${esc(x.fold.like)}</b> (${int(x.fold.layers)} layers, the same per block)</td>`
     + `<td class="num">${int(x.fold.params)}</td><td class="muted">together</td><td class="num">${esc(bytes(x.fold.saved))}</td><td class="num">${esc(bytes(x.fold.grads))}</td><td class="num">${esc(bytes(x.fold.optim))}</td></tr>`)).join('');
   const toggle = folded || unfold ? `<p class="row fold-toggle"><button type="button" data-r="unfold" aria-pressed="${unfold ? 'true' : 'false'}">${unfold ? 'Fold repeated blocks' : `Show all ${int(e.layers.length)} layers`}</button>`

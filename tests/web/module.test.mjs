@@ -15,6 +15,7 @@ const mod = await createMemfit();
 const call = (req) => mod.request(JSON.stringify(req));
 
 const MODELS = fs.readdirSync(path.join(ROOT, 'models')).filter((f) => f.endsWith('.memfit')).sort();
+const HF_CONFIGS = fs.readdirSync(path.join(ROOT, 'models/hf')).filter((f) => f.endsWith('.json')).sort();
 
 // [module options, CLI flags]
 const SETTINGS = [
@@ -99,10 +100,88 @@ test('ONNX: a reader that fails gives an error value, and the module keeps worki
   assert.ok(log.every((n) => n <= 4096), `reads of at most 4 KiB: ${log}`);
 });
 
-test('builtin models: every models/*.memfit, with its text', () => {
+test('builtin models: every models/*.memfit and every models/hf/*.json config, with its text, path and kind', () => {
   const got = JSON.parse(call({ command: 'models' })).models;
-  assert.deepEqual(got.map((m) => `${m.name}.memfit`).sort(), MODELS);
-  for (const m of got) assert.equal(m.text, fs.readFileSync(path.join(ROOT, 'models', `${m.name}.memfit`), 'utf8'));
+  const mine = got.filter((m) => !m.hf_config), configs = got.filter((m) => m.hf_config === true);
+  assert.equal(mine.length + configs.length, got.length, 'every entry says whether it is a Hugging Face config');
+  assert.deepEqual(mine.map((m) => `${m.name}.memfit`).sort(), MODELS);
+  assert.deepEqual(configs.map((m) => `${m.name}.json`).sort(), HF_CONFIGS);
+  for (const m of mine) {
+    assert.equal(m.path, `models/${m.name}.memfit`);
+    assert.equal(m.text, fs.readFileSync(path.join(ROOT, m.path), 'utf8'));
+  }
+  for (const m of configs) {
+    assert.equal(m.path, `models/hf/${m.name}.json`);
+    assert.equal(m.text, fs.readFileSync(path.join(ROOT, m.path), 'utf8'));
+  }
+});
+
+// Hugging Face config.json requests (docs/hf-config.md, docs/fine-tuning.md, docs/checkpointing.md), as the page
+// sends them: the module's JSON must be the CLI's byte for byte with the same flags. A config the core cannot
+// build yet (ViT's kinds, docs/hf-config.md Limits) must come back as the CLI's own error, as a value.
+function sameAsCli(command, rel, options, flags, extra = {}) {
+  const r = spawnSync(CLI, [command, rel, '--json', ...flags], { cwd: ROOT, encoding: 'utf8', maxBuffer: 1 << 28 });
+  const got = call({ command, model: fs.readFileSync(path.join(ROOT, rel), 'utf8'), file: rel, options, ...extra });
+  if (r.status === 0 || r.status === 1) {
+    assert.ok(got === r.stdout, `${command} ${rel} ${flags.join(' ')}: the module's JSON differs from the CLI's\n${firstDiff(got, r.stdout)}`);
+    return JSON.parse(got);
+  }
+  const e = JSON.parse(got).error;
+  assert.ok(e, `${command} ${rel} ${flags.join(' ')}: the CLI failed (${r.stderr.trim()}) but the module answered ${got.slice(0, 200)}`);
+  assert.equal(`memfit: ${e.message}`, r.stderr.trim(), `${command} ${rel} ${flags.join(' ')}: the module's error differs from the CLI's`);
+  return { error: e };
+}
+const LORA = (targets) => `r=16,alpha=32,dropout=0.05,targets=${targets}`;
+test('Hugging Face configs: every shipped config estimates (or fails) exactly as the CLI, default and --seq 256', () => {
+  for (const f of HF_CONFIGS) {
+    const rel = `models/hf/${f}`;
+    sameAsCli('estimate', rel, { gpu: 'RTX 4090' }, ['--gpu', 'RTX 4090']);
+    if (!f.startsWith('vit')) sameAsCli('estimate', rel, { batch: '2', seq: '256', dtype: 'bf16', optimizer: 'adamw', gpu: 'RTX 4090' }, ['--batch', '2', '--seq', '256', '--dtype', 'bf16', '--optimizer', 'adamw', '--gpu', 'RTX 4090']);
+  }
+  // ViT has no --seq: the request is refused as the CLI refuses it
+  sameAsCli('estimate', 'models/hf/vit-base-patch16-224.json', { seq: '256' }, ['--seq', '256']);
+});
+
+test('Hugging Face configs: eager attention, LoRA per family (q_proj,v_proj / c_attn / query,value), QLoRA: module == CLI', () => {
+  const e1 = sameAsCli('estimate', 'models/hf/llama-3.2-1b.json', { batch: '1', seq: '512', attention: 'eager', gpu: 'RTX 4090' },
+    ['--batch', '1', '--seq', '512', '--attention', 'eager', '--gpu', 'RTX 4090']);
+  assert.ok(e1.layers.some((l) => l.kind === 'softmax'), 'eager attention has the explicit softmax');
+  const l1 = sameAsCli('estimate', 'models/hf/llama-3.2-1b.json', { batch: '4', seq: '1024', dtype: 'bf16', lora: LORA('q_proj,v_proj'), gpu: 'RTX 4090' },
+    ['--batch', '4', '--seq', '1024', '--dtype', 'bf16', '--lora', LORA('q_proj,v_proj'), '--gpu', 'RTX 4090']);
+  // 16 decoder layers x (q_proj: A 16x2048 + B 2048x16, v_proj: A 16x2048 + B 512x16) trainable parameters
+  assert.equal(l1.totals.params - l1.totals.frozen_params, 16 * (16 * 2048 + 2048 * 16 + 16 * 2048 + 512 * 16));
+  sameAsCli('estimate', 'models/hf/gpt2.json', { batch: '8', seq: '512', lora: LORA('c_attn'), gpu: 'T4' }, ['--batch', '8', '--seq', '512', '--lora', LORA('c_attn'), '--gpu', 'T4']);
+  sameAsCli('estimate', 'models/hf/bert-base-uncased.json', { batch: '16', seq: '128', lora: LORA('query,value'), gpu: 'T4' }, ['--batch', '16', '--seq', '128', '--lora', LORA('query,value'), '--gpu', 'T4']);
+  const q = sameAsCli('estimate', 'models/hf/llama-3.1-8b.json', { batch: '1', seq: '2048', dtype: 'bf16', lora: LORA('q_proj,v_proj'), qlora: 'on', gpu: 'RTX 4090' },
+    ['--batch', '1', '--seq', '2048', '--dtype', 'bf16', '--lora', LORA('q_proj,v_proj'), '--qlora', '--gpu', 'RTX 4090']);
+  assert.ok(q.layers.some((l) => l.kind === 'linear4bit'), 'QLoRA stores the base linears as linear4bit');
+  // QLoRA with a half model is refused by both, with the same words
+  const bad = sameAsCli('estimate', 'models/hf/llama-3.2-1b.json', { dtype: 'bf16-true', qlora: 'on' }, ['--dtype', 'bf16-true', '--qlora']);
+  assert.match(bad.error.message, /--qlora with --dtype bf16-true/);
+});
+
+test('Hugging Face configs: checkpointing every block (reentrant refused under LoRA, non-reentrant), accumulation: module == CLI', () => {
+  const ck = sameAsCli('estimate', 'models/hf/llama-3.2-1b.json', { batch: '2', seq: '2048', dtype: 'bf16', checkpoint: 'model.layers.*', gpu: 'RTX 4090' },
+    ['--batch', '2', '--seq', '2048', '--dtype', 'bf16', '--checkpoint', 'model.layers.*', '--gpu', 'RTX 4090']);
+  assert.equal(ck.checkpoint.calls.length, 16);
+  sameAsCli('estimate', 'models/hf/gpt2.json', { batch: '4', checkpoint: 'transformer.h.*', checkpoint_impl: 'non-reentrant', grad_accumulation: '4', gpu: 'T4' },
+    ['--batch', '4', '--checkpoint', 'transformer.h.*', '--checkpoint-impl', 'non-reentrant', '--grad-accum', '4', '--gpu', 'T4']);
+  const re = sameAsCli('estimate', 'models/hf/llama-3.2-1b.json', { lora: LORA('q_proj,v_proj'), checkpoint: 'model.layers.*' }, ['--lora', LORA('q_proj,v_proj'), '--checkpoint', 'model.layers.*']);
+  assert.match(re.error.message, /none of its inputs requires grad/);
+  sameAsCli('estimate', 'models/hf/llama-3.1-8b.json', { batch: '1', seq: '2048', dtype: 'bf16', lora: LORA('q_proj,v_proj'), qlora: 'on', checkpoint: 'model.layers.*', checkpoint_impl: 'non-reentrant', gpu: 'RTX 4090' },
+    ['--batch', '1', '--seq', '2048', '--dtype', 'bf16', '--lora', LORA('q_proj,v_proj'), '--qlora', '--checkpoint', 'model.layers.*', '--checkpoint-impl', 'non-reentrant', '--gpu', 'RTX 4090']);
+});
+
+test('Hugging Face configs: max-batch and max-seq (the longest sequence at a batch): module == CLI', () => {
+  const flags = ['--dtype', 'bf16', '--lora', LORA('q_proj,v_proj'), '--qlora', '--checkpoint', 'model.layers.*', '--checkpoint-impl', 'non-reentrant', '--gpu', 'RTX 4090'];
+  const options = { dtype: 'bf16', lora: LORA('q_proj,v_proj'), qlora: 'on', checkpoint: 'model.layers.*', checkpoint_impl: 'non-reentrant', gpu: 'RTX 4090' };
+  const mb = sameAsCli('max-batch', 'models/hf/llama-3.2-1b.json', { ...options, seq: '2048' }, [...flags, '--seq', '2048']);
+  assert.ok(mb.max_batch >= 1);
+  const ms = sameAsCli('max-seq', 'models/hf/llama-3.2-1b.json', { ...options, batch: '4' }, [...flags, '--batch', '4']);
+  assert.ok(ms.max_seq > 0 && ms.max_seq <= ms.max_seq_search_cap);
+  // the seq_limit field is --seq-limit
+  const lim = sameAsCli('max-seq', 'models/hf/gpt2.json', { batch: '8', gpu: 'T4' }, ['--batch', '8', '--gpu', 'T4', '--seq-limit', '300'], { seq_limit: 300 });
+  assert.ok(lim.max_seq <= 300);
 });
 
 test('errors come back as values with line and column; the module stays usable', () => {

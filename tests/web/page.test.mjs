@@ -278,9 +278,8 @@ test('10 remedies: the ones that fit first, the others labelled partial with an 
   assert.ok(items.length >= 3);
   const fits = items.map((i) => !/still does not fit/.test(i.text));
   assert.ok(fits.indexOf(false) > 0 && fits.lastIndexOf(true) < fits.indexOf(false), `fitting remedies first: ${items.map((i) => i.text.split('\n')[0]).join(' / ')}`);
-  // every remedy the page has a setting for gets Apply; checkpointing and gradient accumulation have no
-  // page control yet and are shown as their CLI flags
-  for (const i of items) assert.ok(i.button || /--checkpoint|--grad-accum/.test(i.text), `no Apply button: ${i.text}`);
+  // every remedy gets Apply: the page has a control for each (checkpointing and gradient accumulation too)
+  for (const i of items) assert.ok(i.button, `no Apply button: ${i.text}`);
   for (const i of items.filter((x) => /still does not fit/.test(x.text))) assert.match(i.text, /partial/i);
   await rem.locator('li', { hasText: 'still does not fit' }).first().locator('button').click();
   await page.waitForFunction(() => document.querySelector('[data-r="optimizer"]').value !== 'adam' || document.querySelector('[data-r="impl"]').value !== 'foreach', null, { timeout: 20000 });
@@ -472,6 +471,198 @@ test('16 an ONNX file, picked or dropped, gives the native CLI\'s bytes', async 
   const err = await page.locator('[data-r="settingsErr"]').innerText();
   assert.match(err, /'\/Sin' \(Sin\)/);
   assert.match(err, /'\/Cos' \(Cos\)/);
+  await page.close();
+});
+
+// ---------- LLM fine-tuning (issue 11): Hugging Face config presets, sequence length, LoRA/QLoRA, checkpointing ----------
+const CLI_BIN = process.env.MEMFIT_CLI || path.join(ROOT, 'build/memfit');
+function cliJson(args) {
+  const r = spawnSync(CLI_BIN, [...args, '--json'], { cwd: ROOT, encoding: 'utf8', maxBuffer: 1 << 28 });
+  assert.ok(r.status === 0 || r.status === 1, `memfit ${args.join(' ')}: exit ${r.status}: ${r.stderr}`);
+  return JSON.parse(r.stdout);
+}
+// every request of the latest change has come back: the last call is a sweep, sent after the last change
+async function settle(page) {
+  await page.waitForTimeout(400);
+  await page.waitForFunction(() => {
+    const p = window.memfitPerf, c = p && p.calls;
+    return c && c.length && c[c.length - 1].kind === 'sweep' && (!p.sent || p.sent.at <= c[c.length - 1].at);
+  }, null, { timeout: 120000 });
+}
+const lastEstimate = (page) => page.evaluate(() => window.memfitCalculator.last());
+const num = (t) => Number(String(t).replace(/[^0-9]/g, ''));
+const LORA16 = (t) => `r=16,alpha=32,dropout=0.05,targets=${t}`;
+
+test('17 Llama-3.1-8B preset, QLoRA + checkpointing, RTX 4090, seq 2048: the CLI\'s verdict, largest batch and longest sequence', async () => {
+  const page = await open('#model=question_cnn&batch=64&gpu=RTX%203090', { width: 1440, height: 900 }, 'llm');
+  await ready(page);
+  await idle(page);
+  // the configs are presets of their own group, apart from the networks
+  const groups = await page.locator('[data-r="preset"] optgroup').evaluateAll((gs) => gs.map((g) => ({ label: g.label, names: [...g.querySelectorAll('option')].map((o) => o.value) })));
+  const hfGroup = groups.find((g) => /Hugging Face/.test(g.label)), cnn = groups.find((g) => !/Hugging Face/.test(g.label));
+  const shipped = fs.readdirSync(path.join(ROOT, 'models/hf')).filter((f) => f.endsWith('.json')).map((f) => f.replace(/\.json$/, '')).sort();
+  assert.deepEqual([...hfGroup.names].sort(), shipped);
+  assert.ok(cnn.names.includes('question_cnn') && !cnn.names.includes('llama-3.1-8b'));
+  // a CNN has no config.json settings
+  assert.equal(await page.locator('[data-r="hfBox"]').isVisible(), false);
+
+  await page.selectOption('[data-r="preset"]', 'llama-3.1-8b');
+  await page.locator('[data-r="hfBox"]').waitFor({ state: 'visible' });
+  assert.equal(await page.locator('[data-r="seq"]').getAttribute('placeholder'), '2048');
+  await page.selectOption('[data-r="ft"]', 'qlora');
+  await page.locator('[data-r="rankField"]').waitFor({ state: 'visible' });
+  await page.selectOption('[data-r="ckpt"]', 'model.layers.*');
+  // reentrant checkpointing is refused with LoRA's frozen embeddings: the page picks non-reentrant
+  assert.equal(await page.locator('[data-r="ckptImpl"]').inputValue(), 'non-reentrant');
+  await page.selectOption('[data-r="gpu"]', 'RTX 4090');
+  await page.selectOption('[data-r="dtype"]', 'bf16');
+  await page.locator('[data-r="batch"]').fill('2');
+  await page.locator('[data-r="seq"]').fill('2048');
+  await settle(page);
+
+  const flags = ['--batch', '2', '--dtype', 'bf16', '--gpu', 'RTX 4090', '--lora', LORA16('q_proj,v_proj'), '--qlora', '--checkpoint', 'model.layers.*', '--checkpoint-impl', 'non-reentrant'];
+  const est = cliJson(['estimate', 'llama-3.1-8b', '--seq', '2048', ...flags]);
+  const mb = cliJson(['max-batch', 'llama-3.1-8b', '--seq', '2048', ...flags]);
+  const ms = cliJson(['max-seq', 'llama-3.1-8b', ...flags]);
+  assert.equal(await page.locator('[data-r="verdictText"]').innerText(), `${est.fits ? '✓ Fits' : '✗ Does not fit'} on RTX 4090`);
+  const got = await lastEstimate(page);
+  assert.equal(got.peak.reserved_bytes, est.peak.reserved_bytes);
+  assert.equal(got.headroom_bytes, est.headroom_bytes);
+  assert.equal(got.totals.params, est.totals.params);
+  assert.equal(num(await page.locator('[data-r="maxBatch"]').innerText()), mb.max_batch);
+  assert.equal(Number(await page.locator('[data-r="maxSeq"]').getAttribute('data-v')), ms.max_seq);
+  assert.equal(num(await page.locator('[data-r="maxSeq"]').innerText()), ms.max_seq);
+  assert.ok(mb.max_batch >= 1 && ms.max_seq > 2048, `the case is meaningful: largest batch ${mb.max_batch}, longest sequence ${ms.max_seq}`);
+  const v = await page.locator('[data-r="verdict"]').innerText();
+  assert.match(v, new RegExp(`Largest batch that fits at 2,048 tokens: ${mb.max_batch.toLocaleString('en-US')}`));
+  assert.match(v, new RegExp(`Longest sequence that fits at batch 2: ${ms.max_seq.toLocaleString('en-US')} tokens`));
+  // the whole verdict is on the first screen, beside the editor
+  const vb = await box(page, '[data-r="verdict"]');
+  assert.ok(vb.y + vb.height <= 900, `verdict ends at ${vb.y + vb.height} px`);
+  await shot(page, 'llm-qlora-desktop');
+
+  // the URL holds every setting: a fresh page from it shows the same controls and the same numbers
+  await page.waitForTimeout(400);
+  const url = page.url();
+  for (const kv of ['model=llama-3.1-8b', 'seq=2048', 'ft=qlora', 'rank=16', 'ckpt=model.layers.*', 'ckpt_impl=non-reentrant', 'dtype=bf16', 'batch=2']) assert.ok(decodeURIComponent(url).includes(kv), `${kv} in ${url}`);
+  const again = await open(`#${url.split('#')[1]}`, { width: 1440, height: 900 }, 'llm-url');
+  await ready(again);
+  await settle(again);
+  for (const [r, want] of [['ft', 'qlora'], ['ckpt', 'model.layers.*'], ['ckptImpl', 'non-reentrant'], ['seq', '2048'], ['rank', '16'], ['gpu', 'RTX 4090']]) assert.equal(await again.locator(`[data-r="${r}"]`).inputValue(), want, r);
+  assert.equal((await lastEstimate(again)).peak.reserved_bytes, est.peak.reserved_bytes);
+  assert.equal(Number(await again.locator('[data-r="maxSeq"]').getAttribute('data-v')), ms.max_seq);
+  await again.close();
+  await page.close();
+});
+
+test('18 LLM remedies: checkpointing and gradient accumulation get Apply, and applying gives the remedy\'s own numbers', async () => {
+  const hash = '#model=llama-3.2-1b&batch=8&dtype=bf16&gpu=RTX%204090&seq=2048&ft=lora&rank=16';
+  const want = cliJson(['estimate', 'llama-3.2-1b', '--batch', '8', '--dtype', 'bf16', '--gpu', 'RTX 4090', '--seq', '2048', '--lora', LORA16('q_proj,v_proj')]);
+  assert.equal(want.fits, false);
+  const ck = want.remedies.find((r) => r.change.startsWith('--checkpoint'));
+  const acc = want.remedies.find((r) => / --grad-accum /.test(r.change));
+  assert.ok(ck && acc, `the CLI offers both: ${want.remedies.map((r) => r.change).join(' / ')}`);
+  for (const [remedy, pick, check] of [
+    [ck, /Checkpoint every block/, async (page) => {
+      assert.equal(await page.locator('[data-r="ckpt"]').inputValue(), 'model.layers.*');
+      assert.equal(await page.locator('[data-r="ckptImpl"]').inputValue(), / non-reentrant/.test(ck.change) ? 'non-reentrant' : 'reentrant');
+    }],
+    [acc, /micro-batches/, async (page) => {
+      const [, b, k] = /^--batch (\d+) --grad-accum (\d+)$/.exec(acc.change);
+      assert.equal(await page.locator('[data-r="batch"]').inputValue(), b);
+      assert.equal(await page.locator('[data-r="accum"]').inputValue(), k);
+    }],
+  ]) {
+    const page = await open(hash, { width: 1440, height: 900 }, 'llm-remedies');
+    await ready(page);
+    await settle(page);
+    const li = page.locator('[data-r="remedies"] li', { hasText: pick });
+    await li.locator('button', { hasText: 'Apply' }).click();
+    await settle(page);
+    await check(page);
+    const after = await lastEstimate(page);
+    assert.equal(after.peak.reserved_bytes, remedy.peak_reserved_bytes, `${remedy.change}: the page's peak after Apply is the remedy's`);
+    assert.equal(after.fits, remedy.fits);
+    await page.close();
+  }
+});
+
+test('19 a 16-block decoder: the per-layer table folds repeated blocks as `memfit estimate` does; every layer on request', async () => {
+  const page = await open('#model=llama-3.2-1b&batch=1&gpu=RTX%204090&seq=512', { width: 1440, height: 900 }, 'fold');
+  await ready(page);
+  await settle(page);
+  const text = spawnSync(CLI_BIN, ['estimate', 'llama-3.2-1b', '--batch', '1', '--gpu', 'RTX 4090', '--seq', '512'], { cwd: ROOT, encoding: 'utf8' }).stdout;
+  const line = text.split('\n').find((l) => /^model\.layers\.1 \.\. model\.layers\.15/.test(l));
+  assert.ok(line, 'the CLI folds model.layers.1 .. 15');
+  const cliParams = num(/(\d[\d,]*)\s+\S+ MiB/.exec(line.replace(/^.*more like model\.layers\.0/, ''))[1]);
+  const fold = page.locator('[data-r="layers"] tr.fold');
+  assert.equal(await fold.count(), 1);
+  const cells = await fold.locator('td').allInnerTexts();
+  assert.match(cells[0], /model\.layers\.1 … model\.layers\.15/);
+  assert.match(cells[1], /15 more blocks like model\.layers\.0/);
+  assert.equal(num(cells[2]), cliParams, 'the folded row\'s parameters are the CLI\'s');
+  const est = await lastEstimate(page);
+  const rows = await page.locator('[data-r="layers"] tbody tr').count();
+  assert.ok(rows < 80 && est.layers.length > 400, `${rows} rows for ${est.layers.length} layers`);
+  // the table fits its box: no layer name widens it past the page
+  const tw = await page.locator('[data-r="layers"]').evaluate((d) => ({ scroll: d.scrollWidth, client: d.clientWidth }));
+  assert.ok(tw.scroll <= tw.client + 1, `the layer table is ${tw.scroll} px wide in ${tw.client} px`);
+  await page.locator('[data-r="unfold"]').click();
+  assert.equal(await page.locator('[data-r="layers"] tbody tr').count(), est.layers.length);
+  await page.close();
+});
+
+test('20 a pasted config.json and a picked config.json file are estimated as the CLI estimates the file', async () => {
+  const cfg = JSON.parse(fs.readFileSync(path.join(ROOT, 'models/hf/gpt2.json'), 'utf8'));
+  cfg.n_layer = 2;
+  const file = path.join(ARTIFACTS, 'tiny-gpt2-config.json');
+  fs.writeFileSync(file, JSON.stringify(cfg, null, 2));
+  const want = cliJson(['estimate', file, '--batch', '4', '--gpu', 'T4', '--seq', '256', '--lora', LORA16('c_attn')]);
+  const page = await open('#model=question_cnn&batch=4&gpu=T4', { width: 1440, height: 900 }, 'paste');
+  await ready(page);
+  await idle(page);
+  await page.locator('[data-r="text"]').fill(fs.readFileSync(file, 'utf8'));
+  await page.locator('[data-r="hfBox"]').waitFor({ state: 'visible' });
+  assert.equal(await page.locator('[data-r="seq"]').getAttribute('placeholder'), '1024');  // n_positions
+  await page.locator('[data-r="seq"]').fill('256');
+  await page.selectOption('[data-r="ft"]', 'lora');
+  assert.match(await page.locator('[data-r="loraSpec"]').innerText(), /targets=c_attn/);
+  await settle(page);
+  const got = await lastEstimate(page);
+  assert.equal(got.peak.reserved_bytes, want.peak.reserved_bytes);
+  assert.equal(got.totals.params - got.totals.frozen_params, want.totals.params - want.totals.frozen_params);
+  assert.equal(Number(await page.locator('[data-r="maxSeq"]').getAttribute('data-v')),
+    cliJson(['max-seq', file, '--batch', '4', '--gpu', 'T4', '--lora', LORA16('c_attn')]).max_seq);
+  // the same file picked with the file input goes into the editor
+  await page.selectOption('[data-r="preset"]', 'question_cnn');
+  await page.locator('[data-r="hfBox"]').waitFor({ state: 'hidden' });
+  await page.locator('[data-r="onnxPick"]').setInputFiles(file);
+  await page.locator('[data-r="hfBox"]').waitFor({ state: 'visible' });
+  assert.equal(await page.locator('[data-r="text"]').inputValue(), fs.readFileSync(file, 'utf8'));
+  await page.close();
+});
+
+test('21 a config the core cannot estimate (ViT) shows the core\'s own error at its line, and the page keeps working', async () => {
+  const r = spawnSync(CLI_BIN, ['estimate', 'vit-base-patch16-224', '--json', '--gpu', 'RTX 4090'], { cwd: ROOT, encoding: 'utf8' });
+  const page = await open('#model=vit-base-patch16-224&gpu=RTX%204090', { width: 1440, height: 900 }, 'vit');
+  if (r.status === 2) {
+    const m = /^memfit: [^:]+:(\d+):(\d+): (?:layer '[^']+': )?(.*?)\. Fix: (.*)$/.exec(r.stderr.trim());
+    assert.ok(m, r.stderr);
+    const err = page.locator('[data-r="err"]');
+    await err.waitFor({ state: 'visible', timeout: 30000 });
+    const t = await err.innerText();
+    assert.ok(t.startsWith(`Line ${m[1]}, column ${m[2]}:`), t);
+    assert.ok(t.includes(m[3]), `the core's problem is shown: ${t}`);
+    assert.ok(t.includes('Fix:'), t);
+    // the seq field is not offered for ViT (its sequence is fixed by the image size)
+    assert.equal(await page.locator('[data-r="seqField"]').isVisible(), false);
+  } else {
+    const want = JSON.parse(r.stdout);
+    await ready(page);
+    assert.equal(num(await page.locator('[data-r="params"]').innerText()), want.totals.params);
+  }
+  await page.selectOption('[data-r="preset"]', 'gpt2');
+  await waitVerdict(page, /Fits|Does not fit/);
   await page.close();
 });
 

@@ -529,6 +529,8 @@ SeqModelFactory seq_model_factory(std::string source, std::string file, const Hf
     if (doc.is_object() && doc.contains("model_type") && !doc.contains("layers")) {
       SeqModelFactory f;
       auto mpe = doc.find("max_position_embeddings");
+      // GPT-2 names it n_positions (transformers GPT2Config.attribute_map: max_position_embeddings -> n_positions)
+      if (mpe == doc.end()) mpe = doc.find("n_positions");
       if (mpe == doc.end() || !mpe->is_number_integer() || mpe->get<i64>() < 1)
         throw Error({file, 0, 0}, "", "max-seq needs the config's max_position_embeddings (a " +
                                           (doc["model_type"].is_string() ? doc["model_type"].get<std::string>() : std::string("?")) +
