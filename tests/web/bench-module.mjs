@@ -1,7 +1,8 @@
 // The same estimate requests timed natively (memfit::handle_request, tests/web/request_bench.cpp) and in the
 // WebAssembly module under Node (build-wasm/node/memfit-node.cjs), after warm-up; prints both and the ratio.
 // Usage: tools/bench-wasm.sh (builds both), or node tests/web/bench-module.mjs NATIVE_BENCH_BINARY [runs]
-// Writes test-artifacts/bench-module.json. Requests: tests/web/bench-requests.json ("@name" = models/name.memfit).
+// Writes test-artifacts/bench-module.json. Requests: tests/web/bench-requests.json ("@name" = models/name.memfit,
+// "@hf/name" = models/hf/name.json). Env BENCH_ONLY: a regular expression on the request names to run.
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -12,9 +13,10 @@ const nativeBin = process.argv[2] || path.join(ROOT, 'build/request_bench');
 const runs = Number(process.argv[3] || 200);
 const reqs = JSON.parse(fs.readFileSync(path.join(ROOT, 'tests/web/bench-requests.json'), 'utf8')).map((r) => {
   const m = /^@(.+)$/.exec(r.request.model || '');
-  if (m) r.request.model = fs.readFileSync(path.join(ROOT, 'models', `${m[1]}.memfit`), 'utf8');
+  // "@name": models/name.memfit; "@hf/name": the Hugging Face config models/hf/name.json
+  if (m) r.request.model = fs.readFileSync(path.join(ROOT, 'models', m[1].startsWith('hf/') ? `${m[1]}.json` : `${m[1]}.memfit`), 'utf8');
   return r;
-});
+}).filter((r) => !process.env.BENCH_ONLY || new RegExp(process.env.BENCH_ONLY).test(r.name));
 fs.mkdirSync(ARTIFACTS, { recursive: true });
 const expanded = path.join(ARTIFACTS, 'bench-requests.expanded.json');
 fs.writeFileSync(expanded, JSON.stringify(reqs));

@@ -215,11 +215,13 @@ test('keyboard: labelled controls in a sensible focus order, visible focus', asy
   assert.deepEqual(unnamed, []);
   const order = [];
   await page.locator('body').focus();
-  for (let i = 0; i < 12; i++) {
+  for (let i = 0; i < 16; i++) {
     await page.keyboard.press('Tab');
     order.push(await page.evaluate(() => document.activeElement.dataset.r || document.activeElement.tagName.toLowerCase() + (document.activeElement.className ? `.${document.activeElement.className}` : '')));
   }
-  const want = ['preset', 'text', 'batch', 'range', 'dtype', 'optimizer', 'impl', 'gpu', 'copy'];
+  // the left column (editor, then the fine-tuning and memory-saver settings under it: for a CNN the
+  // checkpointing select is disabled, gradient accumulation is there), then the training settings on the right
+  const want = ['preset', 'text', 'accum', 'batch', 'range', 'dtype', 'optimizer', 'impl', 'gpu', 'copy'];
   assert.deepEqual(order.filter((r) => want.includes(r)), want, `focus order: ${order.join(', ')}`);
   // the focused control shows an outline
   await page.locator('[data-r="batch"]').focus();
