@@ -325,7 +325,9 @@ export function mountCalculator(host, opts = {}) {
   function showModelControls() {
     hf = onnxFile ? null : hfInfo(state.text);
     if (el.hfBox) el.hfBox.hidden = !hf;
-    root.classList.toggle('is-hf', !!hf);  // a config.json: a shorter editor, so its settings are in view
+    root.classList.toggle('is-hf', !!hf);
+    const title = root.querySelector('[data-r="extraTitle"]');
+    if (title) title.textContent = hf ? 'Fine-tuning and memory savers' : 'Memory savers';  // a config.json: a shorter editor, so its settings are in view
     if (hf && el.seqField) {
       el.seqField.hidden = !!hf.fixedSeq;
       el.seq.placeholder = String(hf.defaultSeq);
@@ -1027,7 +1029,7 @@ function template(id, mode, state) {
     <div class="layout">
       <div class="col-main">
         <div class="panel col-editor">${editor}</div>
-        <div class="panel model-settings"><h2>Fine-tuning and memory savers</h2>${extra}</div>
+        <div class="panel model-settings"><h2 data-r="extraTitle">Memory savers</h2>${extra}</div>
       </div>
       <div class="col-side">
         <div class="panel"><h2>Training settings</h2>${settings}</div>
