@@ -428,3 +428,58 @@ TEST_CASE("add under autocast: promoted in the kernel, no input copies; the grad
   // backward: sm (float32) gets the gradient itself; f (bfloat16) a cast of it, 4 x 64 x 2 B = 512 B
   CHECK(bwd == std::vector<i64>{4 * 64 * 2});
 }
+
+namespace {
+// Bytes the node `name` allocates in the steady-state iteration, forward and backward, in event order.
+std::pair<std::vector<i64>, std::vector<i64>> node_allocs(const Estimate& e, const std::string& name) {
+  std::vector<i64> fwd, bwd;
+  for (const auto& ev : e.plan.events) {
+    if (ev.is_free || ev.iteration != 2 || ev.node != row(e, name).node) continue;
+    (ev.phase == Phase::backward ? bwd : fwd).push_back(e.plan.tensors[static_cast<std::size_t>(ev.tensor)].bytes);
+  }
+  return {fwd, bwd};
+}
+}  // namespace
+
+TEST_CASE("softmax's float32 result: bfloat16 is converted first, float16 goes to half_to_float uncopied", "[autocast]") {
+  // autocast_mode.h AT_FORALL_FP32_SET_OPT_DTYPE calls softmax(x, dim, dtype=float32); SoftMax.cpp then
+  // `if (input_.is_cuda() && input_.scalar_type() == ScalarType::Half && dtype == ScalarType::Float)
+  //  return at::_softmax(input_, dim_, true); else converted = input_.toType(dtype.value())`.
+  // f is [4, 64] from the linear (autocast's dtype); softmax's result is float32 4 x 64 x 4 B = 1,024 B.
+  const char* model = "input 64\nf: fc 64\nsm: softmax from=f\nfc 2\n";
+  Options o = opts(4);
+  o.train.precision = DType::bf16;
+  Estimate bf = run(model, o);
+  CHECK(row(bf, "sm").out.dtype == DType::f32);
+  auto [bf_fwd, bf_bwd] = node_allocs(bf, "sm");
+  CHECK(bf_fwd == std::vector<i64>{1024, 1024});  // the float32 copy of f (toType), then the result
+  CHECK(bf_bwd == std::vector<i64>{1024, 512});   // the float32 gradient, then ToCopyBackward's bfloat16 one
+  o.train.precision = DType::f16;
+  Estimate h = run(model, o);
+  CHECK(row(h, "sm").out.dtype == DType::f32);
+  auto [h_fwd, h_bwd] = node_allocs(h, "sm");
+  CHECK(h_fwd == std::vector<i64>{1024});  // the result only: the kernel reads the float16 input
+  CHECK(h_bwd == std::vector<i64>{512});   // _softmax_backward_data(..., input_dtype=Half): a float16 gradient
+}
+
+TEST_CASE("LlamaAttention's softmax(..., dtype=torch.float32).to(query.dtype) in a bfloat16 model", "[autocast]") {
+  // eager_attention_forward: softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype).
+  // model.to(torch.bfloat16): f is bfloat16 [4, 64] (512 B). softmax converts it (float32 copy, 1,024 B) and
+  // saves its float32 result (1,024 B); `to dtype=compute` makes the bfloat16 copy (512 B) the next
+  // matmul sees. In float32 both are no-ops: the result only (1,024 B), and `to` is the tensor itself.
+  const char* model = "input 64\nf: fc 64\nsm: softmax from=f dim=1 dtype=float32\nt: to dtype=compute\nfc 2\n";
+  Options o = opts(4);
+  o.train.param_dtype = DType::bf16;
+  Estimate e = run(model, o);
+  CHECK(row(e, "sm").out.dtype == DType::f32);
+  CHECK(row(e, "t").out.dtype == DType::bf16);
+  CHECK(node_allocs(e, "sm").first == std::vector<i64>{1024, 1024});
+  CHECK(node_allocs(e, "t").first == std::vector<i64>{512});
+  Estimate f32 = run(model, opts(4));
+  CHECK(node_allocs(f32, "sm").first == std::vector<i64>{1024});
+  CHECK(node_allocs(f32, "t").first.empty());
+  CHECK(row(f32, "t").out.dtype == DType::f32);
+  // a dtype memfit does not know is an error that names the layer
+  CHECK_THROWS_WITH(run("input 64\nf: fc 64\nsm: softmax from=f dtype=float8\nfc 2\n", opts(4)),
+                    Catch::Contains("dtype='float8'"));
+}

@@ -66,7 +66,9 @@ i64 parse_size(std::string_view text, std::string_view what);
 // optim/optimizer.py Optimizer2State.init_state).
 enum class DType : std::uint8_t { f32, f16, bf16, i64, b8, u8 };
 i64 dtype_size(DType t);
-const char* dtype_name(DType t);  // PyTorch's names: float32, float16, bfloat16, int64, bool, uint8
+const char* dtype_name(DType t);
+// A floating dtype as written in a model (float32/fp32/float, float16/fp16/half, bfloat16/bf16); false otherwise.
+bool parse_dtype_name(const std::string& text, DType& out);  // PyTorch's names: float32, float16, bfloat16, int64, bool, uint8
 
 // One documented category enum (after PyTorch's mem_tracker.py _MemRefType), shared by plan,
 // allocator model and report.

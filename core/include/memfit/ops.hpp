@@ -56,8 +56,14 @@ struct ParamSpec {
 enum class Autocast : std::uint8_t {
   keep,     // not in any list: runs in its input dtype (max_pool2d, relu, batch_norm, dropout)
   lower,    // cast floating inputs and weights to the autocast dtype (conv2d, linear)
-  fp32,     // cast inputs to float32 (softmax, log_softmax, cross_entropy)
+  fp32,     // cast inputs to float32 (AT_FORALL_FP32: layer_norm)
   promote,  // cast inputs to the widest input dtype (add, cat)
+  // AT_FORALL_FP32_SET_OPT_DTYPE (softmax, log_softmax; cross_entropy through its log_softmax): the
+  // op is called with dtype=float32 (set_opt_dtype, an explicit dtype wins). SoftMax.cpp softmax /
+  // log_softmax then convert a bfloat16 input (input_.toType(dtype): a float32 copy), but a CUDA
+  // float16 input goes uncopied to the half_to_float kernel, which writes a float32 result and whose
+  // backward returns a float16 gradient. OpCall::half_to_float says which case a rule is in.
+  fp32_set_opt_dtype,
 };
 
 // A tensor an op touches: one of its inputs, its output, an op-internal tensor (`extras`), one of its
@@ -140,6 +146,12 @@ struct OpCall {
   std::vector<bool> param_requires_grad;  // per OpShape::params; empty while the shape rule runs
   i64 batch = 0;
   TorchRules rules = TorchRules::v2;
+  // The dtype a linear layer's output has in this run: autocast's dtype, else the model's parameter
+  // dtype (model.to(dtype)). HF's eager attention casts back to it: `.to(query.dtype)` (`to dtype=compute`).
+  DType compute_dtype = DType::f32;
+  // A float16 input read by softmax's half_to_float kernel (Autocast::fp32_set_opt_dtype, or an explicit
+  // dtype=float32): the result is float32 while the input (and its gradient) stay float16.
+  bool half_to_float = false;
 };
 
 struct AttrSpec {

@@ -127,6 +127,13 @@ i64 dtype_size(DType t) {
   return 0;
 }
 
+bool parse_dtype_name(const std::string& t, DType& out) {
+  if (t == "float32" || t == "fp32" || t == "float") out = DType::f32;
+  else if (t == "float16" || t == "fp16" || t == "half") out = DType::f16;
+  else if (t == "bfloat16" || t == "bf16") out = DType::bf16;
+  else return false;
+  return true;
+}
 const char* dtype_name(DType t) {
   switch (t) {
     case DType::f32: return "float32";

@@ -21,6 +21,7 @@ DType autocast_dtype(Autocast policy, DType compute, DType in, DType widest) {
     case Autocast::fp32: return DType::f32;
     case Autocast::promote: return widest;
     case Autocast::keep: return in;
+    case Autocast::fp32_set_opt_dtype: return in == DType::f16 ? in : DType::f32;  // f16: half_to_float, no copy
   }
   return in;
 }
@@ -197,7 +198,7 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
       DType t = g.nodes[static_cast<std::size_t>(n.in[j])].out_type(n.in_out[j]).dtype;
       if (t == DType::f32 || (t == DType::bf16 && widest == DType::f16)) widest = t;
     }
-    bool any_rg = false;
+    bool any_rg = false, half_to_float = false;
     std::vector<bool> in_rg;
     for (std::size_t j = 0; j < n.in.size(); ++j) {
       Node& prod = g.nodes[static_cast<std::size_t>(n.in[j])];
@@ -209,14 +210,27 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
                     std::string(rule->kind) + " gets '" + layer.inputs[j] + "', int64 token ids: it computes on floating tensors",
                     "put an embedding first (embedding num_embeddings=V embedding_dim=D), as a transformer's embed_tokens / wte");
       const Autocast policy = gs.rules == TorchRules::v1_13 && rule->autocast_1_13 ? *rule->autocast_1_13 : rule->autocast;
+      const DType produced = t.dtype;
       t.dtype = autocast_dtype(policy, gs.compute, t.dtype, widest);
+      if (policy == Autocast::fp32_set_opt_dtype && j == 0 && is_float(produced)) {
+        // softmax(x, dim, dtype=...) as written (LlamaAttention's float32 softmax) wins over autocast's
+        // set_opt_dtype; either way SoftMax.cpp converts the input unless it is float16 going to float32
+        auto want = layer.attrs.find("dtype");
+        DType d = gs.compute != DType::f32 ? DType::f32 : produced;
+        if (want != layer.attrs.end() && !want->second.text.empty() && !parse_dtype_name(want->second.text, d))
+          throw Error(want->second.pos, layer.name, "dtype='" + want->second.text + "' is not a floating dtype memfit knows",
+                      "write dtype=float32 (F.softmax(x, dim, dtype=torch.float32)), or leave it out");
+        half_to_float = d == DType::f32 && produced == DType::f16;
+        t.dtype = half_to_float ? produced : d;
+      }
       n.in_types.push_back(std::move(t));
       any_rg = any_rg || prod.requires_grad;
       in_rg.push_back(prod.requires_grad);
       prod.n_consumers++;
       prod.out_consumers[static_cast<std::size_t>(n.in_out[j])]++;
     }
-    OpCall call{.layer = layer, .in = n.in_types, .in_requires_grad = in_rg, .batch = gs.batch, .rules = gs.rules};
+    OpCall call{.layer = layer, .in = n.in_types, .in_requires_grad = in_rg, .batch = gs.batch, .rules = gs.rules,
+                .compute_dtype = gs.compute != DType::f32 ? gs.compute : gs.param_dtype, .half_to_float = half_to_float};
     try {
       n.shape = rule->shape(call);
       // model.to(dtype): the batch is cast too when it is floating (token ids stay int64); what the

@@ -229,6 +229,9 @@ struct AttnSpec {
   // eager only: the additive mask layer ("" = none, ViT) and GPT-2's division by a 0-d tensor
   std::string mask;
   bool scale_by_tensor = false;
+  // Llama's eager_attention_forward: softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype);
+  // GPT-2, BERT and ViT call a plain softmax
+  bool float32_softmax = false;
 };
 
 void attention_core(Builder& b, const AttnSpec& a) {
@@ -243,7 +246,7 @@ void attention_core(Builder& b, const AttnSpec& a) {
           {a.q, a.k, a.v});
   } else {
     // eager_attention_forward: repeat_kv, matmul(q, k^T) * scaling, + the mask, softmax (Llama's in
-    // float32, cast back to q's dtype: the softmax rule's business), dropout, matmul with v, then
+    // float32, then cast back to q's dtype: `to dtype=compute`), dropout, matmul with v, then
     // transpose(1, 2).contiguous().
     std::string k = a.k, v = a.v;
     if (a.kv_heads != a.heads) {
@@ -260,7 +263,12 @@ void attention_core(Builder& b, const AttnSpec& a) {
     std::snprintf(scale, sizeof scale, "%.17g", a.scale_by_tensor ? root : 1.0 / root);
     b.add(p + ".scale", "scale", {T("factor", scale, "num_attention_heads"), B("tensor", a.scale_by_tensor)});
     if (!a.mask.empty()) b.add(p + ".mask_add", "add", {}, {p + ".scale", a.mask});
-    b.add(p + ".softmax", "softmax", {I("dim", -1)});
+    if (a.float32_softmax) {
+      b.add(p + ".softmax", "softmax", {I("dim", -1), T("dtype", "float32")});
+      b.add(p + ".softmax_to_query_dtype", "to", {T("dtype", "compute")});
+    } else {
+      b.add(p + ".softmax", "softmax", {I("dim", -1)});
+    }
     dropout(b, p + ".attn_dropout", a.dropout, a.dropout_field);
     b.add(p + ".context", "matmul", {}, {b.last(), v});
     if (a.scale_by_tensor) {
@@ -354,7 +362,7 @@ Model build_llama(const Cfg& c, const HfOptions& o, const std::string& name) {
     // apply_rotary_pos_emb(q, k, cos, sin)
     q = b.add(a + ".q_rotary", "rotary", {}, {q, "model.rotary_emb:0", "model.rotary_emb:1"});
     k = b.add(a + ".k_rotary", "rotary", {}, {k, "model.rotary_emb:0", "model.rotary_emb:1"});
-    attention_core(b, {a, q, k, v, heads, kv_heads, head_dim, true, attn_drop, "attention_dropout", impl, "model.causal_mask"});
+    attention_core(b, {a, q, k, v, heads, kv_heads, head_dim, true, attn_drop, "attention_dropout", impl, "model.causal_mask", false, true});
     b.add(a + ".o_proj", "linear", {I("out_features", hidden, "hidden_size"), B("bias", o_bias, "attention_bias")});
     h = b.add(p + ".attn_residual", "add", {}, {h, b.last()});  // hidden_states = residual + hidden_states
     norm = b.add(p + ".post_attention_layernorm", "rms_norm",

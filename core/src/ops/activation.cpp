@@ -118,14 +118,18 @@ OpMemory stochastic_depth_memory(const OpCall& c, const OpShape&) {
   return m;
 }
 
-// ---- softmax / log_softmax: save result. Output dtype float32 under autocast (fp32 list).
+// ---- softmax / log_softmax: save result. Under autocast (AT_FORALL_FP32_SET_OPT_DTYPE) and with
+// dtype=float32 as written (F.softmax(x, -1, dtype=torch.float32): LlamaAttention) the result is
+// float32; the graph applies SoftMax.cpp's conversion (see Autocast::fp32_set_opt_dtype).
 OpShape softmax_shape(const OpCall& c) {
   i64 dim = attr_int(c.layer, "dim");
   i64 rank = static_cast<i64>(c.in[0].shape.size());
   if (dim < -rank || dim >= rank)
     fail(c.layer, "dim=" + std::to_string(dim) + " is out of range for a " + std::to_string(rank) + "-d input",
          "use dim=1 for class scores");
-  return {c.in[0], {}, c.layer.attrs};
+  TensorType out = c.in[0];
+  out.dtype = softmax_result_dtype(c);
+  return {out, {}, c.layer.attrs};
 }
 
 
@@ -225,22 +229,23 @@ void activation_rules(std::vector<OpRule>& out) {
                  .shape = dropout_shape,
                  .memory = dropout_memory});
   out.push_back({.kind = "softmax",
-                 .attrs = {A("dim", VT::integer, "1")},
+                 .attrs = {A("dim", VT::integer, "1"), A("dtype", VT::text, "")},
                  .positional = {"dim"},
-                 .autocast = Autocast::fp32,
+                 .autocast = Autocast::fp32_set_opt_dtype,
                  .family = OpFamily::activation,
                  .pytorch = "nn.Softmax",
-                 .summary = "saves its result; float32 under autocast",
-                 .source = derivs,
+                 .summary = "saves its result; float32 under autocast or with dtype=float32 (a bfloat16 input is "
+                            "converted first; float16 is read as is)",
+                 .source = "tools/autograd/derivatives.yaml _softmax; aten/src/ATen/native/SoftMax.cpp softmax(input, dim, dtype)",
                  .shape = softmax_shape,
                  .memory = save_result_memory,
                  .before_loss_note = "nn.CrossEntropyLoss applies log_softmax itself, so softmax before it trains on "
                                      "softmax applied twice (a common bug; gradients shrink). Modelled as written"});
   out.push_back({.kind = "log_softmax",
                  .aliases = {"logsoftmax"},
-                 .attrs = {A("dim", VT::integer, "1")},
+                 .attrs = {A("dim", VT::integer, "1"), A("dtype", VT::text, "")},
                  .positional = {"dim"},
-                 .autocast = Autocast::fp32,
+                 .autocast = Autocast::fp32_set_opt_dtype,
                  .family = OpFamily::activation,
                  .pytorch = "nn.LogSoftmax",
                  .summary = "saves its result; float32 under autocast",

@@ -17,23 +17,19 @@ namespace {
 // new tensor. Nothing is saved. PEFT casts a LoRA layer's input to the adapter's dtype and the sum
 // back to the base result's dtype this way (tuners_utils.py _cast_input_dtype, lora/layer.py
 // Linear.forward `result.to(torch_result_dtype)`).
-bool parse_dtype_name(const std::string& t, DType& out) {
-  if (t == "float32" || t == "fp32" || t == "float") out = DType::f32;
-  else if (t == "float16" || t == "fp16" || t == "half") out = DType::f16;
-  else if (t == "bfloat16" || t == "bf16") out = DType::bf16;
-  else return false;
-  return true;
-}
-DType to_dtype(const Layer& l, const char* key) {
+DType to_dtype(const OpCall& c, const char* key) {
+  const Layer& l = c.layer;
   DType d = DType::f32;
+  // `compute`: .to(query.dtype) in HF's eager attention, the dtype linear layers produce in this run
+  if (attr(l, key).text == "compute") return c.compute_dtype;
   if (!parse_dtype_name(attr(l, key).text, d))
     fail(l, std::string(key) + "='" + attr(l, key).text + "' is not a floating dtype memfit knows",
-         std::string("write ") + key + "=float32, float16 or bfloat16");
+         std::string("write ") + key + "=float32, float16, bfloat16 or compute");
   return d;
 }
 OpShape to_shape(const OpCall& c) {
   OpShape s = same_shape(c);
-  s.out.dtype = to_dtype(c.layer, "dtype");
+  s.out.dtype = to_dtype(c, "dtype");
   s.out.strides = c.in[0].strides;  // preserve_format keeps a dense layout
   return s;
 }
@@ -70,7 +66,7 @@ OpShape linear4bit_shape(const OpCall& c) {
   if (c.in[0].shape.size() < 2) need_rank(c, 2, "N,features", "add a flatten layer before it");
   const i64 out = attr_int(c.layer, "out_features");
   if (out <= 0) fail(c.layer, "out_features must be positive", "e.g. linear4bit out_features=4096");
-  (void)to_dtype(c.layer, "compute");
+  (void)to_dtype(c, "compute");
   const std::string& qt = attr(c.layer, "quant_type").text;
   if (qt != "nf4" && qt != "fp4") fail(c.layer, "quant_type must be nf4 or fp4, not '" + qt + "'", "write quant_type=nf4");
   std::vector<i64> shape = c.in[0].shape;
@@ -95,7 +91,7 @@ OpShape linear4bit_shape(const OpCall& c) {
 
 OpMemory linear4bit_memory(const OpCall& c, const OpShape& s) {
   OpMemory m;
-  const DType compute = to_dtype(c.layer, "compute");
+  const DType compute = to_dtype(c, "compute");
   const TensorType& in = c.in[0];
   const i64 out_features = s.out.shape.back();
   const TensorType weight{{out_features, in.shape.back()}, compute};

@@ -201,6 +201,7 @@ const char* autocast_name(Autocast a) {
     case Autocast::lower: return "lower";
     case Autocast::fp32: return "fp32";
     case Autocast::promote: return "promote";
+    case Autocast::fp32_set_opt_dtype: return "fp32_set_opt_dtype";
   }
   return "?";
 }

@@ -30,6 +30,9 @@ inline bool inplace_of(const Layer& l) {
   return it != l.attrs.end() && it->second.flag;
 }
 inline OpShape same_shape(const OpCall& c) { return {c.in[0], {}, c.layer.attrs}; }
+// The dtype of a softmax-family result (Autocast::fp32_set_opt_dtype): float32 from a float16 input
+// read by the half_to_float kernel, else the (already converted) input's.
+inline DType softmax_result_dtype(const OpCall& c) { return c.half_to_float ? DType::f32 : c.in[0].dtype; }
 // Saves self (avg_pool2d, _adaptive_avg_pool2d for its shape and the backward kernel; gelu).
 inline OpMemory save_self_memory(const OpCall&, const OpShape&) {
   OpMemory m;

@@ -521,10 +521,11 @@ OpMemory masked_lm_loss_memory(const OpCall& c, const OpShape&) {
   const auto& in = c.in[0].shape;
   const std::vector<i64> rows{in[0] * in[1], in[2]};
   OpMemory m;
-  m.extras = {{"log_softmax result", {rows, c.in[0].dtype}}, {"total_weight", {{}, c.in[0].dtype}}};
+  const DType logp = softmax_result_dtype(c);  // float16 logits under autocast: half_to_float
+  m.extras = {{"log_softmax result", {rows, logp}}, {"total_weight", {{}, logp}}};
   m.saved = {{{TensorRef::extra, 0}, "result / self"}, {{TensorRef::target, 0}, "target"}, {{TensorRef::extra, 1}, "total_weight"}};
   m.grad_in = {GradIn::fresh};
-  m.bwd_temps = {{rows, c.in[0].dtype}};
+  m.bwd_temps = {{rows, logp}};
   return m;
 }
 
@@ -640,7 +641,7 @@ void transformer_rules(std::vector<OpRule>& out) {
                  .memory = causal_lm_loss_memory,
                  .target = lm_target});
   out.push_back({.kind = "masked_lm_loss",
-                 .autocast = Autocast::fp32,
+                 .autocast = Autocast::fp32_set_opt_dtype,  // CrossEntropyLoss: its log_softmax (see cross_entropy)
                  .is_loss = true,
                  .family = OpFamily::loss,
                  .pytorch = "BertForMaskedLM's CrossEntropyLoss over logits.view(-1, V)",
