@@ -15,9 +15,10 @@ const DTYPES = [['fp32', 'fp32 (float32)'], ['fp16', 'fp16 (autocast mixed preci
 const OPTIMIZERS = [['sgd', 'SGD'], ['sgd-momentum', 'SGD with momentum'], ['adam', 'Adam'], ['adamw', 'AdamW'], ['adagrad', 'Adagrad'], ['rmsprop', 'RMSprop'],
   ['adamw8bit', 'AdamW 8-bit (bitsandbytes)'], ['paged_adamw', 'Paged AdamW (bitsandbytes)'], ['paged_adamw8bit', 'Paged AdamW 8-bit (bitsandbytes)']];
 const IMPLS = [['foreach', 'foreach (default on CUDA)'], ['fused', 'fused'], ['for-loop', 'for-loop']];
-const ATTENTIONS = [['sdpa', 'sdpa (transformers’ default)'], ['eager', 'eager (matmul, softmax, matmul)']];
-const FINETUNES = [['full', 'Full: every parameter trains'], ['lora', 'LoRA adapters (PEFT)'], ['qlora', 'QLoRA: 4-bit NF4 base + LoRA']];
-const CKPT_IMPLS = [['reentrant', 'reentrant (use_reentrant=True)'], ['non-reentrant', 'non-reentrant (use_reentrant=False)']];
+// labels short enough for a three-column embed; the hint under each control says more
+const ATTENTIONS = [['sdpa', 'sdpa (default)'], ['eager', 'eager']];
+const FINETUNES = [['full', 'Full (all parameters)'], ['lora', 'LoRA (PEFT)'], ['qlora', 'QLoRA (4-bit + LoRA)']];
+const CKPT_IMPLS = [['reentrant', 'reentrant (default)'], ['non-reentrant', 'non-reentrant']];
 const RANK_MAX = 65536;   // options.cpp kMaxLoraRank
 const ACCUM_MAX = 1024;   // options.cpp: grad_accumulation up to 1024
 // Per config family (model_type): the LoRA targets of PEFT's mapping for it
@@ -338,14 +339,16 @@ export function mountCalculator(host, opts = {}) {
     if (el.loraSpec) el.loraSpec.textContent = hf && state.ft !== 'full' ? `options.lora = "${loraSpec(state.rank, hf)}"${state.ft === 'qlora' ? ', options.qlora = "on"' : ''}` : '';
     if (el.ckpt) {
       // none, every block of this family (a config) and whatever glob a remedy or a link set
-      const list = [['', 'None: autograd keeps what backward needs']];
-      if (hf && hf.block) list.push([hf.block, `Every block: ${hf.block}`]);
+      const list = [['', 'None']];
+      if (hf && hf.block) list.push([hf.block, `Every block (${hf.block})`]);
       if (state.ckpt && !list.some(([v]) => v === state.ckpt)) list.push([state.ckpt, `Regions: ${state.ckpt}`]);
       el.ckpt.innerHTML = opt(list, state.ckpt);
       el.ckpt.value = state.ckpt;
       el.ckpt.disabled = list.length === 1;
       el.ckptImplField.hidden = !state.ckpt;
-      el.ckptHint.textContent = list.length === 1 ? 'This model has no block glob the page knows; a checkpointing remedy below can set one.' : '';
+      el.ckptHint.textContent = list.length === 1 ? 'This model has no block glob the page knows; a checkpointing remedy below can set one.'
+        : state.ckpt ? 'One torch.utils.checkpoint call per block: backward reruns its forward (the notes give the extra step time).'
+          + (state.ft !== 'full' && hf ? ' Under LoRA the blocks’ inputs need no grad, so reentrant is refused: non-reentrant.' : '') : '';
     }
   }
 
@@ -626,6 +629,11 @@ export function mountCalculator(host, opts = {}) {
     root.dataset.estimateMs = t.estimate.toFixed(2);
   }
 
+  // the length the core built the config with: its input_ids layer is [N, T] (the settings do not echo --seq)
+  const tokensOf = (e) => {
+    const l = e.layers && e.layers[0];
+    return l && l.kind === 'input' && l.output_shape.length === 2 ? l.output_shape[1] : null;
+  };
   function maxSeqText() {
     if (lastMaxSeq == null) return '<span class="muted">computing…</span>';
     if (lastMaxSeq.error) return `<span class="bad">${esc(pageWording(lastMaxSeq.error.problem || lastMaxSeq.error.message))}</span>`;
@@ -662,7 +670,7 @@ export function mountCalculator(host, opts = {}) {
     }
     el.verdict.innerHTML = '<p class="stale-label" data-r="stale" hidden></p>' + head
       + `<div class="facts">`
-      + (e.gpu ? `<span class="maxb-fact">Largest batch that fits${hf && !hf.fixedSeq ? ` at ${int(s.seq || hf.defaultSeq)} tokens` : ''}: ${maxText}</span>` : '')
+      + (e.gpu ? `<span class="maxb-fact">Largest batch that fits${hf && !hf.fixedSeq ? ` at ${int(tokensOf(e) ?? state.seq ?? hf.defaultSeq)} tokens` : ''}: ${maxText}</span>` : '')
       + (e.gpu && hf && !hf.fixedSeq ? `<span class="maxs-fact">Longest sequence that fits at batch ${int(s.batch)}: ${maxSeqText()}</span>` : '')
       + `<span>Parameters <b data-r="params">${int(e.totals.params)}</b></span>`
       + `<span>On the GPU at the peak (with CUDA context) <b>${esc(bytes(e.peak.device_bytes))}</b></span>`
@@ -1000,7 +1008,7 @@ function template(id, mode, state) {
         <div class="hint" id="${id}-ckpthint" data-r="ckptHint"></div>
       </div>
       <div class="field" data-r="ckptImplField" hidden>
-        <label for="${id}-ckimpl">Checkpoint implementation</label>
+        <label for="${id}-ckimpl">Checkpoint implementation <span class="muted">(use_reentrant)</span></label>
         <select id="${id}-ckimpl" data-r="ckptImpl">${opt(CKPT_IMPLS, state.ckptImpl)}</select>
       </div>
       <div class="field">

@@ -576,6 +576,8 @@ test('18 LLM remedies: checkpointing and gradient accumulation get Apply, and ap
     const page = await open(hash, { width: 1440, height: 900 }, 'llm-remedies');
     await ready(page);
     await settle(page);
+    // the largest batch is said at the length the model was built with
+    assert.match(await page.locator('[data-r="verdict"]').innerText(), /Largest batch that fits at 2,048 tokens/);
     const li = page.locator('[data-r="remedies"] li', { hasText: pick });
     await li.locator('button', { hasText: 'Apply' }).click();
     await settle(page);
@@ -591,6 +593,7 @@ test('19 a 16-block decoder: the per-layer table folds repeated blocks as `memfi
   const page = await open('#model=llama-3.2-1b&batch=1&gpu=RTX%204090&seq=512', { width: 1440, height: 900 }, 'fold');
   await ready(page);
   await settle(page);
+  assert.match(await page.locator('[data-r="verdict"]').innerText(), /Largest batch that fits at 512 tokens/);
   const text = spawnSync(CLI_BIN, ['estimate', 'llama-3.2-1b', '--batch', '1', '--gpu', 'RTX 4090', '--seq', '512'], { cwd: ROOT, encoding: 'utf8' }).stdout;
   const line = text.split('\n').find((l) => /^model\.layers\.1 \.\. model\.layers\.15/.test(l));
   assert.ok(line, 'the CLI folds model.layers.1 .. 15');
