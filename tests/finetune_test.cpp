@@ -224,6 +224,12 @@ TEST_CASE("QLoRA: bitsandbytes' NF4 layout and the dequantized weight in forward
   CHECK(e.graph.nodes[static_cast<std::size_t>(q.node)].rule->kind == std::string_view("linear4bit"));
   CHECK(q.param_bytes == 4096 + 256);
   CHECK(q.buffer_bytes == 128 + 4 + 4 + 64);
+  // counted as the weights it stands for (128 x 64 + 64 bias), not the 4,096 packed bytes: the whole
+  // model counts what the unquantized MLP has, 8,256 + 4,160 + 650 = 13,066, plus the
+  // adapters r=8: fc1 8*(128+64) = 1,536, fc2 8*(64+64) = 1,024
+  CHECK(q.params == 8192 + 64);
+  CHECK(e.total_params == 13066 + 1536 + 1024);
+  CHECK(e.graph.n_frozen_params == 13066);
   CHECK(q.grad_bytes == 0);
   // the head stays an unquantized float32 linear (transformers get_keys_to_not_convert), frozen
   CHECK(e.graph.nodes[static_cast<std::size_t>(row(e, "fc3").node)].rule->kind == std::string_view("linear"));

@@ -336,7 +336,7 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
           }
         p.trainable = gs.freeze.empty() ? hit : (!hit && p.trainable);
       }
-      if (!p.is_buffer && !p.trainable) g.n_frozen_params = checked_add(g.n_frozen_params, p.numel(), "parameter count");
+      if (!p.is_buffer && !p.trainable) g.n_frozen_params = checked_add(g.n_frozen_params, p.count(), "parameter count");
       has_trainable = has_trainable || p.trainable;
       // autocast_mode.cpp cached_cast casts an eligible floating argument whose dtype differs.
       bool cast = !p.is_buffer && is_float(p.dtype) && rule->autocast == Autocast::lower && gs.compute != DType::f32 &&
