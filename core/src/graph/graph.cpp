@@ -4,6 +4,7 @@
 // checks PyTorch would only fail at backward (an in-place write into a saved tensor).
 #include "memfit/graph.hpp"
 
+#include <algorithm>
 #include <map>
 #include <unordered_map>
 
@@ -345,7 +346,9 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
       n.param_cached.push_back(cast && p.trainable);
       call.param_requires_grad.push_back(p.trainable);
     }
-    n.requires_grad = rule->differentiable && (any_rg || has_trainable);
+    const bool forced = std::find(gs.output_requires_grad.begin(), gs.output_requires_grad.end(), layer.name) !=
+                        gs.output_requires_grad.end();
+    n.requires_grad = rule->differentiable && (any_rg || has_trainable || forced);
     if (rule->is_loss) g.target = rule->target ? rule->target(call) : TensorType{{gs.batch}, DType::i64};
     n.grad_copies.assign(n.in.size(), false);
     n.mem = rule->memory(call, n.shape);
