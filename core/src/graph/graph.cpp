@@ -4,6 +4,7 @@
 // checks PyTorch would only fail at backward (an in-place write into a saved tensor).
 #include "memfit/graph.hpp"
 
+#include <algorithm>
 #include <map>
 #include <unordered_map>
 
@@ -230,7 +231,8 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
       prod.out_consumers[static_cast<std::size_t>(n.in_out[j])]++;
     }
     OpCall call{.layer = layer, .in = n.in_types, .in_requires_grad = in_rg, .batch = gs.batch, .rules = gs.rules,
-                .compute_dtype = gs.compute != DType::f32 ? gs.compute : gs.param_dtype, .half_to_float = half_to_float};
+                .compute_dtype = gs.compute != DType::f32 ? gs.compute : gs.param_dtype, .autocast = gs.compute,
+                .half_to_float = half_to_float};
     try {
       n.shape = rule->shape(call);
       // model.to(dtype): the batch is cast too when it is floating (token ids stay int64); what the
@@ -336,7 +338,7 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
           }
         p.trainable = gs.freeze.empty() ? hit : (!hit && p.trainable);
       }
-      if (!p.is_buffer && !p.trainable) g.n_frozen_params = checked_add(g.n_frozen_params, p.numel(), "parameter count");
+      if (!p.is_buffer && !p.trainable) g.n_frozen_params = checked_add(g.n_frozen_params, p.count(), "parameter count");
       has_trainable = has_trainable || p.trainable;
       // autocast_mode.cpp cached_cast casts an eligible floating argument whose dtype differs.
       bool cast = !p.is_buffer && is_float(p.dtype) && rule->autocast == Autocast::lower && gs.compute != DType::f32 &&
@@ -345,7 +347,9 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
       n.param_cached.push_back(cast && p.trainable);
       call.param_requires_grad.push_back(p.trainable);
     }
-    n.requires_grad = rule->differentiable && (any_rg || has_trainable);
+    const bool forced = std::find(gs.output_requires_grad.begin(), gs.output_requires_grad.end(), layer.name) !=
+                        gs.output_requires_grad.end();
+    n.requires_grad = rule->differentiable && (any_rg || has_trainable || forced);
     if (rule->is_loss) g.target = rule->target ? rule->target(call) : TensorType{{gs.batch}, DType::i64};
     n.grad_copies.assign(n.in.size(), false);
     n.mem = rule->memory(call, n.shape);
