@@ -348,7 +348,7 @@ export function mountCalculator(host, opts = {}) {
       el.ckptImplField.hidden = !state.ckpt;
       el.ckptHint.textContent = list.length === 1 ? 'This model has no block glob the page knows; a checkpointing remedy below can set one.'
         : state.ckpt ? 'One torch.utils.checkpoint call per block: backward reruns its forward (the notes give the extra step time).'
-          + (state.ft !== 'full' && hf ? ' Under LoRA the blocks’ inputs need no grad, so reentrant is refused: non-reentrant.' : '') : '';
+          + (state.ft !== 'full' && hf ? ' With LoRA, reentrant works as PEFT makes it work (enable_input_require_grads).' : '') : '';
     }
   }
 
@@ -834,12 +834,10 @@ export function mountCalculator(host, opts = {}) {
   });
   el.range.addEventListener('input', () => { el.batch.value = String(sliderToBatch(Number(el.range.value))); changed(60); });
   for (const k of ['dtype', 'optimizer', 'impl', 'attention', 'ckptImpl']) if (el[k]) el[k].addEventListener('change', () => changed(0));
-  // Reentrant checkpointing needs a block input that requires grad; with LoRA/QLoRA the embeddings are frozen,
-  // so memfit (as PyTorch's check_backward_validity warns) refuses it: turning checkpointing on then picks
-  // non-reentrant, what transformers does without enable_input_require_grads.
-  const peftImpl = () => { if (state.ft !== 'full' && el.ckpt.value && el.ckptImpl.value === 'reentrant') el.ckptImpl.value = 'non-reentrant'; };
-  if (el.ft) el.ft.addEventListener('change', () => { state.ft = el.ft.value; peftImpl(); changed(0); });
-  if (el.ckpt) el.ckpt.addEventListener('change', () => { state.ckpt = el.ckpt.value; peftImpl(); changed(0); });
+  // (reentrant checkpointing under LoRA/QLoRA works as PEFT makes it work: the core calls
+  // enable_input_require_grads for it, docs/checkpointing.md; so the implementation stays the user's choice)
+  if (el.ft) el.ft.addEventListener('change', () => { state.ft = el.ft.value; changed(0); });
+  if (el.ckpt) el.ckpt.addEventListener('change', () => { state.ckpt = el.ckpt.value; changed(0); });
   for (const k of ['seq', 'rank', 'accum']) if (el[k]) el[k].addEventListener('input', () => changed(250));
   el.gpu.addEventListener('change', () => {
     el.gpuCustomWrap.hidden = el.gpu.value !== CUSTOM;

@@ -160,14 +160,18 @@ test('Hugging Face configs: eager attention, LoRA per family (q_proj,v_proj / c_
   assert.match(bad.error.message, /--qlora with --dtype bf16-true/);
 });
 
-test('Hugging Face configs: checkpointing every block (reentrant refused under LoRA, non-reentrant), accumulation: module == CLI', () => {
+test('Hugging Face configs: checkpointing every block (reentrant, under LoRA, refused when nothing before needs grad; non-reentrant), accumulation: module == CLI', () => {
   const ck = sameAsCli('estimate', 'models/hf/llama-3.2-1b.json', { batch: '2', seq: '2048', dtype: 'bf16', checkpoint: 'model.layers.*', gpu: 'RTX 4090' },
     ['--batch', '2', '--seq', '2048', '--dtype', 'bf16', '--checkpoint', 'model.layers.*', '--gpu', 'RTX 4090']);
   assert.equal(ck.checkpoint.calls.length, 16);
   sameAsCli('estimate', 'models/hf/gpt2.json', { batch: '4', checkpoint: 'transformer.h.*', checkpoint_impl: 'non-reentrant', grad_accumulation: '4', gpu: 'T4' },
     ['--batch', '4', '--checkpoint', 'transformer.h.*', '--checkpoint-impl', 'non-reentrant', '--grad-accum', '4', '--gpu', 'T4']);
-  const re = sameAsCli('estimate', 'models/hf/llama-3.2-1b.json', { lora: LORA('q_proj,v_proj'), checkpoint: 'model.layers.*' }, ['--lora', LORA('q_proj,v_proj'), '--checkpoint', 'model.layers.*']);
-  assert.match(re.error.message, /none of its inputs requires grad/);
+  // reentrant under LoRA (the core makes the embedding's output require grad, as PEFT does), and the same
+  // blocks trained without LoRA behind a frozen embedding, where reentrant is refused (no block input requires grad)
+  const re = sameAsCli('estimate', 'models/hf/llama-3.2-1b.json', { lora: LORA('q_proj,v_proj'), checkpoint: 'model.layers.*', gpu: 'RTX 4090' }, ['--lora', LORA('q_proj,v_proj'), '--checkpoint', 'model.layers.*', '--gpu', 'RTX 4090']);
+  assert.equal(re.checkpoint.impl, 'reentrant');
+  const frozen = sameAsCli('estimate', 'models/hf/llama-3.2-1b.json', { train: 'model.layers.*', checkpoint: 'model.layers.*' }, ['--train', 'model.layers.*', '--checkpoint', 'model.layers.*']);
+  assert.match(frozen.error.message, /none of its inputs requires grad/);
   sameAsCli('estimate', 'models/hf/llama-3.1-8b.json', { batch: '1', seq: '2048', dtype: 'bf16', lora: LORA('q_proj,v_proj'), qlora: 'on', checkpoint: 'model.layers.*', checkpoint_impl: 'non-reentrant', gpu: 'RTX 4090' },
     ['--batch', '1', '--seq', '2048', '--dtype', 'bf16', '--lora', LORA('q_proj,v_proj'), '--qlora', '--checkpoint', 'model.layers.*', '--checkpoint-impl', 'non-reentrant', '--gpu', 'RTX 4090']);
 });

@@ -512,15 +512,17 @@ test('17 Llama-3.1-8B preset, QLoRA + checkpointing, RTX 4090, seq 2048: the CLI
   await page.selectOption('[data-r="ft"]', 'qlora');
   await page.locator('[data-r="rankField"]').waitFor({ state: 'visible' });
   await page.selectOption('[data-r="ckpt"]', 'model.layers.*');
-  // reentrant checkpointing is refused with LoRA's frozen embeddings: the page picks non-reentrant
-  assert.equal(await page.locator('[data-r="ckptImpl"]').inputValue(), 'non-reentrant');
+  // the implementation is shown once checkpointing is on, reentrant by default (transformers' default, which
+  // PEFT makes work under LoRA with enable_input_require_grads)
+  await page.locator('[data-r="ckptImplField"]').waitFor({ state: 'visible' });
+  assert.equal(await page.locator('[data-r="ckptImpl"]').inputValue(), 'reentrant');
   await page.selectOption('[data-r="gpu"]', 'RTX 4090');
   await page.selectOption('[data-r="dtype"]', 'bf16');
   await page.locator('[data-r="batch"]').fill('2');
   await page.locator('[data-r="seq"]').fill('2048');
   await settle(page);
 
-  const flags = ['--batch', '2', '--dtype', 'bf16', '--gpu', 'RTX 4090', '--lora', LORA16('q_proj,v_proj'), '--qlora', '--checkpoint', 'model.layers.*', '--checkpoint-impl', 'non-reentrant'];
+  const flags = ['--batch', '2', '--dtype', 'bf16', '--gpu', 'RTX 4090', '--lora', LORA16('q_proj,v_proj'), '--qlora', '--checkpoint', 'model.layers.*'];
   const est = cliJson(['estimate', 'llama-3.1-8b', '--seq', '2048', ...flags]);
   const mb = cliJson(['max-batch', 'llama-3.1-8b', '--seq', '2048', ...flags]);
   const ms = cliJson(['max-seq', 'llama-3.1-8b', ...flags]);
@@ -544,11 +546,16 @@ test('17 Llama-3.1-8B preset, QLoRA + checkpointing, RTX 4090, seq 2048: the CLI
   // the URL holds every setting: a fresh page from it shows the same controls and the same numbers
   await page.waitForTimeout(400);
   const url = page.url();
-  for (const kv of ['model=llama-3.1-8b', 'seq=2048', 'ft=qlora', 'rank=16', 'ckpt=model.layers.*', 'ckpt_impl=non-reentrant', 'dtype=bf16', 'batch=2']) assert.ok(decodeURIComponent(url).includes(kv), `${kv} in ${url}`);
+  for (const kv of ['model=llama-3.1-8b', 'seq=2048', 'ft=qlora', 'rank=16', 'ckpt=model.layers.*', 'dtype=bf16', 'batch=2']) assert.ok(decodeURIComponent(url).includes(kv), `${kv} in ${url}`);
   const again = await open(`#${url.split('#')[1]}`, { width: 1440, height: 900 }, 'llm-url');
   await ready(again);
   await settle(again);
-  for (const [r, want] of [['ft', 'qlora'], ['ckpt', 'model.layers.*'], ['ckptImpl', 'non-reentrant'], ['seq', '2048'], ['rank', '16'], ['gpu', 'RTX 4090']]) assert.equal(await again.locator(`[data-r="${r}"]`).inputValue(), want, r);
+  for (const [r, want] of [['ft', 'qlora'], ['ckpt', 'model.layers.*'], ['ckptImpl', 'reentrant'], ['seq', '2048'], ['rank', '16'], ['gpu', 'RTX 4090']]) assert.equal(await again.locator(`[data-r="${r}"]`).inputValue(), want, r);
+  // the other implementation from the page gives the CLI's numbers too
+  await again.selectOption('[data-r="ckptImpl"]', 'non-reentrant');
+  await settle(again);
+  assert.ok(decodeURIComponent(again.url()).includes('ckpt_impl=non-reentrant'));
+  assert.equal((await lastEstimate(again)).peak.reserved_bytes, cliJson(['estimate', 'llama-3.1-8b', '--seq', '2048', ...flags, '--checkpoint-impl', 'non-reentrant']).peak.reserved_bytes);
   assert.equal((await lastEstimate(again)).peak.reserved_bytes, est.peak.reserved_bytes);
   assert.equal(Number(await again.locator('[data-r="maxSeq"]').getAttribute('data-v')), ms.max_seq);
   await again.close();
