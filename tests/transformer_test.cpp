@@ -95,7 +95,8 @@ TEST_CASE("transformer fixtures: live bytes through three iterations match torch
   // tests/reference/cpu_live_transformers.json (torch.profiler profile_memory, 1 thread): peaks and
   // iteration starts relative to the start of iteration 1. Tolerance as tests/live_bytes_test.cpp:
   // memfit never above the measurement by more than the CPU scalars, and at most the scalars, the
-  // saved wrapped numbers and Adam's CPU step tensors below it (no convolution, no dropout here).
+  // saved wrapped numbers and Adam's CPU step tensors below it (no dropout here; no peak is at ViT's
+  // patch convolution, whose CPU kernel's scratch would not be modelled).
   nlohmann::json doc = test::load_reference("tests/reference/cpu_live_transformers.json");
   // Python numbers autograd saves as 0-d float64 CPU tensors (`0.5 * x`; cpu_saved_transformers.json
   // `saved_cpu_scalar_bytes`): alive through backward in the CPU measurement, CPU tensors on CUDA.
