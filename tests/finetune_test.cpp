@@ -224,6 +224,12 @@ TEST_CASE("QLoRA: bitsandbytes' NF4 layout and the dequantized weight in forward
   CHECK(e.graph.nodes[static_cast<std::size_t>(q.node)].rule->kind == std::string_view("linear4bit"));
   CHECK(q.param_bytes == 4096 + 256);
   CHECK(q.buffer_bytes == 128 + 4 + 4 + 64);
+  // counted as the weights it stands for (128 x 64 + 64 bias), not the 4,096 packed bytes: the whole
+  // model counts what the unquantized MLP has, 8,256 + 4,160 + 650 = 13,066, plus the
+  // adapters r=8: fc1 8*(128+64) = 1,536, fc2 8*(64+64) = 1,024
+  CHECK(q.params == 8192 + 64);
+  CHECK(e.total_params == 13066 + 1536 + 1024);
+  CHECK(e.graph.n_frozen_params == 13066);
   CHECK(q.grad_bytes == 0);
   // the head stays an unquantized float32 linear (transformers get_keys_to_not_convert), frozen
   CHECK(e.graph.nodes[static_cast<std::size_t>(row(e, "fc3").node)].rule->kind == std::string_view("linear"));
@@ -389,4 +395,40 @@ TEST_CASE("bf16-true on the tiny Llama: embedding rows, RMSNorm and the mask in 
   Estimate l = estimate(m, opts(s, 2));
   CHECK(row(l, "model.layers.0.self_attn.q_proj.lora_A").out.dtype == DType::f32);
   CHECK(row(l, "model.layers.0.self_attn.q_proj").out.dtype == DType::bf16);
+}
+
+TEST_CASE("LoRA with reentrant checkpointing: PEFT's enable_input_require_grads on the token embedding", "[finetune][lora][checkpoint]") {
+  // torch/utils/checkpoint.py CheckpointFunction: a reentrant call none of whose inputs requires grad
+  // gives its parameters no gradient. PEFT calls model.enable_input_require_grads() (peft_model.py
+  // _prepare_model_for_gradient_checkpointing; utils/other.py prepare_model_for_kbit_training), a
+  // forward hook output.requires_grad_(True) on get_input_embeddings(): the token embedding.
+  std::ifstream in(std::string(MEMFIT_SOURCE_DIR) + "/tests/fixtures/transformers/llama_tiny.memfit");
+  REQUIRE(in);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const Model& m = test::keep_model(ss.str(), "llama_tiny.memfit");
+  OptionStrings s;
+  s.lora = "r=4,targets=q_proj,v_proj";
+  s.checkpoint = "model.layers.*";
+  s.checkpoint_impl = "reentrant";
+  Estimate re = estimate(m, opts(s, 2));
+  const auto& emb = re.graph.nodes[static_cast<std::size_t>(row(re, "model.embed_tokens").node)];
+  CHECK(emb.requires_grad);
+  CHECK(row(re, "model.embed_tokens").frozen_params == 100 * 32);  // the weight itself stays frozen
+  CHECK(row(re, "model.embed_tokens").grad_bytes == 0);
+  // the adapters in both checkpointed layers train: 2 x (q: 4x32 + 32x4, v: 4x32 + 16x4) float32
+  CHECK(re.total_grad_bytes == 2 * (4 * 32 + 32 * 4 + 4 * 32 + 16 * 4) * 4);
+  bool noted = false;
+  for (const auto& n : re.notes) noted = noted || n.find("enable_input_require_grads") != std::string::npos;
+  CHECK(noted);
+  // non-reentrant needs no input that requires grad: the embedding output stays without one
+  s.checkpoint_impl = "non-reentrant";
+  Estimate nr = estimate(m, opts(s, 2));
+  CHECK_FALSE(nr.graph.nodes[static_cast<std::size_t>(row(nr, "model.embed_tokens").node)].requires_grad);
+  CHECK(nr.total_grad_bytes == re.total_grad_bytes);
+  // a model without a token embedding has nothing to hook: the reentrant checkpoint is still refused
+  OptionStrings mlp;
+  mlp.lora = "r=4,targets=fc1";
+  mlp.checkpoint = "fc1";
+  CHECK_THROWS_WITH(run(kMlp, opts(mlp)), Catch::Contains("none of its inputs requires grad"));
 }

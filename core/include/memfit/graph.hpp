@@ -27,6 +27,10 @@ struct GraphSettings {
   // adapters stay float32 in a bfloat16 model).
   DType param_dtype = DType::f32;
   std::map<std::string, DType, std::less<>> layer_param_dtype;
+  // Layers whose output requires grad even when nothing before them trains: transformers'
+  // enable_input_require_grads() (modeling_utils.py: a forward hook `output.requires_grad_(True)` on
+  // get_input_embeddings()), which PEFT calls so that reentrant checkpoints of a frozen model get gradients.
+  std::vector<std::string> output_requires_grad;
 };
 
 struct Node {

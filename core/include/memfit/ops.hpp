@@ -49,7 +49,12 @@ struct ParamSpec {
   // graph from the rule's `tied_to` layer name; tied_node < 0 for an own parameter.
   std::string tied_to;
   int tied_node = -1, tied_index = -1;
+  // The model weights a packed parameter stands for (a 4-bit Linear4bit weight: out x in, stored two
+  // per uint8): what "parameters" counts, as model.num_parameters() of the unquantized model would.
+  // -1: the parameter's own element count. Bytes always come from numel() and the dtype.
+  i64 logical_numel = -1;
   i64 numel() const;
+  i64 count() const { return logical_numel >= 0 ? logical_numel : numel(); }
 };
 
 // How torch.autocast treats the op (aten/src/ATen/autocast_mode.cpp lists).

@@ -4,6 +4,7 @@
 // checks PyTorch would only fail at backward (an in-place write into a saved tensor).
 #include "memfit/graph.hpp"
 
+#include <algorithm>
 #include <map>
 #include <unordered_map>
 
@@ -336,7 +337,7 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
           }
         p.trainable = gs.freeze.empty() ? hit : (!hit && p.trainable);
       }
-      if (!p.is_buffer && !p.trainable) g.n_frozen_params = checked_add(g.n_frozen_params, p.numel(), "parameter count");
+      if (!p.is_buffer && !p.trainable) g.n_frozen_params = checked_add(g.n_frozen_params, p.count(), "parameter count");
       has_trainable = has_trainable || p.trainable;
       // autocast_mode.cpp cached_cast casts an eligible floating argument whose dtype differs.
       bool cast = !p.is_buffer && is_float(p.dtype) && rule->autocast == Autocast::lower && gs.compute != DType::f32 &&
@@ -345,7 +346,9 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
       n.param_cached.push_back(cast && p.trainable);
       call.param_requires_grad.push_back(p.trainable);
     }
-    n.requires_grad = rule->differentiable && (any_rg || has_trainable);
+    const bool forced = std::find(gs.output_requires_grad.begin(), gs.output_requires_grad.end(), layer.name) !=
+                        gs.output_requires_grad.end();
+    n.requires_grad = rule->differentiable && (any_rg || has_trainable || forced);
     if (rule->is_loss) g.target = rule->target ? rule->target(call) : TensorType{{gs.batch}, DType::i64};
     n.grad_copies.assign(n.in.size(), false);
     n.mem = rule->memory(call, n.shape);

@@ -77,6 +77,7 @@ OpShape linear4bit_shape(const OpCall& c) {
   const i64 blocks = ceil_div(n, kNf4BlockSize);
   // Params4bit is a Parameter with requires_grad=False (uint8 cannot require grad).
   s.params.push_back({"weight (packed 4-bit)", {(n + 1) / kNibblesPerByte, 1}, DType::u8});
+  s.params.back().logical_numel = n;  // counted as the out x in weights it holds, not the packed bytes
   // Linear4bit.forward: `self.bias.data = self.bias.data.to(x.dtype)` on the first call.
   if (attr_bool(c.layer, "bias")) s.params.push_back({"bias", {out}, c.in[0].dtype});
   const bool nested = attr_bool(c.layer, "double_quant");

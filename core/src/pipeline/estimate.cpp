@@ -195,8 +195,8 @@ Estimate estimate(const Model& model, const Options& options) {
       if (p.tied_node >= 0) continue;  // another layer's parameter (a tied lm_head): counted there
       i64 b = checked_mul(p.numel(), dtype_size(p.dtype), "parameter bytes");
       if (!p.is_buffer) {
-        r.params = checked_add(r.params, p.numel(), "parameter count");
-        if (!p.trainable) r.frozen_params = checked_add(r.frozen_params, p.numel(), "parameter count");
+        r.params = checked_add(r.params, p.count(), "parameter count");
+        if (!p.trainable) r.frozen_params = checked_add(r.frozen_params, p.count(), "parameter count");
         r.param_bytes = checked_add(r.param_bytes, b, "parameter bytes");
       } else {
         r.buffer_bytes = checked_add(r.buffer_bytes, b, "buffer bytes");

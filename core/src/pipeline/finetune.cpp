@@ -73,6 +73,18 @@ std::set<std::string> output_heads(const Model& m) {
 
 const char* const kDefaultTargets[] = {"q_proj", "v_proj"};
 
+
+// get_input_embeddings(): the token embedding, the first `embedding` that reads ids (not GPT-2's
+// position table, `positions=true`); null when the model has none.
+const std::string* input_embedding(const Model& m) {
+  for (const auto& l : m.layers) {
+    if (l.kind != "embedding") continue;
+    auto pos = l.attrs.find("positions");
+    if (pos == l.attrs.end() || !pos->second.flag) return &l.name;
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 FinetunedModel apply_finetuning(const Model& model, const TrainSettings& s) {
@@ -205,6 +217,14 @@ GraphSettings finetune_graph_settings(const TrainSettings& s, const FinetunedMod
   gs.train = f.train;
   gs.train.insert(gs.train.end(), s.train.begin(), s.train.end());
   gs.layer_param_dtype = f.layer_param_dtype;
+  // A reentrant checkpoint of a frozen base model gets no gradient unless its input requires grad
+  // (torch/utils/checkpoint.py CheckpointFunction). PEFT makes the input embedding's output require
+  // it: PeftModel._prepare_model_for_gradient_checkpointing (peft_model.py, LoRA on an unquantized
+  // model that has checkpointing on) and prepare_model_for_kbit_training (utils/other.py, QLoRA, when
+  // use_reentrant) call model.enable_input_require_grads(). Modelled for reentrant checkpointing, where
+  // without it the step would train nothing; get_input_embeddings() is the token embedding.
+  if (!s.checkpoint.empty() && s.checkpoint_impl == CheckpointImpl::reentrant)
+    if (const std::string* emb = input_embedding(*f.model)) gs.output_requires_grad.push_back(*emb);
   return gs;
 }
 
@@ -232,6 +252,16 @@ std::vector<std::string> finetune_notes(const TrainSettings& s, const FinetunedM
                   ", every other parameter frozen");
   for (const auto& t : f.unused_targets)
     notes.push_back("LoRA target '" + t + "' matches no layer (the others do; PEFT would accept this too)");
+  if (!s.checkpoint.empty()) {
+    const std::string* emb = input_embedding(*f.model);
+    if (s.checkpoint_impl == CheckpointImpl::reentrant && emb)
+      notes.push_back("reentrant checkpointing of a frozen model: '" + *emb + "' output requires grad, as PEFT's "
+                      "model.enable_input_require_grads() makes it (peft_model.py _prepare_model_for_gradient_checkpointing, "
+                      "utils/other.py prepare_model_for_kbit_training), so the checkpointed blocks get gradients");
+    else if (emb && !s.qlora)
+      notes.push_back("non-reentrant checkpointing: modelled without enable_input_require_grads; PEFT's get_peft_model on a "
+                      "model with checkpointing already on calls it too, which adds the gradient of the first block's input");
+  }
   if (s.qlora) {
     notes.push_back(std::to_string(f.quantized.size()) + " linear layer" + (f.quantized.size() == 1 ? "" : "s") +
                     " stored as bitsandbytes Linear4bit NF4 (nn/modules.py, functional.py quantize_4bit: packed uint8, "
