@@ -2,7 +2,8 @@
 // tests/reference/cpu_transformer_variants.json, recorded by `tools/transformer_fixtures.py variants`
 // (VARIANTS there): llama_tiny and gpt2_tiny with every decoder layer in a torch.utils.checkpoint call,
 // reentrant and non-reentrant; llama_tiny with PEFT LoRA (tools/lora_fixtures.py's LoraLinear) on
-// q_proj,v_proj (dropout 0.05), the same under non-reentrant checkpointing, and on all-linear. memfit
+// q_proj,v_proj (dropout 0.05), the same under non-reentrant checkpointing and under reentrant checkpointing
+// with PEFT's enable_input_require_grads (the token embedding's output requires grad), and on all-linear. memfit
 // gets the CLI's options (OptionStrings::checkpoint / checkpoint_impl / lora, make_options) on the
 // fixtures' twins (tests/fixtures/transformers/*.memfit):
 //  * saved bytes (saved_tensors_hooks around forward + loss: the outer graph under checkpointing)
@@ -74,7 +75,7 @@ i64 cpu_scalar_bytes(const json& doc, const json& v) {
 TEST_CASE("transformer fixtures with checkpointing and LoRA: saved bytes equal torch 1.13's",
           "[transformer][reference][checkpoint][lora]") {
   const json doc = memfit::test::load_reference("tests/reference/cpu_transformer_variants.json");
-  REQUIRE(doc["variants"].size() == 7);
+  REQUIRE(doc["variants"].size() == 8);
   for (const json& v : doc["variants"]) {
     INFO(v["name"] << ": --checkpoint " << v["checkpoint"] << " --checkpoint-impl " << v["checkpoint_impl"] << " --lora "
                    << v["lora"]);
@@ -120,5 +121,5 @@ TEST_CASE("transformer fixtures with checkpointing and LoRA: live bytes through 
       }
     }
   }
-  CHECK(n_checked == 7 * 3 * 3);
+  CHECK(n_checked == 8 * 3 * 3);
 }

@@ -38,7 +38,7 @@ timeout 30 python3 tools/transformer_fixtures.py cuda --batch 2 \
   -o "$OUT/gpu_transformers.json" > "$OUT/gpu_transformers.log" 2>&1
 echo "transformer fixtures: exit $? after $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt"
 # The same with checkpointing (every decoder layer, reentrant / non-reentrant) and LoRA (VARIANTS in the
-# script: llama_tiny / gpt2_tiny, 7 variants x 3 optimizers x 3 iterations of a tiny model; a few seconds
+# script: llama_tiny / gpt2_tiny, 8 variants x 3 optimizers x 3 iterations of a tiny model; a few seconds
 # after CUDA starts, at most 30 s added to the session)
 timeout 30 python3 tools/transformer_fixtures.py cuda-variants --batch 2 \
   -o "$OUT/gpu_transformer_variants.json" > "$OUT/gpu_transformer_variants.log" 2>&1

@@ -621,9 +621,10 @@ def measure_cuda(name, batch, seed, opt_name, impl, variant=None):
 # checkpoint: every decoder layer one torch.utils.checkpoint call (run_layer), preserve_rng_state left
 # True (as transformers' gradient_checkpointing_enable). lora: tools/lora_fixtures.py's LoraLinear (PEFT
 # lora.Linear.forward) on the targets, every other parameter frozen (mark_only_lora_as_trainable).
-# The reentrant call needs an input that requires grad: the embedding output does in full fine-tuning,
-# not under LoRA (frozen embeddings; transformers' enable_input_require_grads), so LoRA runs use the
-# non-reentrant form only.
+# The reentrant call needs an input that requires grad: the embedding output does in full fine-tuning; under
+# LoRA (frozen embeddings) PEFT calls transformers' model.enable_input_require_grads() (peft_model.py
+# _prepare_model_for_gradient_checkpointing), a forward hook on get_input_embeddings() doing
+# output.requires_grad_(True) (modeling_utils.py): "input_require_grads" below.
 LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 VARIANTS = {
     "llama_tiny+ckpt_reentrant": {"fixture": "llama_tiny", "checkpoint": "model.layers.*", "checkpoint_impl": "reentrant"},
@@ -639,6 +640,10 @@ VARIANTS = {
                                               "lora": "r=8,alpha=16,dropout=0.05,targets=q_proj,v_proj",
                                               "lora_targets": ["q_proj", "v_proj"], "r": 8, "alpha": 16.0,
                                               "dropout": 0.05},
+    "llama_tiny+lora_qv+ckpt_reentrant": {"fixture": "llama_tiny", "checkpoint": "model.layers.*",
+                                          "checkpoint_impl": "reentrant", "input_require_grads": True,
+                                          "lora": "r=8,alpha=16,dropout=0.05,targets=q_proj,v_proj",
+                                          "lora_targets": ["q_proj", "v_proj"], "r": 8, "alpha": 16.0, "dropout": 0.05},
     # all-linear: PEFT's INCLUDE_LINEAR_LAYERS_SHORTHAND, every nn.Linear but the output head
     "llama_tiny+lora_all": {"fixture": "llama_tiny", "lora": "r=4,alpha=8,targets=all-linear",
                             "lora_targets": LLAMA_LINEARS, "r": 4, "alpha": 8.0, "dropout": 0.0},
@@ -658,6 +663,9 @@ def build_variant(vname, seed, device="cpu"):
         for n, p in net.named_parameters():
             p.requires_grad_("lora_" in n)
         net.train()
+    if v.get("input_require_grads"):
+        # modeling_utils.py enable_input_require_grads: make_inputs_require_grads(module, input, output)
+        net.model.embed_tokens.register_forward_hook(lambda module, inp, out: out.requires_grad_(True))
     if "checkpoint_impl" in v:
         (net.model if v["fixture"] == "llama_tiny" else net.transformer).checkpoint_impl = v["checkpoint_impl"]
     return net, g
@@ -679,6 +687,7 @@ def variants_main(args, configs):
         v = dict(VARIANTS[vn])
         entry = {"name": vn, "fixture": v["fixture"], "twin": "tests/fixtures/transformers/%s.memfit" % v["fixture"],
                  "checkpoint": v.get("checkpoint"), "checkpoint_impl": v.get("checkpoint_impl"), "lora": v.get("lora"),
+                 "input_require_grads": bool(v.get("input_require_grads")),
                  "batch": args.batch}
         runs = []
         for opt_name, impl in configs:
