@@ -483,3 +483,22 @@ TEST_CASE("LlamaAttention's softmax(..., dtype=torch.float32).to(query.dtype) in
   CHECK_THROWS_WITH(run("input 64\nf: fc 64\nsm: softmax from=f dtype=float8\nfc 2\n", opts(4)),
                     Catch::Contains("dtype='float8'"));
 }
+
+TEST_CASE("gelu_new under autocast: pow's float32 copy and a float32 expression (autocast_mode.h lists)", "[autocast][transformer]") {
+  // transformers NewGELUActivation: 0.5 * x * (1.0 + tanh(sqrt(2/pi) * (x + 0.044715 * pow(x, 3.0)))).
+  // bf16 autocast: x is the linear's bfloat16 [4, 64] (256 elements). pow.Tensor_Scalar is in
+  // AT_FORALL_FP32: it casts x to float32 and saves that copy (1,024 B); x + ... promotes to float32,
+  // tanh (in no list) saves its float32 result (1,024 B); 0.5 * x stays bfloat16 (512 B); 1 + tanh is
+  // float32 (1,024 B); the last mul (bf16 * f32) gives a float32 result. Saved: 3,584 B.
+  Options o = opts(4);
+  o.train.precision = DType::bf16;
+  Estimate e = run("input 16\nf: fc 64\ng: gelu_new\nfc 2\n", o);
+  CHECK(row(e, "g").out.dtype == DType::f32);
+  CHECK(row(e, "g").saved_bytes == 1024 + 1024 + 512 + 1024);
+  // without autocast, bf16-true: everything in bfloat16, x itself saved: 4 x 512 B
+  Options t = opts(4);
+  t.train.param_dtype = DType::bf16;
+  Estimate b = run("input 16\nf: fc 64\ng: gelu_new\nfc 2\n", t);
+  CHECK(row(b, "g").out.dtype == DType::bf16);
+  CHECK(row(b, "g").saved_bytes == 4 * 512);
+}

@@ -154,6 +154,7 @@ struct OpCall {
   // The dtype a linear layer's output has in this run: autocast's dtype, else the model's parameter
   // dtype (model.to(dtype)). HF's eager attention casts back to it: `.to(query.dtype)` (`to dtype=compute`).
   DType compute_dtype = DType::f32;
+  DType autocast = DType::f32;  // torch.autocast's dtype around forward and loss; f32: no autocast
   // A float16 input read by softmax's half_to_float kernel (Autocast::fp32_set_opt_dtype, or an explicit
   // dtype=float32): the result is float32 while the input (and its gradient) stay float16.
   bool half_to_float = false;

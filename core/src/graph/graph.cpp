@@ -231,7 +231,8 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
       prod.out_consumers[static_cast<std::size_t>(n.in_out[j])]++;
     }
     OpCall call{.layer = layer, .in = n.in_types, .in_requires_grad = in_rg, .batch = gs.batch, .rules = gs.rules,
-                .compute_dtype = gs.compute != DType::f32 ? gs.compute : gs.param_dtype, .half_to_float = half_to_float};
+                .compute_dtype = gs.compute != DType::f32 ? gs.compute : gs.param_dtype, .autocast = gs.compute,
+                .half_to_float = half_to_float};
     try {
       n.shape = rule->shape(call);
       // model.to(dtype): the batch is cast too when it is floating (token ids stay int64); what the

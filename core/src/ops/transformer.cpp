@@ -409,13 +409,37 @@ OpMemory sdpa_memory(const OpCall& c, const OpShape& s) {
 // peak; pow_backward's three temporaries come after the mul and tanh saves are released):
 // one x-sized tensor besides the result (measured per node, cpu_live_transformers.json gpt2_tiny).
 constexpr i64 kGeluNewBackwardTemps = 1;
+// Under torch.autocast with a half input x (the c_fc addmm's result) the expression mixes dtypes
+// (autocast_mode.h): pow.Tensor_Scalar is in AT_FORALL_FP32, so pow casts x to a float32 copy and
+// saves that copy; the scalar mul and `x + ...` promote to float32 (add is in no list); tanh is in
+// no list and stays float32; 0.5 * x stays half; the last mul (half * float32) gives a float32
+// result. Saved: float32 x copy, tanh's float32 result, 0.5 * x in half, 1 + tanh in float32. From
+// the source only: CPU autocast has other lists, so the CPU references cannot check it.
+bool gelu_new_mixed(const OpCall& c) { return c.autocast != DType::f32 && is_half(c.in[0].dtype); }
 OpShape gelu_new_shape(const OpCall& c) {
   need_float(c, 0);
-  return {with_shape(c.in[0], c.in[0].shape), {}, c.layer.attrs};
+  TensorType out = with_shape(c.in[0], c.in[0].shape);
+  if (gelu_new_mixed(c)) out.dtype = DType::f32;
+  return {out, {}, c.layer.attrs};
 }
 OpMemory gelu_new_memory(const OpCall& c, const OpShape&) {
   OpMemory m;
   const TensorType full = with_shape(c.in[0], c.in[0].shape);
+  if (gelu_new_mixed(c)) {
+    const TensorType wide{c.in[0].shape, DType::f32};
+    m.extras = {{"x.float() (pow, autocast fp32 list)", wide}, {"0.5 * x", full}, {"tanh(...) (float32)", wide},
+                {"1.0 + tanh(...) (float32)", wide}};
+    m.saved = {{.ref = {TensorRef::extra, 0}, .role = "self (pow, the float32 copy)"},
+               {.ref = {TensorRef::extra, 2}, .role = "result (tanh)"},
+               {.ref = {TensorRef::extra, 1}, .role = "self (mul)"},
+               {.ref = {TensorRef::extra, 3}, .role = "other (mul)"}};
+    m.grad_in = {GradIn::fresh};
+    for (i64 k = 0; k < kGeluNewBackwardTemps; ++k) m.bwd_temps.push_back(wide);
+    m.note = "gelu_new under torch.autocast: pow runs on a float32 copy of its input (AT_FORALL_FP32) and the "
+             "expression after it in float32, so it saves three float32 tensors and gives a float32 result; from "
+             "autocast_mode.h, not measured on a GPU";
+    return m;
+  }
   m.extras = {{"0.5 * x", full}, {"tanh(...)", full}, {"1.0 + tanh(...)", full}};
   m.saved = {{.ref = {TensorRef::input, 0}, .role = "self (pow)"},
              {.ref = {TensorRef::extra, 1}, .role = "result (tanh)"},
@@ -423,9 +447,6 @@ OpMemory gelu_new_memory(const OpCall& c, const OpShape&) {
              {.ref = {TensorRef::extra, 2}, .role = "other (mul)"}};
   m.grad_in = {GradIn::fresh};
   for (i64 k = 0; k < kGeluNewBackwardTemps; ++k) m.bwd_temps.push_back(full);
-  if (is_half(c.in[0].dtype))
-    m.note = "gelu_new on a half-precision input is modelled in that dtype throughout; under torch.autocast its pow "
-             "and tanh run in float32 (autocast_mode.cpp fp32 list), which adds float32 copies memfit does not count";
   return m;
 }
 

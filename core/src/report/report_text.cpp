@@ -124,19 +124,33 @@ bool numbered_sibling(const std::string& a, const std::string& b) {
   auto digits = [](std::string_view t) { return !t.empty() && t.find_first_not_of("0123456789") == std::string_view::npos; };
   return pa == pb && digits(std::string_view(a).substr(pa.size())) && digits(std::string_view(b).substr(pb.size()));
 }
+// Table column widths: a 70B model's 70,553,706,496 parameters and 99999.99 MiB need a space before them.
+constexpr std::size_t kParamsW = 16, kMibW = 14;
+
 Folding fold_repeats(const Estimate& e) {
   const auto& regions = e.graph.regions;
   Folding f;
   f.like.assign(regions.size(), -1);
-  std::vector<std::string> sig(regions.size());
-  for (std::size_t k = 0; k < regions.size(); ++k)
-    for (int i = regions[k].first_node; i <= regions[k].last_node; ++i) {
-      const Node& nd = e.graph.nodes[static_cast<std::size_t>(i)];
-      sig[k] += nd.rule->kind;
-      for (i64 d : nd.shape.out.shape) sig[k] += "," + std::to_string(d);
-      for (const auto& p : nd.shape.params) sig[k] += "|" + std::to_string(p.numel()) + (p.trainable ? "t" : "f");
-      sig[k] += ";";
+  // Each node's kind, output shape and parameters interned to an id once (O(nodes)); two sibling
+  // regions repeat when their node id sequences are equal, compared only for numbered neighbours.
+  std::vector<int> node_id(e.graph.nodes.size());
+  {
+    std::unordered_map<std::string, int> ids;
+    std::string sig;
+    for (std::size_t i = 0; i < e.graph.nodes.size(); ++i) {
+      const Node& nd = e.graph.nodes[i];
+      sig = nd.rule->kind;
+      for (i64 d : nd.shape.out.shape) sig += "," + std::to_string(d);
+      for (const auto& p : nd.shape.params) sig += "|" + std::to_string(p.numel()) + (p.trainable ? "t" : "f");
+      node_id[i] = ids.emplace(sig, static_cast<int>(ids.size())).first->second;
     }
+  }
+  auto same_nodes = [&](const Region& a, const Region& b) {
+    if (a.last_node - a.first_node != b.last_node - b.first_node) return false;
+    for (int t = 0; t <= a.last_node - a.first_node; ++t)
+      if (node_id[static_cast<std::size_t>(a.first_node + t)] != node_id[static_cast<std::size_t>(b.first_node + t)]) return false;
+    return true;
+  };
   // siblings by where they start: (parent, first node) -> region
   std::unordered_map<i64, int> starting;
   const i64 n_nodes = static_cast<i64>(e.graph.nodes.size());
@@ -148,7 +162,7 @@ Folding fold_repeats(const Estimate& e) {
     if (it == starting.end()) continue;
     const auto k = static_cast<std::size_t>(it->second);
     f.next[j] = it->second;
-    if (sig[j] == sig[k] && numbered_sibling(regions[j].name, regions[k].name))
+    if (numbered_sibling(regions[j].name, regions[k].name) && same_nodes(regions[j], regions[k]))
       f.like[k] = f.like[j] >= 0 ? f.like[j] : static_cast<int>(j);
   }
   return f;
@@ -167,8 +181,8 @@ std::string render_text(const Model& model, const Estimate& e, bool explain) {
   // table
   std::size_t name_w = 16;  // the widest layer name (at most kMaxNameBytes) sets the first column
   for (const auto& nd : e.graph.nodes) name_w = std::max(name_w, std::min(nd.layer->name.size(), kMaxNameBytes) + 2);
-  o << pad("layer", name_w) << pad("kind", 19) << pad("output (N first)", 18) << pad("params", 12, true)
-    << pad("saved", 14, true) << pad("grads", 12, true) << pad("optim", 12, true) << "\n";
+  o << pad("layer", name_w) << pad("kind", 19) << pad("output (N first)", 18) << pad("params", kParamsW, true)
+    << pad("saved", 14, true) << pad("grads", kMibW, true) << pad("optim", kMibW, true) << "\n";
   const Folding folding = explain ? Folding{} : fold_repeats(e);
   std::vector<int> row_of(e.graph.nodes.size(), -1);
   for (std::size_t k = 0; k < e.layers.size(); ++k) row_of[static_cast<std::size_t>(e.layers[k].node)] = static_cast<int>(k);
@@ -205,8 +219,8 @@ std::string render_text(const Model& model, const Estimate& e, bool explain) {
         std::string span = short_name(e.graph.regions[static_cast<std::size_t>(first)].name) +
                            (n_regions > 1 ? " .. " + short_name(e.graph.regions[static_cast<std::size_t>(last_region)].name) : "");
         o << pad(span, name_w) << pad(std::to_string(n_regions) + " more like " + short_name(model_name), 37)
-          << pad(format_count(params), 12, true) << pad(mib(saved), 14, true) << pad(mib(grads), 12, true)
-          << pad(mib(optim), 12, true) << "\n";
+          << pad(format_count(params), kParamsW, true) << pad(mib(saved), 14, true) << pad(mib(grads), kMibW, true)
+          << pad(mib(optim), kMibW, true) << "\n";
         while (li + 1 < e.layers.size() && e.layers[li + 1].node <= last_node) ++li;
         continue;
       }
@@ -214,8 +228,8 @@ std::string render_text(const Model& model, const Estimate& e, bool explain) {
     std::string kind = nd.rule->kind;
     if (std::string(r.output_storage) == "in-place" || std::string(r.output_storage) == "view")
       kind += std::string(" (") + r.output_storage + ")";
-    o << pad(short_name(nd.layer->name), name_w) << pad(kind, 19) << pad(shape_x(r.out.shape), 18) << pad(format_count(r.params), 12, true)
-      << pad(mib(r.saved_bytes), 14, true) << pad(mib(r.grad_bytes), 12, true) << pad(mib(r.optimizer_bytes), 12, true)
+    o << pad(short_name(nd.layer->name), name_w) << pad(kind, 19) << pad(shape_x(r.out.shape), 18) << pad(format_count(r.params), kParamsW, true)
+      << pad(mib(r.saved_bytes), 14, true) << pad(mib(r.grad_bytes), kMibW, true) << pad(mib(r.optimizer_bytes), kMibW, true)
       << "\n";
     if (!explain) continue;
     o << "    output " << dtype_name(r.out.dtype) << ": " << product_expr(r.out) << " = " << format_bytes_exact(r.output_bytes)
