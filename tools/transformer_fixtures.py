@@ -29,8 +29,9 @@ Usage (repository root):
   /usr/bin/python3 tools/transformer_fixtures.py variants -o tests/reference/cpu_transformer_variants.json
   python3 tools/transformer_fixtures.py cuda-variants -o OUT.json   (a lent GPU: tools/gpu-session.sh)
 Variants (VARIANTS below; tests/transformer_variants_test.cpp): llama_tiny / gpt2_tiny with every decoder
-layer in torch.utils.checkpoint (reentrant, non-reentrant), llama_tiny with PEFT LoRA (q_proj,v_proj, with
-and without non-reentrant checkpointing; all-linear); saved and live bytes in one file.
+layer in torch.utils.checkpoint (reentrant, non-reentrant), llama_tiny with PEFT LoRA (q_proj,v_proj:
+without checkpointing, non-reentrant, reentrant with enable_input_require_grads; all-linear); saved and live
+bytes in one file.
 Options: --batch 2 --fixtures gpt2_tiny,llama_tiny,bert_tiny --nodes (live: per autograd node)
          --variants NAME[,NAME...] (variants, cuda-variants)
 """
