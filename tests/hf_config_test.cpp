@@ -500,7 +500,7 @@ TEST_CASE("every shipped config estimates", "[hf][models]") {
 // built from the config, the same model must estimate to the same bytes.
 TEST_CASE("tiny configs estimate as the hand-written transformer twins", "[hf][twins]") {
   for (const char* kind : {"embedding", "rms_norm", "rotary_embedding", "rotary", "repeat_kv", "scale", "attn_mask",
-                           "gpt2_conv1d", "gelu_new", "causal_lm_loss"})
+                           "gpt2_conv1d", "gelu_new", "causal_lm_loss", "parameter", "expand"})
     if (!memfit::find_op(kind)) {
       WARN("layer kind '" << kind << "' is not registered yet: twins not compared");
       return;
@@ -513,7 +513,12 @@ TEST_CASE("tiny configs estimate as the hand-written transformer twins", "[hf][t
            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 16, "tie_word_embeddings": false})"},
       {"gpt2_tiny",
        R"({"model_type": "gpt2", "vocab_size": 100, "n_embd": 32, "n_head": 4, "n_layer": 2, "n_positions": 16,
-           "attn_pdrop": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0})"}};
+           "attn_pdrop": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0})"},
+      // vit_tiny: images 3x16x16 in 4x4 patches (17 tokens), intermediate 128, 10 labels
+      {"vit_tiny",
+       R"({"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
+           "image_size": 16, "patch_size": 4, "num_channels": 3, "num_labels": 10, "hidden_dropout_prob": 0.0,
+           "attention_probs_dropout_prob": 0.0})"}};
   for (const auto& [twin, json] : configs) {
     INFO(twin);
     std::ifstream in(std::string(MEMFIT_SOURCE_DIR) + "/tests/fixtures/transformers/" + twin + ".memfit");
@@ -524,7 +529,7 @@ TEST_CASE("tiny configs estimate as the hand-written transformer twins", "[hf][t
     std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
     memfit::Options o;
     o.train.batch = 2;
-    o.seq = 16;
+    o.seq = twin == "vit_tiny" ? 0 : 16;  // ViT's sequence comes from image_size / patch_size
     o.attention = memfit::HfAttention::eager;
     static std::deque<Model> kept;  // an Estimate points into its Model
     kept.push_back(memfit::parse_model(json, twin + ".json", o.hf()));

@@ -18,6 +18,10 @@ Three fixtures (tiny dims: D=32, T=16, vocab 100, 2 layers; module names = Huggi
               embeddings + its own bias), CrossEntropyLoss over logits.view(-1, V).
   Dropout probabilities are 0 (HF's defaults are 0.1 for GPT-2/BERT): dropout(p=0) returns its input.
   BERT's token_type embeddings are left out (their indices are a buffer view: no activation bytes).
+A fourth, vit_tiny (ViTForImageClassification, eager; images 3x16x16 in 4x4 patches, 17 tokens, 10 labels):
+  the patch conv, flatten + transpose, the cls_token parameter expanded and concatenated, + the
+  position_embeddings parameter, pre-norm layers (softmax in float32 cast back), layernorm, the
+  classifier on token 0, CrossEntropyLoss; its batch is images and class indices (make_batch).
 
 The memfit twins are tests/fixtures/transformers/NAME.memfit; tests/transformer_reference_test.cpp
 compares memfit (--pytorch 1.13) with what this script records.
@@ -488,7 +492,172 @@ class BertForMaskedLM(nn.Module):
         return nn.CrossEntropyLoss()(scores.view(-1, V), labels.view(-1))
 
 
+# ---------------------------------------------------------------- ViT
+# ViTForImageClassification as transformers' modeling_vit.py runs it eagerly (ViTEmbeddings,
+# ViTPatchEmbeddings, eager_attention_forward, ViTLayer, ViTForImageClassification): the patch conv,
+# flatten(2).transpose(1, 2), cls_token (an nn.Parameter [1, 1, D]) expanded to the batch and
+# concatenated in front, + position_embeddings (an nn.Parameter [1, tokens, D], broadcast over the
+# batch), pre-norm layers, the final layernorm, the classifier on token 0, CrossEntropyLoss.
+VIT_IMAGE, VIT_PATCH, VIT_CHANNELS, VIT_LABELS = 16, 4, 3, 10
+VIT_TOKENS = (VIT_IMAGE // VIT_PATCH) ** 2 + 1  # 16 patches + [CLS]
+VIT_FFN = 4 * D                                   # intermediate_size
+
+
+class ViTPatchEmbeddings(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.projection = nn.Conv2d(VIT_CHANNELS, D, kernel_size=VIT_PATCH, stride=VIT_PATCH)
+
+    def forward(self, pixel_values):
+        return self.projection(pixel_values).flatten(2).transpose(1, 2)
+
+
+class ViTEmbeddings(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.randn(1, 1, D))
+        self.patch_embeddings = ViTPatchEmbeddings()
+        self.position_embeddings = nn.Parameter(torch.randn(1, VIT_TOKENS, D))
+        self.dropout = nn.Dropout(0.0)  # hidden_dropout_prob 0: F.dropout returns its input
+
+    def forward(self, pixel_values):
+        batch_size = pixel_values.shape[0]
+        embeddings = self.patch_embeddings(pixel_values)
+        cls_tokens = self.cls_token.expand(batch_size, -1, -1)
+        embeddings = torch.cat((cls_tokens, embeddings), dim=1)
+        embeddings = embeddings + self.position_embeddings
+        return self.dropout(embeddings)
+
+
+def vit_eager_attention_forward(module, query, key, value, scaling):
+    # modeling_vit.py eager_attention_forward (no head mask, dropout 0)
+    attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=0.0, training=module.training)
+    attn_output = torch.matmul(attn_weights, value)
+    return attn_output.transpose(1, 2).contiguous()
+
+
+class ViTSelfAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head_dim = D // HEADS
+        self.query = nn.Linear(D, D, bias=True)  # qkv_bias
+        self.key = nn.Linear(D, D, bias=True)
+        self.value = nn.Linear(D, D, bias=True)
+        self.scaling = self.head_dim ** -0.5
+
+    def transpose_for_scores(self, x):
+        return x.view(x.size()[:-1] + (HEADS, self.head_dim)).permute(0, 2, 1, 3)
+
+    def forward(self, h):
+        k = self.transpose_for_scores(self.key(h))
+        v = self.transpose_for_scores(self.value(h))
+        q = self.transpose_for_scores(self.query(h))
+        ctx = vit_eager_attention_forward(self, q, k, v, self.scaling)
+        return ctx.view(ctx.size()[:-2] + (D,))
+
+
+class ViTSelfOutput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.dense = nn.Linear(D, D)
+        self.dropout = nn.Dropout(0.0)
+
+    def forward(self, h):
+        return self.dropout(self.dense(h))
+
+
+class ViTAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attention = ViTSelfAttention()
+        self.output = ViTSelfOutput()
+
+    def forward(self, h):
+        return self.output(self.attention(h))
+
+
+class ViTIntermediate(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.dense = nn.Linear(D, VIT_FFN)
+        self.intermediate_act_fn = nn.GELU()  # ACT2FN["gelu"]: exact GELU
+
+    def forward(self, h):
+        return self.intermediate_act_fn(self.dense(h))
+
+
+class ViTOutput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.dense = nn.Linear(VIT_FFN, D)
+        self.dropout = nn.Dropout(0.0)
+
+    def forward(self, h, input_tensor):
+        return self.dropout(self.dense(h)) + input_tensor
+
+
+class ViTLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attention = ViTAttention()
+        self.intermediate = ViTIntermediate()
+        self.output = ViTOutput()
+        self.layernorm_before = nn.LayerNorm(D, eps=1e-12)
+        self.layernorm_after = nn.LayerNorm(D, eps=1e-12)
+
+    def forward(self, h):
+        attention_output = self.attention(self.layernorm_before(h))
+        h = attention_output + h
+        return self.output(self.intermediate(self.layernorm_after(h)), h)
+
+
+class ViTEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.ModuleList([ViTLayer() for _ in range(LAYERS)])
+
+    def forward(self, h):
+        for layer in self.layer:
+            h = layer(h)
+        return h
+
+
+class ViTModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embeddings = ViTEmbeddings()
+        self.encoder = ViTEncoder()
+        self.layernorm = nn.LayerNorm(D, eps=1e-12)
+
+    def forward(self, pixel_values):
+        return self.layernorm(self.encoder(self.embeddings(pixel_values)))
+
+
+class ViTForImageClassification(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.vit = ViTModel()  # add_pooling_layer=False
+        self.classifier = nn.Linear(D, VIT_LABELS)
+
+    def forward(self, pixel_values):
+        sequence_output = self.vit(pixel_values)
+        return self.classifier(sequence_output[:, 0, :])
+
+    @staticmethod
+    def loss(logits, labels):  # single_label_classification
+        return nn.CrossEntropyLoss()(logits.view(-1, VIT_LABELS), labels.view(-1))
+
+    @staticmethod
+    def make_batch(batch, g, device="cpu"):  # pixel_values [N, 3, H, W] and class indices [N]
+        pixels = torch.randn(batch, VIT_CHANNELS, VIT_IMAGE, VIT_IMAGE, generator=g).to(device)
+        labels = torch.randint(0, VIT_LABELS, (batch,), generator=g).to(device)
+        return pixels, labels
+
+
 FIXTURES = {"gpt2_tiny": GPT2LMHeadModel, "llama_tiny": LlamaForCausalLM, "bert_tiny": BertForMaskedLM}
+FIXTURES["vit_tiny"] = ViTForImageClassification
 
 
 def build(name, seed=0, device="cpu"):
@@ -499,7 +668,9 @@ def build(name, seed=0, device="cpu"):
     return net, g
 
 
-def make_batch(batch, g, device="cpu"):
+def make_batch(batch, g, device="cpu", name=None):
+    if name is not None and hasattr(FIXTURES[name], "make_batch"):  # vit_tiny: images and class labels
+        return FIXTURES[name].make_batch(batch, g, device)
     ids = torch.randint(1, V, (batch, T), generator=g).to(device)
     labels = torch.randint(0, V, (batch, T), generator=g).to(device)
     return ids, labels
@@ -516,7 +687,7 @@ def count_params(net):
 
 def measure_saved(name, batch, seed, variant=None):
     net, g = build_variant(variant, seed) if variant else build(name, seed)
-    ids, labels = make_batch(batch, g)
+    ids, labels = make_batch(batch, g, name=VARIANTS[variant]["fixture"] if variant else name)
     param_ptrs = {_storage(p)[0] for p in net.parameters()} | {_storage(b)[0] for b in net.buffers()}
     input_ptrs = {_storage(ids)[0], _storage(labels)[0]}
     stack = ["(outside)"]
@@ -572,7 +743,7 @@ def measure_live(name, batch, seed, opt_name, impl, want_nodes, want_ops=False, 
     from torch.profiler import ProfilerActivity, profile
     import cpu_live_reference as clr
     net, g = build_variant(variant, seed) if variant else build(name, seed)
-    ids, labels = make_batch(batch, g)
+    ids, labels = make_batch(batch, g, name=VARIANTS[variant]["fixture"] if variant else name)
     opt = mt.make_optimizer(opt_name, net.parameters(), impl)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         for _ in range(clr.N_ITERATIONS):
@@ -602,7 +773,7 @@ def measure_live(name, batch, seed, opt_name, impl, want_nodes, want_ops=False, 
 
 def measure_cuda(name, batch, seed, opt_name, impl, variant=None):
     net, g = build_variant(variant, seed, "cuda") if variant else build(name, seed, "cuda")
-    ids, labels = make_batch(batch, g, "cuda")
+    ids, labels = make_batch(batch, g, "cuda", VARIANTS[variant]["fixture"] if variant else name)
     opt = mt.make_optimizer(opt_name, net.parameters(), impl)
     torch.cuda.synchronize()
     its = []

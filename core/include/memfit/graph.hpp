@@ -51,6 +51,10 @@ struct Node {
   // Per input: the `view` gradient the rule hands on cannot be a view of the incoming gradient
   // (its layout allows none: graph.cpp gradient-layout pass), so backward allocates it.
   std::vector<bool> grad_copies;
+  // A `parameter` node (OpMemory::Output::parameter): the gradient it receives is a view whose strides
+  // break AccumulateGrad's layout contract (a narrow() of cat's gradient along a dim after one of size
+  // > 1), so .grad is a clone rather than the stolen tensor (graph.cpp gradient-layout pass).
+  bool param_grad_strided = false;
   int n_consumers = 0;             // over all outputs
   std::vector<int> out_consumers;  // per output
   int first_value = 0;             // the value id of output 0; output k is first_value + k

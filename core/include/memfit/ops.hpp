@@ -109,9 +109,11 @@ enum class Workspace : std::uint8_t { cublas, cublaslt, cudnn_conv };
 const char* workspace_name(Workspace w);
 
 struct OpMemory {
-  // fresh: a new storage; in_place: writes into input 0 (relu_); view: shares input 0 (flatten).
-  // For an op with several outputs it holds for each of them (chunk: every output a view).
-  enum class Output : std::uint8_t { fresh, in_place, view } output = Output::fresh;
+  // fresh: a new storage; in_place: writes into input 0 (relu_); view: shares input 0 (flatten);
+  // parameter: the op's parameter 0 itself (an nn.Parameter used as an operand: `parameter`), whose
+  // incoming gradient becomes its .grad. For an op with several outputs it holds for each of them
+  // (chunk: every output a view).
+  enum class Output : std::uint8_t { fresh, in_place, view, parameter } output = Output::fresh;
   std::vector<ExtraSpec> extras;
   std::vector<TensorType> fwd_temps;
   std::vector<SavedSpec> saved;  // only recorded when the output requires grad

@@ -114,6 +114,11 @@ void gradient_layouts(Graph& g) {
           }
           break;
       }
+      // utils::obeys_layout_contract (torch/csrc/autograd/utils/grad_layout_contract.h): strides
+      // of the non-size-1 dims equal the parameter's own (contiguous) ones
+      Node& pn = g.nodes[static_cast<std::size_t>(nd.in[j])];
+      if (pn.mem.output == OpMemory::Output::parameter)
+        pn.param_grad_strided = !st.empty() && !TensorType{in.shape, in.dtype, st}.is_contiguous();
       layout[v] = std::move(st);
     }
   }
@@ -318,6 +323,8 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
       }
       if (!p.is_buffer && !model_frozen.empty()) {
         auto it = model_frozen.find(layer.name + "." + p.name);
+        // a `parameter` layer is named as PyTorch names the nn.Parameter (vit.embeddings.cls_token)
+        if (it == model_frozen.end() && std::string_view(rule->kind) == "parameter") it = model_frozen.find(layer.name);
         if (it != model_frozen.end()) {
           it->second = true;
           p.trainable = false;
@@ -353,6 +360,11 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
     if (rule->is_loss) g.target = rule->target ? rule->target(call) : TensorType{{gs.batch}, DType::i64};
     n.grad_copies.assign(n.in.size(), false);
     n.mem = rule->memory(call, n.shape);
+    if (n.mem.output == OpMemory::Output::parameter) {
+      if (n.shape.params.empty() || !n.in.empty())
+        throw std::logic_error(std::string("op rule '") + rule->kind + "' outputs a parameter: it needs one and no inputs");
+      n.shape.out.dtype = n.shape.params[0].dtype;  // the parameter as model.to(dtype) left it
+    }
     if (!n.shape.extra_outs.empty())
       for (auto gi : n.mem.grad_in)
         if (gi != OpMemory::GradIn::fresh)
@@ -381,6 +393,16 @@ Graph build_graph(const Model& model, const GraphSettings& gs) {
                     "drop inplace on '" + layer.name + "'");
     }
     if (n.mem.output == OpMemory::Output::in_place) {
+      // An nn.Parameter (or a view of one: expand) written in place while it requires grad: PyTorch
+      // refuses in forward (VariableTypeUtils.h check_inplace: "a leaf Variable that requires grad is
+      // being used in an in-place operation", or "a view of a leaf Variable ...").
+      const Node& rn = g.nodes.size() > static_cast<std::size_t>(my_root) ? g.nodes[static_cast<std::size_t>(my_root)] : n;
+      if (rn.mem.output == OpMemory::Output::parameter && rn.requires_grad)
+        throw Error(layer.pos, layer.name,
+                    "writes in place into '" + layer.inputs[0] + "', which is the trainable parameter '" + rn.layer->name +
+                        "' (or a view of it): PyTorch refuses with \"a leaf Variable that requires grad is being used in an "
+                        "in-place operation\"",
+                    "drop inplace on '" + layer.name + "'");
       if (saved_by[static_cast<std::size_t>(my_root)] >= 0) {
         const std::string& saver = g.nodes[static_cast<std::size_t>(saved_by[static_cast<std::size_t>(my_root)])].layer->name;
         throw Error(layer.pos, layer.name,

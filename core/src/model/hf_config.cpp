@@ -628,9 +628,6 @@ void resolve(Model& m) {
     if (!find_op(l.kind))
       throw Error(l.pos, l.name, "the Hugging Face builder needs the layer kind '" + l.kind + "', which this memfit does not have",
                   l.kind == "scale" || l.kind == "attn_mask" || l.kind == "repeat_kv" ? "use --attention sdpa (the default)"
-                  : l.kind == "parameter" || l.kind == "expand"
-                      ? "ViT's cls_token and position_embeddings need the kinds parameter and expand, not in this memfit yet "
-                        "(docs/hf-config.md, Limits)"
                       : "this memfit lacks the transformer layer kinds (docs/hf-config.md)");
   for (Layer& l : m.layers) {
     const OpRule* rule = find_op(l.kind);

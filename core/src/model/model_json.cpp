@@ -438,12 +438,14 @@ Model parse_model_json_with(std::string_view src, std::string_view file, const H
       if (!l.attrs.count("shape")) throw Error(l.pos, l.name, "input needs \"shape\"", "write \"shape\": [3, 50, 50]");
     } else {
       if (m.layers.empty()) throw Error(l.pos, l.name, "the first layer must be the input", "add {\"kind\": \"input\", ...} first");
-      if (l.inputs.empty()) l.inputs.push_back(m.layers.back().name);
+      if (l.inputs.empty() && rule->max_inputs != 0) l.inputs.push_back(m.layers.back().name);  // a parameter reads none
       fill_defaults(*rule, l);
       int n = static_cast<int>(l.inputs.size());
       if (n < rule->min_inputs || (rule->max_inputs >= 0 && n > rule->max_inputs))
         throw Error(l.pos, l.name, std::string(rule->kind) + " has the wrong number of inputs (" + std::to_string(n) + ")",
-                    rule->min_inputs >= 2 ? "list them: \"from\": [\"a\", \"b\"]" : "give one name in \"from\"");
+                    rule->max_inputs == 0   ? std::string("remove \"from\": a ") + rule->kind + " reads no layer"
+                    : rule->min_inputs >= 2 ? std::string("list them: \"from\": [\"a\", \"b\"]")
+                                            : std::string("give one name in \"from\""));
     }
     m.layers.push_back(std::move(l));
   }

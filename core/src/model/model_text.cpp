@@ -622,7 +622,7 @@ class TextParser {
       fill_defaults(*rule, layer);
       // inputs
       if (from.empty()) {
-        layer.inputs.push_back(current_input(scope));
+        if (rule->max_inputs != 0) layer.inputs.push_back(current_input(scope));  // a parameter reads no layer
       } else {
         for (auto& [ref, k] : from) layer.inputs.push_back(resolve(ref, scope, ln, k, layer.name));
       }
@@ -634,7 +634,9 @@ class TextParser {
                   (rule->max_inputs < 0 ? "at least " + std::to_string(rule->min_inputs)
                                         : std::to_string(rule->min_inputs)) +
                   " input(s) but has " + std::to_string(n_in),
-              rule->min_inputs >= 2 ? "name its inputs: from=a,b" : "give at most one from= name");
+              rule->max_inputs == 0   ? std::string("remove from=: a ") + rule->kind + " reads no layer"
+              : rule->min_inputs >= 2 ? std::string("name its inputs: from=a,b")
+                                      : std::string("give at most one from= name"));
     }
     index_[layer.name] = out_.size();
     scope.last = layer.name;

@@ -192,6 +192,90 @@ OpMemory mean_memory(const OpCall& c, const OpShape& s) {
 }
 
 
+// ---- parameter: an nn.Parameter used as an operand (ViTEmbeddings' cls_token [1, 1, D] and
+// position_embeddings [1, T, D]), not through a module's weight. The layer reads nothing; its output
+// IS the parameter's storage, so the forward allocates nothing (OpMemory::Output::parameter) and its
+// bytes are parameter bytes: counted, graded, stepped and frozen (--freeze LAYER) as any weight.
+// Its gradient is the one its consumers hand back: AccumulateGrad steals it as .grad when it is the
+// only reference, else clones it (torch/csrc/autograd/functions/accumulate_grad.h; plan.cpp).
+//
+// The batch dimension: memfit's tensors carry their full shape, N first for activations (TensorType),
+// and nothing marks dim 0 as "the batch". A parameter is given its own full shape (1x1x768: dim 0 is
+// its leading 1, not N). That is all a batch-less operand needs: the rules that combine it with
+// activations (add, mul, expand) broadcast full shapes aligned from the right, as PyTorch does
+// (ExpandUtils.cpp infer_size), so [1, 197, 768] + [N, 197, 768] is [N, 197, 768] and its gradient is
+// summed back to [1, 197, 768]. A "has no batch" flag on TensorType would have touched every rule for
+// the same result; rules that treat dim 0 as N (reshape, flatten, concat's dim 0 refusal) see the
+// parameter's dim 0, which is what torch does with x.reshape(x.shape[0], ...) too.
+std::vector<i64> full_shape_attr(const OpCall& c) {
+  std::vector<i64> shape = int_list(c.layer, "shape", 'x', "shape=1x1x768 (the parameter's full shape, no batch)");
+  if (shape.empty() || shape.size() > static_cast<std::size_t>(kMaxInputRank))
+    fail(c.layer, "a parameter of " + std::to_string(shape.size()) + " dimensions",
+         "give 1 to " + std::to_string(kMaxInputRank) + " sizes, e.g. shape=1x1x768");
+  for (i64 d : shape)
+    if (d < 1) fail(c.layer, "parameter size " + std::to_string(d) + " is not positive", "give positive sizes, e.g. shape=1x197x768");
+  return shape;
+}
+OpShape parameter_shape(const OpCall& c) {
+  std::vector<i64> shape = full_shape_attr(c);
+  OpShape s{TensorType{shape, DType::f32}, {}, c.layer.attrs};
+  // "data": the tensor itself; the parameter's PyTorch name is the layer's name (module path + attribute)
+  s.params.push_back({.name = "data", .shape = std::move(shape)});
+  return s;
+}
+OpMemory parameter_memory(const OpCall&, const OpShape&) {
+  OpMemory m;
+  m.output = OpMemory::Output::parameter;
+  return m;
+}
+
+// ---- expand: x.expand(N, *sizes), a view that broadcasts size-1 dims (ViT's
+// `self.cls_token.expand(batch_size, -1, -1)`: [1, 1, D] -> [N, 1, D]) with stride 0 where it
+// broadcasts; `shape` is per sample (N first is --batch), -1 keeps the input's size, and leading
+// dims may be new (TensorShape.cpp expand, inferExpandGeometry). Saves nothing; backward is
+// derivatives.yaml `expand: self: at::sum_to(grad, self.sym_sizes())`: a new tensor of the input's
+// shape, or the gradient itself when nothing was broadcast (sum_to returns its argument).
+OpShape expand_shape(const OpCall& c) {
+  std::vector<i64> per = int_list(c.layer, "shape", 'x', "shape=1x768 (per sample, without N; -1 keeps a size)");
+  const auto& in = c.in[0].shape;
+  std::vector<i64> target{c.batch};
+  target.insert(target.end(), per.begin(), per.end());
+  if (target.size() < in.size())
+    fail(c.layer,
+         "expands a " + std::to_string(in.size()) + "-d input (" + shape_text(in, 0) + ") to " + std::to_string(target.size()) +
+             " dims",
+         "give one size per input dim after the batch (-1 keeps one), e.g. shape=1x768 for 1x1x768");
+  const std::size_t lead = target.size() - in.size();
+  const std::vector<i64> in_st = c.in[0].layout();
+  TensorType out{target, c.in[0].dtype};
+  out.strides.assign(target.size(), 0);
+  for (std::size_t k = 0; k < target.size(); ++k) {
+    if (k < lead) {
+      if (target[k] < 1)
+        fail(c.layer, "a new leading dim of size " + std::to_string(target[k]), "give new leading dims a positive size");
+      continue;  // a new dim: stride 0
+    }
+    const i64 d = in[k - lead];
+    if (target[k] == -1) target[k] = out.shape[k] = d;
+    if (target[k] == d) {
+      out.strides[k] = in_st[k - lead];
+    } else if (d != 1 || target[k] < 1) {
+      fail(c.layer,
+           "cannot expand " + shape_text(in, 0) + " to " + shape_text(target, 0) + ": dim " + std::to_string(k) + " is " +
+               std::to_string(d) + ", and only size-1 dims broadcast",
+           "give the input's size (or -1) where it is not 1");
+    }
+  }
+  if (out.is_contiguous()) out.strides.clear();
+  return {out, {}, c.layer.attrs};
+}
+OpMemory expand_memory(const OpCall& c, const OpShape& s) {
+  OpMemory m;
+  m.output = OpMemory::Output::view;
+  m.grad_in = {c.in[0].shape == s.out.shape ? GradIn::pass : GradIn::fresh};
+  return m;
+}
+
 }  // namespace
 
 void shape_rules(std::vector<OpRule>& out) {
@@ -251,6 +335,30 @@ void shape_rules(std::vector<OpRule>& out) {
                  .source = derivs,
                  .shape = chunk_shape,
                  .memory = chunk_memory});
+  out.push_back({.kind = "parameter",
+                 .attrs = {A("shape", VT::text, nullptr)},
+                 .positional = {"shape"},
+                 .min_inputs = 0,
+                 .max_inputs = 0,
+                 .family = OpFamily::shape,
+                 .pytorch = "nn.Parameter used as an operand (ViT's cls_token)",
+                 .summary = "a parameter as a tensor (full shape, no batch: shape=1x1x768); reads no layer, allocates nothing; "
+                            "its bytes are parameter bytes, its gradient is .grad",
+                 .source = "torch/nn/parameter.py Parameter (a leaf that requires grad); "
+                           "torch/csrc/autograd/functions/accumulate_grad.h (.grad steals or clones the incoming gradient)",
+                 .shape = parameter_shape,
+                 .memory = parameter_memory});
+  out.push_back({.kind = "expand",
+                 .attrs = {A("shape", VT::text, nullptr)},
+                 .positional = {"shape"},
+                 .family = OpFamily::shape,
+                 .pytorch = "x.expand(N, *shape)",
+                 .summary = "a view broadcasting size-1 dims (per-sample shape, -1 keeps a size); saves nothing, "
+                            "backward sums the gradient to the input's shape (a new tensor)",
+                 .source = "tools/autograd/derivatives.yaml expand: `self: at::sum_to(grad, self.sym_sizes())`; "
+                           "aten/src/ATen/native/TensorShape.cpp expand",
+                 .shape = expand_shape,
+                 .memory = expand_memory});
   out.push_back({.kind = "mean",
                  .attrs = {A("dims", VT::text, nullptr), A("keepdim", VT::boolean, "false")},
                  .positional = {"dims"},

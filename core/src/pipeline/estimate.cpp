@@ -111,7 +111,9 @@ void rules_of_thumb(Estimate& e) {
   i64 outputs = 0, param_outputs = 0;
   for (const auto& row : e.layers) {
     const Node& nd = e.graph.nodes[static_cast<std::size_t>(row.node)];
-    if (row.node == 0 || nd.rule->is_loss) continue;
+    // a `parameter` layer's output is the parameter itself, already in the parameter bytes (and no
+    // module output torchinfo would list)
+    if (row.node == 0 || nd.rule->is_loss || nd.mem.output == OpMemory::Output::parameter) continue;
     outputs = checked_add(outputs, row.output_bytes, "rule of thumb");
     if (row.params > 0) param_outputs = checked_add(param_outputs, row.output_bytes, "rule of thumb");
   }
@@ -190,6 +192,7 @@ Estimate estimate(const Model& model, const Options& options) {
     r.output_storage = i == 0 ? "input"
                        : nd.mem.output == OpMemory::Output::in_place ? "in-place"
                        : nd.mem.output == OpMemory::Output::view     ? "view"
+                       : nd.mem.output == OpMemory::Output::parameter ? "parameter"
                                                                      : "new";
     for (const auto& p : nd.shape.params) {
       if (p.tied_node >= 0) continue;  // another layer's parameter (a tied lm_head): counted there

@@ -366,6 +366,9 @@ class Planner {
     int out;
     if (nd.mem.output == OpMemory::Output::fresh) {
       out = alloc(nd.shape.out.bytes(), Category::activation);
+    } else if (nd.mem.output == OpMemory::Output::parameter) {
+      out = param_st[0];  // the nn.Parameter itself: nothing allocated
+      ref(out);
     } else {
       out = in_st[0];
       ref(out);
@@ -454,6 +457,8 @@ class Planner {
         r.type = nd.in_types[j];
         r.producer = in_st[j] == value_[in_vid(nd, j)] ? nd.in[j] : -1;
         r.is_input = (in_st[j] == x_);
+        // a `parameter` layer's output is the parameter itself: listed, not counted as an activation
+        r.is_param = p_.tensors[static_cast<std::size_t>(in_st[j])].category == Category::parameter;
         break;
       }
       case TensorRef::output:
@@ -709,6 +714,11 @@ class Planner {
       int pi = node_params_[i][k];
       if (pi < 0) continue;  // a buffer or a frozen parameter: no gradient
       Param& pr = params_[static_cast<std::size_t>(pi)];
+      if (nd.mem.output == OpMemory::Output::parameter) {
+        parameter_grad(pr, nd, g0);
+        if (iter_ == 1 && !recorded_) p_.node_grad_bytes[i] += pr.bytes;
+        continue;
+      }
       int gw;
       if (nd.param_cast[k]) {  // grad of the low-precision copy, then ToCopyBackward to float32
         int low = alloc(checked_mul(pr.numel, dtype_size(g_.compute), "gradient bytes"), Category::temporary);
@@ -738,6 +748,31 @@ class Planner {
       if (segment >= 0 && is_segment_input(segment, pd.value)) accumulate_inner(pd.value, pd.grad);
       else deliver(pd.value, *pd.type, pd.grad, pd.slice);
     }
+  }
+
+  // The AccumulateGrad of a `parameter` layer (an nn.Parameter used as an operand) receives the
+  // gradient its consumers handed back (value g0's input buffer), not one the op computes
+  // (torch/csrc/autograd/functions/accumulate_grad.h accumulateGrad). With no .grad yet it steals it
+  // when the buffer holds the only reference (`new_grad.use_count() <= num_expected_refs`) and its
+  // strides obey the layout contract (Node::param_grad_strided), else stores a clone; an existing
+  // .grad gets an in-place add (grad accumulation) and the incoming gradient is released with the
+  // buffer. A stolen tensor was allocated as an activation gradient (expand's sum_to); it is .grad
+  // from now on, and a stolen slice keeps its whole storage (torch 1.13, measured at batch 1: ViT's
+  // cls_token.grad is a [1, 1, D] view of cat's [1, T, D] gradient; position_embeddings, whose
+  // gradient add also handed to cat, gets a clone). AccumulateGrad has the engine's highest priority,
+  // so it runs as soon as its input is ready: right after its consumer's backward, which is where a
+  // parameter declared just before its use (ViTEmbeddings) is reached in reverse order here.
+  void parameter_grad(Param& pr, const Node& nd, std::size_t g0) {
+    const int in = grad_[g0];
+    if (in < 0) return;
+    if (pr.grad >= 0) return;  // `variable_grad += new_grad`: in place, nothing new
+    if (refs_[static_cast<std::size_t>(in)] == 1 && !nd.param_grad_strided) {
+      ref(in);
+      p_.tensors[static_cast<std::size_t>(in)].category = Category::gradient;
+      pr.grad = in;
+      return;
+    }
+    pr.grad = alloc(pr.bytes, Category::gradient);  // clone_obey_contract
   }
 
   // AccumulateGrad steals a fresh gradient as .grad; an existing .grad gets an in-place add

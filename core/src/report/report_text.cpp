@@ -233,7 +233,10 @@ std::string render_text(const Model& model, const Estimate& e, bool explain) {
       << "\n";
     if (!explain) continue;
     o << "    output " << dtype_name(r.out.dtype) << ": " << product_expr(r.out) << " = " << format_bytes_exact(r.output_bytes)
-      << (r.node == 0 ? " (the batch, held by the loop)" : "") << "\n";
+      << (r.node == 0                                          ? " (the batch, held by the loop)"
+          : std::string(r.output_storage) == "parameter" ? " (the parameter itself: nothing allocated)"
+                                                         : "")
+      << "\n";
     for (const auto& p : nd.shape.params) {
       TensorType t{p.shape, p.dtype};
       o << "    " << (p.is_buffer ? "buffer " : p.trainable ? "param " : "frozen param ") << p.name << " " << shape_x(p.shape) << ": "
