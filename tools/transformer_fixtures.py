@@ -23,7 +23,7 @@ A fourth, vit_tiny (ViTForImageClassification, eager; images 3x16x16 in 4x4 patc
   position_embeddings parameter, pre-norm layers (softmax in float32 cast back), layernorm, the
   classifier on token 0, CrossEntropyLoss; its batch is images and class indices (make_batch).
 
-The memfit twins are tests/fixtures/transformers/NAME.memfit; tests/transformer_reference_test.cpp
+The memfit twins are tests/fixtures/transformers/NAME.memfit; tests/transformer_test.cpp
 compares memfit (--pytorch 1.13) with what this script records.
 
 Usage (repository root):
