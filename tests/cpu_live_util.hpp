@@ -1,9 +1,17 @@
-// The plan's live bytes as the CPU profiler sees them, shared by the CPU reference tests
-// (tests/frozen_reference_test.cpp, tests/densenet_reference_test.cpp).
+// The plan's live bytes as the CPU profiler sees them, and the per-iteration comparison with a
+// recorded run, shared by the CPU reference tests (tests/frozen_reference_test.cpp,
+// tests/densenet_reference_test.cpp, tests/lora_reference_test.cpp, tests/transformer_test.cpp,
+// tests/transformer_variants_test.cpp).
 #pragma once
 
+#include <catch2/catch.hpp>
+
 #include <algorithm>
+#include <cstdlib>
+#include <functional>
 #include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -83,6 +91,50 @@ inline Live relative_live(const memfit::Estimate& e, int n_iterations) {
     r.phase_peak_cpu.push_back(ph_cpu[k]);
   }
   return r;
+}
+
+// 0-d CPU scalars the plan does not hold (tests/live_bytes_test.cpp)
+constexpr i64 kLiveScalarSlackBytes = 16;
+
+// What a recorded run may differ from memfit's plan by, in bytes (each test names its terms):
+//  * step_bytes: torch 1.13 Adam's state['step'], a 4-byte CPU tensor per parameter with state: in
+//    every iteration's start from iteration 2 on, and allowed above memfit's peak;
+//  * below: memfit's raw peak at most this much above the measured peak;
+//  * above: the measured peak at most this (+ step_bytes + the per-iteration extra) above memfit's
+//    CPU peak (Live::peak_cpu: CPU dropout noise, batch-norm scratch).
+struct LiveTolerance {
+  i64 step_bytes = 0;
+  i64 below = kLiveScalarSlackBytes;
+  i64 above = kLiveScalarSlackBytes;
+};
+
+// Checks each iteration of `run` (its "iterations": iteration, start_bytes, peak_bytes, peak_top, as
+// tools/cpu_live_reference.py analyse() records them; all relative to iteration 1's start) against
+// `mine`: the start within kLiveScalarSlackBytes of memfit's (+ step_bytes from iteration 2 on), the
+// peak never below memfit's by more than tol.below, and above memfit's CPU peak by at most tol.above +
+// tol.step_bytes + extra(iteration). `extra` returns nullopt where only the lower bound holds (a CPU
+// convolution kernel's scratch at the peak). Returns how many iterations had both bounds checked.
+inline int check_live_iterations(const nlohmann::json& run, const Live& mine, const LiveTolerance& tol,
+                                 const std::function<std::optional<i64>(const nlohmann::json&)>& extra = {}) {
+  REQUIRE(mine.peak.size() == run["iterations"].size());
+  const i64 start1 = run["iterations"][0]["start_bytes"].get<i64>();
+  int n_both = 0;
+  for (const nlohmann::json& it : run["iterations"]) {
+    const int k = it["iteration"].get<int>();
+    const std::size_t ki = static_cast<std::size_t>(k) - 1;
+    const i64 measured_start = it["start_bytes"].get<i64>() - start1;
+    const i64 measured = it["peak_bytes"].get<i64>() - start1;
+    INFO("iteration " << k << ": measured start " << measured_start << " B, memfit " << mine.start[ki]
+                      << " B; measured peak " << measured << " B, memfit " << mine.peak[ki] << " B (CPU "
+                      << mine.peak_cpu[ki] << " B), peak at " << it["peak_top"]);
+    CHECK(std::llabs(measured_start - mine.start[ki] - (k > 1 ? tol.step_bytes : 0)) <= kLiveScalarSlackBytes);
+    CHECK(measured - mine.peak[ki] >= -tol.below);  // memfit never above what PyTorch held
+    const std::optional<i64> more = extra ? extra(it) : std::optional<i64>(0);
+    if (!more) continue;
+    CHECK(measured - mine.peak_cpu[ki] <= tol.above + tol.step_bytes + *more);
+    ++n_both;
+  }
+  return n_both;
 }
 
 }  // namespace memfit::test

@@ -127,22 +127,11 @@ TEST_CASE("LoRA: tensor lifetimes match PyTorch's live bytes on the CPU", "[refe
       CHECK(e.total_grad_bytes == run["grad_bytes_after"].get<i64>());
       CHECK(e.total_optimizer_bytes == run["optimizer_state_bytes_after"].get<i64>() - step_bytes);
       Live mine = relative_live(e, o.train.n_iterations);
-      REQUIRE(mine.peak.size() == run["iterations"].size());
-      const i64 start1 = run["iterations"][0]["start_bytes"].get<i64>();
-      for (const json& it : run["iterations"]) {
-        const int k = it["iteration"].get<int>();
-        const std::size_t ki = static_cast<std::size_t>(k) - 1;
-        const i64 measured_start = it["start_bytes"].get<i64>() - start1;
-        const i64 measured = it["peak_bytes"].get<i64>() - start1;
-        INFO("iteration " << k << ": measured start " << measured_start << " B, memfit " << mine.start[ki]
-                          << " B; measured peak " << measured << " B, memfit " << mine.peak[ki] << " B (CPU dropout "
-                          << mine.peak_cpu[ki] << " B), peak at " << it["peak_top"]);
-        CHECK(std::llabs(measured_start - mine.start[ki] - (k > 1 ? step_bytes : 0)) <= kScalarSlackBytes);
-        CHECK(measured - mine.peak[ki] >= -slack);
-        const bool sgd_step = it.value("peak_phase", std::string()) == "optimizer" && !adam;
-        CHECK(measured - mine.peak_cpu[ki] <= slack + step_bytes + (sgd_step ? kSgdStepCpuBytes : 0));
-        ++n_checked;
-      }
+      n_checked += memfit::test::check_live_iterations(
+          run, mine, {.step_bytes = step_bytes, .below = slack, .above = slack}, [&](const json& it) -> std::optional<i64> {
+            const bool sgd_step = it.value("peak_phase", std::string()) == "optimizer" && !adam;
+            return sgd_step ? kSgdStepCpuBytes : 0;
+          });
     }
   }
   CHECK(n_checked == 4 * 2 * 3);

@@ -8,6 +8,7 @@
 #include "memfit/api.hpp"
 #include "memfit/ops.hpp"
 #include "memfit/report.hpp"
+#include "cpu_live_util.hpp"
 #include "test_util.hpp"
 
 using namespace memfit;
@@ -36,28 +37,6 @@ const Model& fixture(const std::string& name) {
 
 constexpr i64 kScalarSlackBytes = 16;  // CPU 0-d scalars (as tests/live_bytes_test.cpp)
 constexpr i64 kAdamCpuStepBytes = 4;   // torch 1.13 Adam's state['step']: a CPU float per parameter tensor
-
-// Raw live bytes of the plan per iteration (peak and start), relative to the start of iteration 1.
-struct Live {
-  std::vector<i64> start, peak;
-};
-Live live_bytes(const Plan& plan, int n_iterations) {
-  Live r;
-  r.start.assign(static_cast<std::size_t>(n_iterations) + 1, 0);
-  r.peak.assign(static_cast<std::size_t>(n_iterations) + 1, 0);
-  i64 live = 0;
-  int cur = 0;
-  for (const auto& ev : plan.events) {
-    for (; cur < ev.iteration; ++cur) r.start[static_cast<std::size_t>(cur) + 1] = r.peak[static_cast<std::size_t>(cur) + 1] = live;
-    const i64 b = plan.tensors[static_cast<std::size_t>(ev.tensor)].bytes;
-    live += ev.is_free ? -b : b;
-    if (ev.iteration > 0) r.peak[ev.iteration] = std::max(r.peak[ev.iteration], live);
-  }
-  const i64 base = r.start[1];
-  for (auto& v : r.start) v -= base;
-  for (auto& v : r.peak) v -= base;
-  return r;
-}
 
 }  // namespace
 
@@ -115,22 +94,13 @@ TEST_CASE("transformer fixtures: live bytes through three iterations match torch
       o.train.impl = parse_optimizer_impl(run["optimizer_impl"].get<std::string>());
       Estimate e = estimate(fixture(f["name"].get<std::string>()), o);
       const bool adam = o.train.optimizer == Optimizer::adam;
-      const i64 cpu_terms = kScalarSlackBytes + scalar_bytes(f["name"].get<std::string>()) +
-                            (adam ? kAdamCpuStepBytes * run["param_tensors"].get<i64>() : 0);
-      Live mine = live_bytes(e.plan, o.train.n_iterations);
+      const i64 scalars = scalar_bytes(f["name"].get<std::string>());
+      const i64 step_bytes = adam ? kAdamCpuStepBytes * run["param_tensors"].get<i64>() : 0;
       CHECK(e.total_grad_bytes == run["grad_bytes_after"].get<i64>());
-      for (const auto& it : run["iterations"]) {
-        const std::size_t k = it["iteration"].get<std::size_t>();
-        const i64 measured = it["relative_peak_bytes"].get<i64>(), start = it["relative_start_bytes"].get<i64>();
-        INFO(f["name"] << " " << run["optimizer"] << " " << run["optimizer_impl"] << " iteration " << k << ": measured "
-                       << measured << " B (start " << start << "), memfit " << mine.peak[k] << " B (start " << mine.start[k]
-                       << "), peak at " << it["peak_top"]);
-        CHECK(measured - mine.peak[k] >= -kScalarSlackBytes);
-        CHECK(measured - mine.peak[k] <= cpu_terms);
-        CHECK(start - mine.start[k] >= -kScalarSlackBytes);
-        CHECK(start - mine.start[k] <= cpu_terms);
-        ++n_checked;
-      }
+      INFO(f["name"] << " " << run["optimizer"] << " " << run["optimizer_impl"]);
+      // no dropout, no batch norm: the CPU peak is the raw one
+      n_checked += test::check_live_iterations(run, test::relative_live(e, o.train.n_iterations),
+                                               {.step_bytes = step_bytes, .above = kScalarSlackBytes + scalars});
     }
   }
   CHECK(n_checked == 36);  // 4 fixtures x 3 optimizer runs x 3 iterations

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The one prepared script for a lent GPU machine (about 10.5 minutes): PyTorch reference runs of every
+# The one prepared script for a lent GPU machine (about 11 minutes): PyTorch reference runs of every
 # model (tools/gpu_reference.py: max_memory_allocated/reserved for iteration 1 and a steady-state
 # iteration, NVML process memory, CUDA context, largest batch under 8 and 16 GiB caps) and the memfit
 # probe (probe/run_gpu_record.sh), and per-convolution cuDNN workspaces (tools/gpu_cudnn_workspace.py).
 # Everything goes under $OUT. Run from the repository root:
 #   OUT=/some/dir bash tools/gpu-session.sh
 # Afterwards, on the development machine:
-#   cp $OUT/gpu_reference_models.json tests/reference/gpu/   (and the fixtures and gpu_transformers files)
+#   cp $OUT/gpu_reference_models.json tests/reference/gpu/   (and the fixtures, gpu_transformers and
+#   gpu_transformer_variants files)
 #   cp -r $OUT/probe tests/reference/probe-records/<gpu>-<date>
 #   /usr/bin/python3 tools/accuracy_report.py; build the tests; commit.
 # The model JSON comes from tests/reference/models-json (no memfit binary needed for the PyTorch part);
@@ -36,6 +37,12 @@ echo "gpu_reference fixtures: exit $? after $(( $(date +%s) - start )) s" | tee 
 timeout 30 python3 tools/transformer_fixtures.py cuda --batch 2 \
   -o "$OUT/gpu_transformers.json" > "$OUT/gpu_transformers.log" 2>&1
 echo "transformer fixtures: exit $? after $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt"
+# The same with checkpointing (every decoder layer, reentrant / non-reentrant) and LoRA (VARIANTS in the
+# script: llama_tiny / gpt2_tiny, 8 variants x 3 optimizers x 3 iterations of a tiny model; a few seconds
+# after CUDA starts, at most 30 s added to the session)
+timeout 30 python3 tools/transformer_fixtures.py cuda-variants --batch 2 \
+  -o "$OUT/gpu_transformer_variants.json" > "$OUT/gpu_transformer_variants.log" 2>&1
+echo "transformer variants: exit $? after $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt"
 
 # cuDNN convolution workspaces per conv call (docs/cudnn-workspace.md): heuristics, capped, benchmark
 timeout 100 python3 tools/gpu_cudnn_workspace.py --out "$OUT/cudnn_workspace.json" > "$OUT/cudnn_workspace.log" 2>&1

@@ -43,6 +43,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cpu_live_reference as clr  # noqa: E402
 import memfit_torch as mt  # noqa: E402
+from cpu_reference import _storage  # noqa: E402  (the saved-tensor hook's storage identity)
 
 
 class LoraLinear(nn.Module):
@@ -136,11 +137,6 @@ def batch_for(shape, batch, seed):
     x = torch.randn([batch] + shape, generator=g)
     y = torch.randint(0, 10, (batch,), generator=g)
     return x, y
-
-
-def _storage(t):
-    s = t.untyped_storage() if hasattr(t, "untyped_storage") else t.storage()
-    return s.data_ptr(), s.nbytes()
 
 
 def measure_saved(net, shape, batch, seed):

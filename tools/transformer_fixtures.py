@@ -23,14 +23,21 @@ A fourth, vit_tiny (ViTForImageClassification, eager; images 3x16x16 in 4x4 patc
   position_embeddings parameter, pre-norm layers (softmax in float32 cast back), layernorm, the
   classifier on token 0, CrossEntropyLoss; its batch is images and class indices (make_batch).
 
-The memfit twins are tests/fixtures/transformers/NAME.memfit; tests/transformer_reference_test.cpp
+The memfit twins are tests/fixtures/transformers/NAME.memfit; tests/transformer_test.cpp
 compares memfit (--pytorch 1.13) with what this script records.
 
 Usage (repository root):
   /usr/bin/python3 tools/transformer_fixtures.py saved -o tests/reference/cpu_saved_transformers.json
   /usr/bin/python3 tools/transformer_fixtures.py live  -o tests/reference/cpu_live_transformers.json
   python3 tools/transformer_fixtures.py cuda -o OUT.json     (a lent GPU: tools/gpu-session.sh)
+  /usr/bin/python3 tools/transformer_fixtures.py variants -o tests/reference/cpu_transformer_variants.json
+  python3 tools/transformer_fixtures.py cuda-variants -o OUT.json   (a lent GPU: tools/gpu-session.sh)
+Variants (VARIANTS below; tests/transformer_variants_test.cpp): llama_tiny / gpt2_tiny with every decoder
+layer in torch.utils.checkpoint (reentrant, non-reentrant), llama_tiny with PEFT LoRA (q_proj,v_proj:
+without checkpointing, non-reentrant, reentrant with enable_input_require_grads; all-linear); saved and live
+bytes in one file.
 Options: --batch 2 --fixtures gpt2_tiny,llama_tiny,bert_tiny --nodes (live: per autograd node)
+         --variants NAME[,NAME...] (variants, cuda-variants)
 """
 
 import argparse
@@ -41,9 +48,11 @@ import sys
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint as ckpt
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import memfit_torch as mt  # noqa: E402
+from cpu_reference import _storage  # noqa: E402  (the saved-tensor hook's storage identity)
 
 D, T, V, LAYERS, HEADS = 32, 16, 100, 2, 4
 KV_HEADS = 2          # llama_tiny: grouped-query attention, n_rep = 2
@@ -66,6 +75,17 @@ def for_causal_lm_loss(logits, labels):
     logits = logits.view(-1, logits.size(-1))
     shift_labels = shift_labels.view(-1)
     return F.cross_entropy(logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="mean")
+
+
+def run_layer(model, layer, *args):
+    """One decoder layer; one torch.utils.checkpoint call per layer when model.checkpoint_impl is set
+    (variants below): transformers' gradient checkpointing, self._gradient_checkpointing_func(
+    layer.__call__, hidden_states, ..., position_embeddings), with every tensor the layer reads from
+    outside (hidden state, cos, sin, mask) an argument, so a reentrant call saves each of them."""
+    impl = getattr(model, "checkpoint_impl", None)
+    if impl is None:
+        return layer(*args)
+    return ckpt.checkpoint(layer, *args, use_reentrant=impl == "reentrant")
 
 
 # ---------------------------------------------------------------- GPT-2
@@ -154,7 +174,7 @@ class GPT2Model(nn.Module):
         h = self.wte(ids) + self.wpe(position_ids)
         mask = causal_mask(n, t, h.dtype, h.device)
         for block in self.h:
-            h = block(h, mask)
+            h = run_layer(self, block, h, mask)
         return self.ln_f(h)
 
 
@@ -303,7 +323,7 @@ class LlamaModel(nn.Module):
         mask = causal_mask(h.shape[0], h.shape[1], h.dtype, h.device)
         cos, sin = self.rotary_emb(h, position_ids)
         for layer in self.layers:
-            h = layer(h, cos, sin, mask)
+            h = run_layer(self, layer, h, cos, sin, mask)
         return self.norm(h)
 
 
@@ -656,14 +676,6 @@ def make_batch(batch, g, device="cpu", name=None):
     return ids, labels
 
 
-def _storage(t):
-    if hasattr(t, "untyped_storage"):
-        s = t.untyped_storage()
-        return s.data_ptr(), s.nbytes()
-    s = t.storage()
-    return s.data_ptr(), s.nbytes()
-
-
 def count_params(net):
     seen, n = set(), 0
     for p in net.parameters():  # net.parameters() yields a tied tensor once
@@ -673,9 +685,9 @@ def count_params(net):
     return n
 
 
-def measure_saved(name, batch, seed):
-    net, g = build(name, seed)
-    ids, labels = make_batch(batch, g, name=name)
+def measure_saved(name, batch, seed, variant=None):
+    net, g = build_variant(variant, seed) if variant else build(name, seed)
+    ids, labels = make_batch(batch, g, name=VARIANTS[variant]["fixture"] if variant else name)
     param_ptrs = {_storage(p)[0] for p in net.parameters()} | {_storage(b)[0] for b in net.buffers()}
     input_ptrs = {_storage(ids)[0], _storage(labels)[0]}
     stack = ["(outside)"]
@@ -710,6 +722,9 @@ def measure_saved(name, batch, seed):
     def counted(e):
         return e["first"] and not e["is_param"] and not e["is_input"] and not e["cpu_scalar"]
     total = sum(e["bytes"] for e in entries if counted(e))
+    # CPU dropout (p > 0, LoRA's lora_dropout) saves a float32 noise tensor where CUDA saves a bool mask
+    noise = sum(math.prod(e["shape"]) for e in entries
+                if counted(e) and e["module"].endswith("dropout") and e["dtype"] == "float32")
     scalars = sum(e["bytes"] for e in entries if e["first"] and e["cpu_scalar"])
     inputs = sum(e["bytes"] for e in entries if e["first"] and e["is_input"])
     for e in entries:
@@ -718,15 +733,17 @@ def measure_saved(name, batch, seed):
     return {"name": name, "batch": batch, "params": count_params(net),
             "param_bytes": sum(p.numel() * p.element_size() for p in net.parameters()),
             "buffer_bytes": sum(b.numel() * b.element_size() for b in net.buffers()),
+            **({"trainable_params": sum(p.numel() for p in net.parameters() if p.requires_grad),
+                "saved_dropout_noise_elements": noise} if variant else {}),
             "saved_total_bytes": total, "saved_input_bytes": inputs, "saved_cpu_scalar_bytes": scalars, "first_saved_bytes_by_module": per_module,
             "saved": entries, "loss": round(float(loss.detach()), 5)}
 
 
-def measure_live(name, batch, seed, opt_name, impl, want_nodes, want_ops=False):
+def measure_live(name, batch, seed, opt_name, impl, want_nodes, want_ops=False, variant=None):
     from torch.profiler import ProfilerActivity, profile
     import cpu_live_reference as clr
-    net, g = build(name, seed)
-    ids, labels = make_batch(batch, g, name=name)
+    net, g = build_variant(variant, seed) if variant else build(name, seed)
+    ids, labels = make_batch(batch, g, name=VARIANTS[variant]["fixture"] if variant else name)
     opt = mt.make_optimizer(opt_name, net.parameters(), impl)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         for _ in range(clr.N_ITERATIONS):
@@ -739,6 +756,7 @@ def measure_live(name, batch, seed, opt_name, impl, want_nodes, want_ops=False):
     params = list(net.parameters())
     res = {"optimizer": opt_name, "optimizer_impl": impl,
            "param_bytes": sum(p.numel() * p.element_size() for p in params), "param_tensors": len(params),
+           **({"trainable_param_tensors": sum(p.requires_grad for p in params)} if variant else {}),
            "grad_bytes_after": sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None),
            "optimizer_state_bytes_after": sum(v.numel() * v.element_size() for st in opt.state.values()
                                               for v in st.values() if torch.is_tensor(v)),
@@ -753,9 +771,9 @@ def measure_live(name, batch, seed, opt_name, impl, want_nodes, want_ops=False):
     return res
 
 
-def measure_cuda(name, batch, seed, opt_name, impl):
-    net, g = build(name, seed, "cuda")
-    ids, labels = make_batch(batch, g, "cuda", name)
+def measure_cuda(name, batch, seed, opt_name, impl, variant=None):
+    net, g = build_variant(variant, seed, "cuda") if variant else build(name, seed, "cuda")
+    ids, labels = make_batch(batch, g, "cuda", VARIANTS[variant]["fixture"] if variant else name)
     opt = mt.make_optimizer(opt_name, net.parameters(), impl)
     torch.cuda.synchronize()
     its = []
@@ -769,18 +787,110 @@ def measure_cuda(name, batch, seed, opt_name, impl):
     return {"optimizer": opt_name, "optimizer_impl": impl, "iterations": its}
 
 
+# ---------------------------------------------------------------- variants: checkpointing, LoRA
+# tests/reference/cpu_transformer_variants.json (mode `variants`), checked by
+# tests/transformer_variants_test.cpp with memfit's --checkpoint / --checkpoint-impl / --lora.
+# checkpoint: every decoder layer one torch.utils.checkpoint call (run_layer), preserve_rng_state left
+# True (as transformers' gradient_checkpointing_enable). lora: tools/lora_fixtures.py's LoraLinear (PEFT
+# lora.Linear.forward) on the targets, every other parameter frozen (mark_only_lora_as_trainable).
+# The reentrant call needs an input that requires grad: the embedding output does in full fine-tuning; under
+# LoRA (frozen embeddings) PEFT calls transformers' model.enable_input_require_grads() (peft_model.py
+# _prepare_model_for_gradient_checkpointing), a forward hook on get_input_embeddings() doing
+# output.requires_grad_(True) (modeling_utils.py): "input_require_grads" below.
+LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+VARIANTS = {
+    "llama_tiny+ckpt_reentrant": {"fixture": "llama_tiny", "checkpoint": "model.layers.*", "checkpoint_impl": "reentrant"},
+    "llama_tiny+ckpt_non_reentrant": {"fixture": "llama_tiny", "checkpoint": "model.layers.*",
+                                      "checkpoint_impl": "non-reentrant"},
+    "gpt2_tiny+ckpt_reentrant": {"fixture": "gpt2_tiny", "checkpoint": "transformer.h.*", "checkpoint_impl": "reentrant"},
+    "gpt2_tiny+ckpt_non_reentrant": {"fixture": "gpt2_tiny", "checkpoint": "transformer.h.*",
+                                     "checkpoint_impl": "non-reentrant"},
+    "llama_tiny+lora_qv": {"fixture": "llama_tiny", "lora": "r=8,alpha=16,dropout=0.05,targets=q_proj,v_proj",
+                           "lora_targets": ["q_proj", "v_proj"], "r": 8, "alpha": 16.0, "dropout": 0.05},
+    "llama_tiny+lora_qv+ckpt_non_reentrant": {"fixture": "llama_tiny", "checkpoint": "model.layers.*",
+                                              "checkpoint_impl": "non-reentrant",
+                                              "lora": "r=8,alpha=16,dropout=0.05,targets=q_proj,v_proj",
+                                              "lora_targets": ["q_proj", "v_proj"], "r": 8, "alpha": 16.0,
+                                              "dropout": 0.05},
+    "llama_tiny+lora_qv+ckpt_reentrant": {"fixture": "llama_tiny", "checkpoint": "model.layers.*",
+                                          "checkpoint_impl": "reentrant", "input_require_grads": True,
+                                          "lora": "r=8,alpha=16,dropout=0.05,targets=q_proj,v_proj",
+                                          "lora_targets": ["q_proj", "v_proj"], "r": 8, "alpha": 16.0, "dropout": 0.05},
+    # all-linear: PEFT's INCLUDE_LINEAR_LAYERS_SHORTHAND, every nn.Linear but the output head
+    "llama_tiny+lora_all": {"fixture": "llama_tiny", "lora": "r=4,alpha=8,targets=all-linear",
+                            "lora_targets": LLAMA_LINEARS, "r": 4, "alpha": 8.0, "dropout": 0.0},
+}
+
+
+def build_variant(vname, seed, device="cpu"):
+    v = VARIANTS[vname]
+    net, g = build(v["fixture"], seed, device)
+    if "lora" in v:
+        from lora_fixtures import LoraLinear
+        # PEFT check_target_module_exists: the module name ends in "." + target
+        for name, mod in list(net.named_modules()):
+            if isinstance(mod, nn.Linear) and any(name.endswith("." + t) for t in v["lora_targets"]):
+                parent_name, _, child = name.rpartition(".")
+                setattr(net.get_submodule(parent_name), child, LoraLinear(mod, v["r"], v["alpha"], v["dropout"]).to(device))
+        for n, p in net.named_parameters():
+            p.requires_grad_("lora_" in n)
+        net.train()
+    if v.get("input_require_grads"):
+        # modeling_utils.py enable_input_require_grads: make_inputs_require_grads(module, input, output)
+        net.model.embed_tokens.register_forward_hook(lambda module, inp, out: out.requires_grad_(True))
+    if "checkpoint_impl" in v:
+        (net.model if v["fixture"] == "llama_tiny" else net.transformer).checkpoint_impl = v["checkpoint_impl"]
+    return net, g
+
+
+def variants_main(args, configs):
+    names = [n for n in (args.variants.split(",") if args.variants else VARIANTS) if n]
+    result = {"generated_by": " ".join(["python3"] + sys.argv), "torch_version": torch.__version__,
+              "dims": {"D": D, "T": T, "V": V, "layers": LAYERS, "heads": HEADS, "kv_heads": KV_HEADS,
+                       "llama_ffn": LLAMA_FFN},
+              "notes": ["tools/transformer_fixtures.py VARIANTS: the fixtures with every decoder layer in a "
+                        "torch.utils.checkpoint call and/or PEFT LoRA (tools/lora_fixtures.py LoraLinear).",
+                        "saved: saved_tensors_hooks around forward + loss, as mode `saved` (the outer graph only "
+                        "under checkpointing: a reentrant call saves its inputs, a non-reentrant call's own "
+                        "hooks replace the outer ones).",
+                        "live: as mode `live` (torch.profiler, 1 thread, 3 iterations)."],
+              "variants": []}
+    for vn in names:
+        v = dict(VARIANTS[vn])
+        entry = {"name": vn, "fixture": v["fixture"], "twin": "tests/fixtures/transformers/%s.memfit" % v["fixture"],
+                 "checkpoint": v.get("checkpoint"), "checkpoint_impl": v.get("checkpoint_impl"), "lora": v.get("lora"),
+                 "input_require_grads": bool(v.get("input_require_grads")),
+                 "batch": args.batch}
+        runs = []
+        for opt_name, impl in configs:
+            if args.mode == "variants":
+                runs.append(measure_live(vn, args.batch, args.seed, opt_name, impl, args.nodes, args.ops, variant=vn))
+            else:
+                runs.append(measure_cuda(vn, args.batch, args.seed, opt_name, impl, variant=vn))
+        if args.mode == "variants":
+            saved = measure_saved(vn, args.batch, args.seed, variant=vn)
+            saved.pop("saved")  # per-entry list: large, and the totals are what is compared
+            entry["saved"] = saved
+        entry["runs"] = runs
+        result["variants"].append(entry)
+    mt.write_json(result, args.output)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["saved", "live", "cuda"])
+    ap.add_argument("mode", choices=["saved", "live", "cuda", "variants", "cuda-variants"])
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fixtures", default=",".join(FIXTURES))
     ap.add_argument("--configs", default="sgd:foreach,adam:foreach,adam:for-loop")
     ap.add_argument("--nodes", action="store_true", help="live: the last iteration's autograd nodes [op, start, max, end]")
     ap.add_argument("--ops", action="store_true", help="live, with --nodes: every top-level op as well")
+    ap.add_argument("--variants", help="variants / cuda-variants: names from VARIANTS (default all)")
     ap.add_argument("-o", "--output")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.mode in ("variants", "cuda-variants"):
+        return variants_main(args, [c.split(":") for c in args.configs.split(",") if c])
     names = [n for n in args.fixtures.split(",") if n]
     result = {"generated_by": " ".join(["python3"] + sys.argv), "torch_version": torch.__version__,
               "dims": {"D": D, "T": T, "V": V, "layers": LAYERS, "heads": HEADS, "kv_heads": KV_HEADS,

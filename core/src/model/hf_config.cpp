@@ -457,6 +457,9 @@ struct EncoderSpec {
   bool pre_norm = false;  // ViT: layernorm_before / layernorm_after
   HfAttention impl = HfAttention::sdpa;
   std::string mask;  // eager: the mask layer ("" = none)
+  // ViT's eager_attention_forward (modeling_vit.py): softmax(..., dtype=torch.float32).to(query.dtype);
+  // BertSelfAttention (v4.5x) calls nn.functional.softmax(attention_scores, dim=-1)
+  bool float32_softmax = false;
 };
 
 std::string encoder(Builder& b, const Cfg& c, const EncoderSpec& s, std::string h) {
@@ -475,7 +478,7 @@ std::string encoder(Builder& b, const Cfg& c, const EncoderSpec& s, std::string 
       qkv[j] = heads_of(b, a + "." + names[j], a + "." + names[j], s.heads, head_dim);
     }
     attention_core(b, {a, qkv[0], qkv[1], qkv[2], s.heads, s.heads, head_dim, false, s.attn_p, "attention_probs_dropout_prob",
-                       s.impl, s.mask});
+                       s.impl, s.mask, false, s.float32_softmax});
     b.add(p + ".attention.output.dense", "linear", {I("out_features", s.d, "hidden_size")});
     dropout(b, p + ".attention.output.dropout", s.hidden_p, "hidden_dropout_prob");
     // BertSelfOutput: LayerNorm(hidden_states + input_tensor); ViT: attention_output + hidden_states
@@ -595,7 +598,7 @@ Model build_vit(const Cfg& c, const HfOptions& o, const std::string& name) {
   EncoderSpec s{"vit.encoder.layer", c.integer("num_hidden_layers"), d, heads, c.integer("intermediate_size"),
                 c.real_or("layer_norm_eps", "1e-12", 0, 1, true), "layer_norm_eps", c.text_or("hidden_act", "gelu"),
                 c.real_or("attention_probs_dropout_prob", "0.0", 0, 1, true), c.real_or("hidden_dropout_prob", "0.0", 0, 1, true),
-                c.boolean_or("qkv_bias", true), true, o.attention.value_or(HfAttention::sdpa), ""};  // eager: no mask
+                c.boolean_or("qkv_bias", true), true, o.attention.value_or(HfAttention::sdpa), "", true};  // eager: no mask
   const i64 labels = num_labels(c);
 
   b.add("pixel_values", "input", {T("shape", str(channels) + "x" + str(image) + "x" + str(image), "image_size")});

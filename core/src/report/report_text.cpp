@@ -12,7 +12,10 @@ namespace {
 
 std::string shape_x(const std::vector<i64>& s) {
   std::string o;
-  for (std::size_t i = 0; i < s.size(); ++i) o += (i ? "x" : "") + std::to_string(s[i]);
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (i) o += 'x';
+    o += std::to_string(s[i]);  // appended apart: GCC 12's -Wrestrict misfires on "x" + to_string
+  }
   return o.empty() ? "scalar" : o;
 }
 
@@ -140,8 +143,8 @@ Folding fold_repeats(const Estimate& e) {
     for (std::size_t i = 0; i < e.graph.nodes.size(); ++i) {
       const Node& nd = e.graph.nodes[i];
       sig = nd.rule->kind;
-      for (i64 d : nd.shape.out.shape) sig += "," + std::to_string(d);
-      for (const auto& p : nd.shape.params) sig += "|" + std::to_string(p.numel()) + (p.trainable ? "t" : "f");
+      for (i64 d : nd.shape.out.shape) (sig += ',') += std::to_string(d);
+      for (const auto& p : nd.shape.params) ((sig += '|') += std::to_string(p.numel())) += p.trainable ? 't' : 'f';
       node_id[i] = ids.emplace(sig, static_cast<int>(ids.size())).first->second;
     }
   }
