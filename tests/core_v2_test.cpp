@@ -502,3 +502,22 @@ TEST_CASE("gelu_new under autocast: pow's float32 copy and a float32 expression 
   CHECK(row(b, "g").out.dtype == DType::bf16);
   CHECK(row(b, "g").saved_bytes == 4 * 512);
 }
+
+TEST_CASE("cross_entropy under CUDA autocast: log_softmax in the logits' dtype, nll_loss's float32 copy", "[autocast]") {
+  // LossNLL.cpp cross_entropy_loss_symint: nll_loss_nd(at::log_softmax(self, class_dim, self.scalar_type()), ...).
+  // CUDA autocast has no cross_entropy_loss entry (only KERNEL_CPU/XLA/XPU), so the composite runs: the
+  // explicit dtype survives set_opt_dtype (a float16 log_softmax, saved as its result), and nll_loss
+  // (AT_FORALL_FP32) casts it to float32 and saves that copy as self. Logits float16 [4, 10]:
+  // 4 x 10 x 2 B = 80 B + 4 x 10 x 4 B = 160 B + total_weight (float32, 0-d) 4 B; the target is the loop's.
+  Options o = opts(4);
+  o.train.precision = DType::f16;
+  Estimate e = run("input 16\nfc 10\n", o);
+  CHECK(row(e, "loss").saved_bytes == 80 + 160 + 4);
+  CHECK(row(e, "loss").out.dtype == DType::f32);
+  auto [fwd, bwd] = node_allocs(e, "loss");
+  // backward's seed (ones_like(loss), float32 0-d), nll_loss_backward (float32), ToCopyBackward, the input grad
+  CHECK(bwd == std::vector<i64>{4, 160, 80, 80});
+  // float32 logits: one float32 log_softmax result, 160 B + 4 B
+  Estimate f = run("input 16\nfc 10\n", opts(4));
+  CHECK(row(f, "loss").saved_bytes == 160 + 4);
+}

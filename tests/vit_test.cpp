@@ -224,4 +224,17 @@ TEST_CASE("vit-base-patch16-224 estimates in fp32, bf16 autocast and with LoRA",
     CHECK(allocated(e, "vit.embeddings.cls_expand", Phase::backward) == 0);
     CHECK(e.peak_allocated_bytes > 0);
   }
+  SECTION("LoRA with reentrant checkpointing: enable_input_require_grads hooks ViTModel.get_input_embeddings()") {
+    // get_input_embeddings() is embeddings.patch_embeddings; its output (the patch transpose) requires grad,
+    // so the reentrant checkpoints of the frozen encoder get gradients (PyTorch would warn and train nothing).
+    OptionStrings s;
+    s.lora = "targets=query,value";
+    s.checkpoint = "vit.encoder.layer.*";
+    s.checkpoint_impl = "reentrant";
+    const Estimate e = run(s);
+    CHECK(e.graph.nodes[static_cast<std::size_t>(node_of(e, "vit.embeddings.patch_embeddings.transpose"))].requires_grad);
+    CHECK_FALSE(e.graph.nodes[static_cast<std::size_t>(node_of(e, "vit.embeddings.patch_embeddings.projection"))].requires_grad);
+    // 12 layers x (query + value) x (lora_A 8x768 + lora_B 768x8) float32 gradients
+    CHECK(e.total_grad_bytes == 12 * 2 * (8 * 768 + 768 * 8) * 4);
+  }
 }

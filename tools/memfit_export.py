@@ -325,9 +325,9 @@ class _Converter:
         if node.op == "get_attr":
             if isinstance(info, _TensorInfo):
                 # a parameter or buffer used as an operand (e.g. ConvNeXt's layer_scale): memfit's
-                # layers own their parameters; there is no kind for a bare parameter operand
+                # layers own their parameters; the exporter does not map a bare parameter operand to memfit's `parameter` kind yet
                 raise _Unsupported("a parameter/buffer used directly in forward(); memfit's layers own their "
-                                   "parameters (no kind takes a parameter operand)")
+                                   "parameters (the exporter does not map parameter operands to memfit's `parameter` kind yet)")
             self.ref[node] = None
             return
         if not _has_tensor(info):

@@ -899,7 +899,7 @@ export function mountCalculator(host, opts = {}) {
 function breakdownNote(e) {
   const t = e.totals, b = e.peak.breakdown;
   const items = [];
-  items.push(`<li><b>Parameters ${esc(bytes(b.parameter))}</b> here are the allocator's blocks (each tensor rounded up to a multiple of 512 B); the weights themselves are ${int(t.params)} values = <b>${esc(bytes(t.param_bytes))}</b> (${int(t.param_bytes)} B), as in the per-layer table.</li>`);
+  items.push(`<li><b>Parameters ${esc(bytes(b.parameter))}</b> here are the allocator's blocks (each tensor rounded up to a multiple of 512 B); the weights themselves are ${int(t.params)} values${e.settings && e.settings.qlora ? ' (4-bit weights counted unpacked, stored two per byte)' : ''} = <b>${esc(bytes(t.param_bytes))}</b> (${int(t.param_bytes)} B), as in the per-layer table.</li>`);
   items.push(`<li><b>Saved activations ${esc(bytes(b.activation))}</b> are the saved tensors still alive at the peak (${esc(e.peak.phase.replace('_', ' '))}${e.peak.layer ? ` at ${esc(e.peak.layer)}` : ''}, iteration ${e.peak.iteration}), in allocator blocks; the per-layer table's total <b>${esc(bytes(t.saved_activation_bytes))}</b> is everything saved over the forward pass, in exact bytes.</li>`);
   if (t.grad_bytes && b.gradient !== t.grad_bytes) items.push(`<li><b>Gradients ${esc(bytes(b.gradient))}</b>: the .grad blocks alive at the peak; all gradients are ${esc(bytes(t.grad_bytes))}.</li>`);
   return `<p class="hint">Why these differ from the per-layer table:</p><ul class="hint">${items.join('')}</ul>`;

@@ -42,6 +42,10 @@ struct Model {
   // What the source could not say and memfit assumed (the ONNX importer: which PyTorch module a node
   // stands for; a Hugging Face config's default sequence length): the estimate repeats them in its notes.
   std::vector<std::string> notes;
+  // The layer transformers' get_input_embeddings() returns when it is not the first token embedding
+  // (ViT: embeddings.patch_embeddings, whose output is the patch transpose); empty: that embedding.
+  // PEFT's enable_input_require_grads hooks it (core/src/pipeline/finetune.cpp).
+  std::string input_embeddings;
 };
 
 struct HfOptions;  // memfit/hf_config.hpp: --seq, --attention, --head for a Hugging Face config.json

@@ -622,7 +622,9 @@ Model build_vit(const Cfg& c, const HfOptions& o, const std::string& name) {
   first_token(b, "vit", "vit.layernorm", d);
   b.add("classifier", "linear", {I("out_features", labels, c.has("id2label") ? "id2label" : "num_labels")});
   b.add("loss", "cross_entropy", {});
-  return b.take();
+  Model vit = b.take();
+  vit.input_embeddings = tokens;  // ViTModel.get_input_embeddings() returns embeddings.patch_embeddings
+  return vit;
 }
 
 // Attribute texts to the registry's typed values; every kind must exist and know every option.

@@ -33,6 +33,10 @@ inline OpShape same_shape(const OpCall& c) { return {c.in[0], {}, c.layer.attrs}
 // The dtype of a softmax-family result (Autocast::fp32_set_opt_dtype): float32 from a float16 input
 // read by the half_to_float kernel, else the (already converted) input's.
 inline DType softmax_result_dtype(const OpCall& c) { return c.half_to_float ? DType::f32 : c.in[0].dtype; }
+inline bool is_half(DType t) { return t == DType::f16 || t == DType::bf16; }
+// F.cross_entropy over class scores [rows, classes] (loss.cpp): what cross_entropy and masked_lm_loss keep.
+OpMemory cross_entropy_rows_memory(const OpCall& c, const std::vector<i64>& rows);
+DType cross_entropy_loss_dtype(const OpCall& c);
 // Saves self (avg_pool2d, _adaptive_avg_pool2d for its shape and the backward kernel; gelu).
 inline OpMemory save_self_memory(const OpCall&, const OpShape&) {
   OpMemory m;

@@ -11,7 +11,6 @@ namespace {
 
 const char* derivs = "tools/autograd/derivatives.yaml";
 
-bool is_half(DType t) { return t == DType::f16 || t == DType::bf16; }
 
 std::vector<i64> with_last(std::vector<i64> s, i64 last) {
   s.back() = last;
@@ -540,14 +539,7 @@ OpMemory causal_lm_loss_memory(const OpCall& c, const OpShape&) {
 }
 OpMemory masked_lm_loss_memory(const OpCall& c, const OpShape&) {
   const auto& in = c.in[0].shape;
-  const std::vector<i64> rows{in[0] * in[1], in[2]};
-  OpMemory m;
-  const DType logp = softmax_result_dtype(c);  // float16 logits under autocast: half_to_float
-  m.extras = {{"log_softmax result", {rows, logp}}, {"total_weight", {{}, logp}}};
-  m.saved = {{{TensorRef::extra, 0}, "result / self"}, {{TensorRef::target, 0}, "target"}, {{TensorRef::extra, 1}, "total_weight"}};
-  m.grad_in = {GradIn::fresh};
-  m.bwd_temps = {{rows, logp}};
-  return m;
+  return cross_entropy_rows_memory(c, {in[0] * in[1], in[2]});  // CrossEntropyLoss over logits.view(-1, V)
 }
 
 }  // namespace
@@ -618,7 +610,7 @@ void transformer_rules(std::vector<OpRule>& out) {
   out.push_back({.kind = "gelu_new",
                  .family = OpFamily::transformer,
                  .pytorch = "NewGELUActivation (GPT-2)",
-                 .summary = "the tanh GELU written out; keeps x, tanh's result, 0.5x and 1+tanh (four tensors)",
+                 .summary = "the tanh GELU written out; keeps x, tanh's result, 0.5x and 1+tanh (four tensors; under autocast x as a float32 copy, the rest float32 but 0.5x)",
                  .source = "huggingface/transformers src/transformers/activations.py NewGELUActivation; derivatives.yaml",
                  .shape = gelu_new_shape,
                  .memory = gelu_new_memory});
@@ -662,7 +654,7 @@ void transformer_rules(std::vector<OpRule>& out) {
                  .memory = causal_lm_loss_memory,
                  .target = lm_target});
   out.push_back({.kind = "masked_lm_loss",
-                 .autocast = Autocast::fp32_set_opt_dtype,  // CrossEntropyLoss: its log_softmax (see cross_entropy)
+                 .autocast = Autocast::keep,  // CrossEntropyLoss: the rule makes its casts (see cross_entropy)
                  .is_loss = true,
                  .family = OpFamily::loss,
                  .pytorch = "BertForMaskedLM's CrossEntropyLoss over logits.view(-1, V)",

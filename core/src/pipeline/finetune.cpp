@@ -77,6 +77,7 @@ const char* const kDefaultTargets[] = {"q_proj", "v_proj"};
 // get_input_embeddings(): the token embedding, the first `embedding` that reads ids (not GPT-2's
 // position table, `positions=true`); null when the model has none.
 const std::string* input_embedding(const Model& m) {
+  if (!m.input_embeddings.empty()) return &m.input_embeddings;
   for (const auto& l : m.layers) {
     if (l.kind != "embedding") continue;
     auto pos = l.attrs.find("positions");
@@ -123,6 +124,7 @@ FinetunedModel apply_finetuning(const Model& model, const TrainSettings& s) {
   auto out = std::make_shared<Model>();
   out->name = model.name;
   out->file = model.file;
+  out->input_embeddings = model.input_embeddings;  // the layers keep their names
   out->layers.reserve(model.layers.size() * 2);
   for (const auto& l : model.layers) {
     const bool adapt = is_target(l);
@@ -273,7 +275,7 @@ std::vector<std::string> finetune_notes(const TrainSettings& s, const FinetunedM
     if (s.checkpoint.empty())
       notes.push_back("prepare_model_for_kbit_training turns gradient checkpointing on by default; without --checkpoint "
                       "memfit models the step without it, so saved activations are what a run without checkpointing keeps "
-                      "(an upper bound; add --checkpoint 'model.layers.*' --checkpoint-impl non-reentrant)");
+                      "(an upper bound; add --checkpoint with the blocks' regions, e.g. 'model.layers.*')");
     notes.push_back("the transient full-precision copy of each weight while it is quantized at load is not modelled");
   }
   return notes;
