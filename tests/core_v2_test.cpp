@@ -15,12 +15,7 @@ using namespace memfit;
 using test::row;
 
 namespace {
-Options opts(i64 batch = 4) {
-  Options o;
-  o.train.batch = batch;
-  o.workspaces = Workspaces{};  // no library workspaces: the sums below are activations only
-  return o;
-}
+Options opts(i64 batch = 4) { return test::tensor_options(batch); }
 Estimate run(const std::string& src, Options o) { return estimate(test::keep_model(src), o); }
 i64 count_allocs(const Estimate& e, Category c, Phase ph, int iteration) {
   i64 n = 0;

@@ -3,8 +3,6 @@
 // optimizers. Every expected number is arithmetic shown here from the cited source (bitsandbytes and
 // CUDA cannot run on this machine); LoRA's bytes against PyTorch are in tests/lora_reference_test.cpp.
 #include <catch2/catch.hpp>
-#include <fstream>
-#include <sstream>
 
 #include "memfit/api.hpp"
 #include "memfit/report.hpp"
@@ -344,11 +342,7 @@ TEST_CASE("autocast: cat promotes inside its kernel in PyTorch 2, torch 1.13 cas
 }
 
 TEST_CASE("LoRA and QLoRA on the tiny Llama (transformer kinds, HF module names)", "[finetune][lora][qlora][transformer]") {
-  std::ifstream in(std::string(MEMFIT_SOURCE_DIR) + "/tests/fixtures/transformers/llama_tiny.memfit");
-  REQUIRE(in);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const Model& m = test::keep_model(ss.str(), "llama_tiny.memfit");
+  const Model& m = test::fixture_model("tests/fixtures/transformers/llama_tiny.memfit");
   OptionStrings s;
   s.lora = "r=4,alpha=8,dropout=0.05,targets=q_proj,v_proj";
   s.qlora = "on";
@@ -376,11 +370,7 @@ TEST_CASE("LoRA and QLoRA on the tiny Llama (transformer kinds, HF module names)
 }
 
 TEST_CASE("bf16-true on the tiny Llama: embedding rows, RMSNorm and the mask in bfloat16, ids int64", "[finetune][dtype][transformer]") {
-  std::ifstream in(std::string(MEMFIT_SOURCE_DIR) + "/tests/fixtures/transformers/llama_tiny.memfit");
-  REQUIRE(in);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const Model& m = test::keep_model(ss.str(), "llama_tiny.memfit");
+  const Model& m = test::fixture_model("tests/fixtures/transformers/llama_tiny.memfit");
   OptionStrings s;
   s.dtype = "bf16-true";
   Estimate e = estimate(m, opts(s, 2));
@@ -402,11 +392,7 @@ TEST_CASE("LoRA with reentrant checkpointing: PEFT's enable_input_require_grads 
   // gives its parameters no gradient. PEFT calls model.enable_input_require_grads() (peft_model.py
   // _prepare_model_for_gradient_checkpointing; utils/other.py prepare_model_for_kbit_training), a
   // forward hook output.requires_grad_(True) on get_input_embeddings(): the token embedding.
-  std::ifstream in(std::string(MEMFIT_SOURCE_DIR) + "/tests/fixtures/transformers/llama_tiny.memfit");
-  REQUIRE(in);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const Model& m = test::keep_model(ss.str(), "llama_tiny.memfit");
+  const Model& m = test::fixture_model("tests/fixtures/transformers/llama_tiny.memfit");
   OptionStrings s;
   s.lora = "r=4,targets=q_proj,v_proj";
   s.checkpoint = "model.layers.*";

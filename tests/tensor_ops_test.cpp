@@ -13,12 +13,7 @@ using namespace memfit;
 using test::row;
 
 namespace {
-Options opts(i64 batch) {
-  Options o;
-  o.train.batch = batch;
-  o.workspaces = Workspaces{};
-  return o;
-}
+Options opts(i64 batch) { return test::tensor_options(batch); }
 Estimate run(const std::string& src, i64 batch = 2) { return estimate(test::keep_model(src), opts(batch)); }
 // activation-gradient bytes allocated by one node's backward in iteration 1
 i64 grad_allocs(const Estimate& e, const std::string& layer) {

@@ -27,6 +27,23 @@ inline const Model& keep_model(const std::string& src, const std::string& file =
   return models.back();
 }
 
+// A committed model file, by its path below the repository root ("tests/fixtures/transformers/
+// llama_tiny.memfit"), parsed and kept alive like keep_model (errors name the file's base name).
+inline const Model& fixture_model(const std::string& relative) {
+  std::ifstream in(std::string(MEMFIT_SOURCE_DIR) + "/" + relative);
+  if (!in) throw std::runtime_error("cannot read " + relative);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return keep_model(text, relative.substr(relative.find_last_of('/') + 1));
+}
+
+// Options for a batch with no library workspaces (cuBLAS/cuDNN): the tests' sums are tensors only.
+inline Options tensor_options(i64 batch) {
+  Options o;
+  o.train.batch = batch;
+  o.workspaces = Workspaces{};
+  return o;
+}
+
 // A committed reference document, by its path below the repository root ("tests/reference/...").
 inline nlohmann::json load_reference(const std::string& relative) {
   std::string path = std::string(MEMFIT_SOURCE_DIR) + "/" + relative;

@@ -16,12 +16,7 @@ using test::row;
 
 namespace {
 
-Options opts(i64 batch) {
-  Options o;
-  o.train.batch = batch;
-  o.workspaces = Workspaces{};
-  return o;
-}
+Options opts(i64 batch) { return test::tensor_options(batch); }
 
 // ViTEmbeddings in small: N x 4 tokens of 8, a [1, 1, 8] cls token expanded and put in front, a
 // [1, 5, 8] position parameter added, then a classifier on the flattened tokens.

@@ -16,8 +16,6 @@ namespace {
 // set_opt_dtype keeps (a half result, saved by LogSoftmaxBackward), and nll_loss is in AT_FORALL_FP32:
 // it casts those log-probabilities to a float32 copy and saves that copy. Backward: nll_loss_backward's
 // float32 gradient, ToCopyBackward's half one, then the half input gradient.
-bool cross_entropy_mixed(const OpCall& c) { return c.autocast != DType::f32 && is_half(c.in[0].dtype); }
-
 OpShape cross_entropy_shape(const OpCall& c) {
   need_rank(c, 2, "N,classes", "cross_entropy takes class scores [N, classes]; add flatten/linear before it");
   if (c.in[0].shape[1] < 1) fail(c.layer, "needs at least one class", "check the layer before it");
@@ -27,13 +25,13 @@ OpMemory cross_entropy_memory(const OpCall& c, const OpShape&) { return cross_en
 
 }  // namespace
 
-DType cross_entropy_loss_dtype(const OpCall& c) { return cross_entropy_mixed(c) ? DType::f32 : c.in[0].dtype; }
+DType cross_entropy_loss_dtype(const OpCall& c) { return autocast_half_input(c) ? DType::f32 : c.in[0].dtype; }
 
 OpMemory cross_entropy_rows_memory(const OpCall& c, const std::vector<i64>& rows) {
   OpMemory m;
   const TensorType logp{rows, c.in[0].dtype};
   m.grad_in = {GradIn::fresh};
-  if (!cross_entropy_mixed(c)) {
+  if (!autocast_half_input(c)) {
     m.extras = {{"log_softmax result", logp}, {"total_weight", {{}, logp.dtype}}};
     m.saved = {{{TensorRef::extra, 0}, "result / self"}, {{TensorRef::target, 0}, "target"},
                {{TensorRef::extra, 1}, "total_weight"}};

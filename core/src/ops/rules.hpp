@@ -34,6 +34,9 @@ inline OpShape same_shape(const OpCall& c) { return {c.in[0], {}, c.layer.attrs}
 // read by the half_to_float kernel, else the (already converted) input's.
 inline DType softmax_result_dtype(const OpCall& c) { return c.half_to_float ? DType::f32 : c.in[0].dtype; }
 inline bool is_half(DType t) { return t == DType::f16 || t == DType::bf16; }
+// torch.autocast is on and the op's first input is half: composites whose aten ops sit in different
+// autocast lists (gelu_new, cross_entropy) then mix dtypes inside.
+inline bool autocast_half_input(const OpCall& c) { return c.autocast != DType::f32 && is_half(c.in[0].dtype); }
 // F.cross_entropy over class scores [rows, classes] (loss.cpp): what cross_entropy and masked_lm_loss keep.
 OpMemory cross_entropy_rows_memory(const OpCall& c, const std::vector<i64>& rows);
 DType cross_entropy_loss_dtype(const OpCall& c);

@@ -414,17 +414,16 @@ constexpr i64 kGeluNewBackwardTemps = 1;
 // no list and stays float32; 0.5 * x stays half; the last mul (half * float32) gives a float32
 // result. Saved: float32 x copy, tanh's float32 result, 0.5 * x in half, 1 + tanh in float32. From
 // the source only: CPU autocast has other lists, so the CPU references cannot check it.
-bool gelu_new_mixed(const OpCall& c) { return c.autocast != DType::f32 && is_half(c.in[0].dtype); }
 OpShape gelu_new_shape(const OpCall& c) {
   need_float(c, 0);
   TensorType out = with_shape(c.in[0], c.in[0].shape);
-  if (gelu_new_mixed(c)) out.dtype = DType::f32;
+  if (autocast_half_input(c)) out.dtype = DType::f32;
   return {out, {}, c.layer.attrs};
 }
 OpMemory gelu_new_memory(const OpCall& c, const OpShape&) {
   OpMemory m;
   const TensorType full = with_shape(c.in[0], c.in[0].shape);
-  if (gelu_new_mixed(c)) {
+  if (autocast_half_input(c)) {
     const TensorType wide{c.in[0].shape, DType::f32};
     m.extras = {{"x.float() (pow, autocast fp32 list)", wide}, {"0.5 * x", full}, {"tanh(...) (float32)", wide},
                 {"1.0 + tanh(...) (float32)", wide}};
